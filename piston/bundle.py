@@ -1,0 +1,185 @@
+"""Model bundles: one immutable BentoML model per training run, and loading it back to score.
+
+A bundle holds the weights (state_dict), the class names, the preprocessing contract, the
+decision threshold, the training config, metrics and gate results, the report, the split
+file lists, a fingerprint of the data and its lineage.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field
+
+from piston.errors import RegistryError
+from piston.imaging import Contract
+
+if TYPE_CHECKING:
+    import bentoml
+    import numpy as np
+    from torch import nn
+
+MODEL_NAME = "piston-classifier"
+META_FILE = "bundle.json"
+WEIGHTS_FILE = "weights.pt"
+
+
+class Gate(BaseModel):
+    """One quality gate: what was measured against what bar."""
+
+    name: str
+    value: float
+    threshold: float
+    passed: bool
+
+
+class BundleMeta(BaseModel):
+    """Everything about a bundle except its weights; stored as `bundle.json`."""
+
+    version: str
+    classes: list[str]
+    arch: str
+    arch_params: dict[str, Any] = Field(default_factory=dict)
+    contract: dict[str, Any]
+    threshold: float = 0.0
+    config: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    gates: list[Gate] = Field(default_factory=list)
+    data_fingerprint: str = ""
+    parent: str | None = None
+    code_version: str = ""
+    created_at: str = ""
+
+    @property
+    def gates_passed(self) -> bool:
+        return bool(self.gates) and all(g.passed for g in self.gates)
+
+    @property
+    def input_contract(self) -> Contract:
+        return Contract.from_dict(self.contract)
+
+    def summary(self) -> dict[str, Any]:
+        """The short form shown by `models list` and stored beside the bundle in the registry."""
+        return {
+            "version": self.version,
+            "created_at": self.created_at,
+            "arch": self.arch,
+            "classes": self.classes,
+            "test_accuracy": self.metrics.get("accuracy"),
+            "macro_f1": self.metrics.get("macro_f1"),
+            "gates_passed": self.gates_passed,
+            "parent": self.parent,
+        }
+
+
+def new_version(now: dt.datetime | None = None) -> str:
+    """A readable, sortable version: UTC date, time and milliseconds, e.g. 20261122-081503-042."""
+    now = now or dt.datetime.now(dt.UTC)
+    return now.strftime("%Y%m%d-%H%M%S-") + f"{now.microsecond // 1000:03d}"
+
+
+def code_version() -> str:
+    """The git commit of the code that trained a bundle, when there is one."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def create_bundle(meta: BundleMeta, state_dict: dict[str, Any], files: dict[str, Path]) -> str:
+    """Write a new immutable BentoML model; `files` maps names inside it to files or folders."""
+    import bentoml
+    import torch
+
+    labels = {"gates": "passed" if meta.gates_passed else "failed", "arch": meta.arch}
+    summary = {k: v for k, v in meta.summary().items() if v is not None}
+    with bentoml.models.create(
+        f"{MODEL_NAME}:{meta.version}", labels=labels, metadata=summary
+    ) as model:
+        root = Path(model.path)
+        torch.save(state_dict, root / WEIGHTS_FILE)
+        (root / META_FILE).write_text(meta.model_dump_json(indent=2))
+        for name, source in files.items():
+            if source.is_dir():
+                shutil.copytree(source, root / name)
+            else:
+                shutil.copy2(source, root / name)
+    return meta.version
+
+
+def local_model(version: str) -> bentoml.Model:
+    """The bundle's model in the local BentoML store."""
+    import bentoml
+
+    try:
+        return bentoml.models.get(f"{MODEL_NAME}:{version}")
+    except bentoml.exceptions.NotFound:
+        raise RegistryError(f"bundle {version} is not in the local model store") from None
+
+
+def read_meta(model_dir: str | Path) -> BundleMeta:
+    return BundleMeta.model_validate_json((Path(model_dir) / META_FILE).read_text())
+
+
+class Predictor:
+    """A loaded bundle: scores preprocessed arrays and turns probabilities into decisions."""
+
+    def __init__(self, meta: BundleMeta, module: nn.Module) -> None:
+        self.meta = meta
+        self.module = module
+        self.contract = meta.input_contract
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> Predictor:
+        import torch
+
+        from piston import arch
+
+        meta = read_meta(model_dir)
+        module = arch.build(
+            meta.arch,
+            len(meta.classes),
+            int(meta.contract["height"]),
+            int(meta.contract["width"]),
+            **meta.arch_params,
+        )
+        state = torch.load(Path(model_dir) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        module.load_state_dict(state)
+        module.eval()
+        return cls(meta, module)
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities for a (N, 3, H, W) float32 batch."""
+        import torch
+
+        with torch.inference_mode():
+            logits = self.module(torch.from_numpy(batch))
+            return torch.softmax(logits, dim=1).numpy()
+
+    def decide(self, probs: np.ndarray) -> list[dict[str, Any]]:
+        """Label, confidence, all probabilities and the needs-review flag, one dict per row."""
+        results = []
+        for row in probs:
+            best = int(row.argmax())
+            confidence = float(row[best])
+            results.append(
+                {
+                    "label": self.meta.classes[best],
+                    "confidence": confidence,
+                    "probabilities": {c: float(p) for c, p in zip(self.meta.classes, row, strict=True)},
+                    "needs_review": confidence < self.meta.threshold,
+                    "model_version": self.meta.version,
+                }
+            )
+        return results

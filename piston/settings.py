@@ -1,0 +1,41 @@
+"""The one settings class, read once at each entry point (CLI, service, worker)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Deployment settings, from `PISTON_*` environment variables (and the AWS_* standards)."""
+
+    model_config = SettingsConfigDict(env_prefix="PISTON_", extra="ignore")
+
+    data_dir: str = Field("data/ac-pistons", description="default data set (folder, CSV or s3://)")
+    registry: str = Field("registry", description="bundle registry location (folder or s3://)")
+    runs_dir: Path = Field(Path("runs"), description="where training reports are written")
+
+    # Quality gates: the production-readiness bar a bundle must pass to be promoted.
+    gate_min_accuracy: float = 0.90
+    gate_min_class_f1: float = 0.85
+    gate_min_class_recall: float = 0.80
+
+    # Input safety, shared by training, serving and batch scoring.
+    max_image_pixels: int = 40_000_000
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_batch_images: int = 64
+
+    # Serving.
+    admin_token: SecretStr | None = None
+    poll_interval_s: float = 3.0
+
+    # Distributed jobs.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    s3_endpoint_url: str | None = None
+
+
+def load_settings() -> Settings:
+    """Read the settings from the environment; call once at an entry point."""
+    return Settings()

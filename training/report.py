@@ -1,0 +1,114 @@
+"""The training report a person opens: curves, confusion matrix, misclassified gallery."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from training.train import Epoch
+
+
+def write_report(
+    out: Path,
+    title: str,
+    metrics: dict[str, Any],
+    history: list[Epoch],
+    classes: list[str],
+    misclassified: list[tuple[str, np.ndarray, str, str, float]],
+) -> Path:
+    """Write metrics.json, curves.png, confusion.png and report.html into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    _plot_curves(history, out / "curves.png")
+    plot_confusion(np.asarray(metrics["confusion_matrix"]), classes, out / "confusion.png")
+    rows = "".join(
+        f"<tr><td>{html.escape(n)}</td><td>{f['precision']:.3f}</td><td>{f['recall']:.3f}</td>"
+        f"<td>{f['f1']:.3f}</td><td>{f['support']}</td></tr>"
+        for n, f in metrics["per_class"].items()
+    )
+    gates = "".join(
+        f"<li class={'pass' if g['passed'] else 'fail'}>{html.escape(g['name'])}: "
+        f"{g['value']:.3f} (bar {g['threshold']}) {'PASS' if g['passed'] else 'FAIL'}</li>"
+        for g in metrics.get("gates", [])
+    )
+    gallery = "".join(
+        f"<figure><img src='data:image/png;base64,{_png_b64(img)}' width=120>"
+        f"<figcaption>{html.escape(key)}<br>true <b>{html.escape(t)}</b>, predicted "
+        f"<b>{html.escape(p)}</b> ({conf:.2f})</figcaption></figure>"
+        for key, img, t, p, conf in misclassified
+    ) or "<p>No misclassified test images.</p>"
+    warnings = "".join(f"<li>{html.escape(w)}</li>" for w in metrics.get("warnings", []))
+    page = f"""<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} td,th{{padding:4px 10px}}
+.pass{{color:#080}} .fail{{color:#b00}} figure{{display:inline-block;margin:6px;width:140px;
+font-size:11px}}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>Test accuracy <b>{metrics['accuracy']:.3f}</b>, macro-F1 <b>{metrics['macro_f1']:.3f}</b>
+on {metrics['support']} test images ({html.escape(str(metrics.get('split', '')))} split).</p>
+<h2>Quality gates</h2><ul>{gates}</ul>
+<h2>Warnings</h2><ul>{warnings or '<li>none</li>'}</ul>
+<h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>
+<th>support</th></tr>{rows}</table>
+<h2>Training curves</h2><img src="curves.png" width=900>
+<h2>Confusion matrix (test)</h2><img src="confusion.png" width=420>
+<h2>Misclassified test images</h2>{gallery}
+</body></html>"""
+    (out / "report.html").write_text(page)
+    return out / "report.html"
+
+
+def _png_b64(chw: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(chw.transpose(1, 2, 0))).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _plot_curves(history: list[Epoch], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [e.epoch for e in history]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
+    loss_ax.plot(epochs, [e.train_loss for e in history], label="train")
+    loss_ax.plot(epochs, [e.val_loss for e in history], label="validation")
+    loss_ax.set(title="loss", xlabel="epoch")
+    acc_ax.plot(epochs, [e.train_accuracy for e in history], label="train")
+    acc_ax.plot(epochs, [e.val_accuracy for e in history], label="validation")
+    acc_ax.set(title="accuracy", xlabel="epoch", ylim=(0, 1.02))
+    for ax in (loss_ax, acc_ax):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path, title: str = "") -> None:
+    """A labelled confusion-matrix heat map (rows = true class)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = 2.0 + 0.6 * len(classes)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
+    peak = matrix.max() if matrix.size else 0
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, str(value), ha="center", va="center",
+                color="white" if value > peak / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
