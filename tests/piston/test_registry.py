@@ -1,0 +1,128 @@
+"""The registry: publish once, promote (gated), roll back, history, crash safety."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from piston import arch
+from piston.bundle import BundleMeta, Gate, Predictor, create_bundle, new_version
+from piston.errors import RegistryError
+from piston.registry import Registry
+from piston.storage import LocalStorage
+
+
+def make_bundle(registry: Registry, passed: bool = True) -> str:
+    """A real (untrained) seed-CNN bundle, published to `registry`."""
+    version = new_version()
+    module = arch.build("seed_cnn", 3, 16, 16)
+    meta = BundleMeta(
+        version=version, classes=["a", "b", "c"], arch="seed_cnn",
+        contract={"height": 16, "width": 16}, threshold=0.6,
+        gates=[Gate(name="accuracy", value=0.95 if passed else 0.5, threshold=0.9, passed=passed)],
+    )
+    create_bundle(meta, module.state_dict(), {})
+    registry.publish(version)
+    return version
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Registry:
+    return Registry(LocalStorage(tmp_path / "registry"))
+
+
+def test_promote_rollback_and_history(registry: Registry) -> None:
+    first, second = make_bundle(registry), make_bundle(registry)
+    assert registry.current() is None
+    registry.promote(first, "initial")
+    registry.promote(second, "better")
+    move = registry.rollback("regression in the field")
+    assert move.version == first and move.previous == second
+    assert registry.current() == first
+    history = registry.history()
+    assert [(m.action, m.version) for m in history] == [
+        ("promote", first), ("promote", second), ("rollback", first)
+    ]
+    assert history[-1].reason == "regression in the field"
+    assert [row["production"] for row in registry.list()] == [True, False]
+
+
+def test_rollback_to_a_named_version(registry: Registry) -> None:
+    a, b, c = make_bundle(registry), make_bundle(registry), make_bundle(registry)
+    for v in (a, b, c):
+        registry.promote(v, "step")
+    assert registry.rollback("back to the first", to=a).version == a
+
+
+def test_failed_gates_need_force_and_reason(registry: Registry) -> None:
+    bad = make_bundle(registry, passed=False)
+    with pytest.raises(RegistryError, match="failed its quality gates"):
+        registry.promote(bad, "try")
+    with pytest.raises(RegistryError, match="needs a --reason"):
+        registry.promote(bad, " ", force=True)
+    move = registry.promote(bad, "customer demo", force=True)
+    assert move.forced and registry.current() == bad
+
+
+def test_clear_errors_for_impossible_moves(registry: Registry) -> None:
+    with pytest.raises(RegistryError, match="nothing is in production"):
+        registry.rollback("why not")
+    only = make_bundle(registry)
+    registry.promote(only, "first")
+    with pytest.raises(RegistryError, match="already in production"):
+        registry.promote(only, "again")
+    with pytest.raises(RegistryError, match="no previous version"):
+        registry.rollback("nothing before")
+    with pytest.raises(RegistryError, match="no bundle 'nope'"):
+        registry.promote("nope", "typo")
+
+
+def test_a_bundle_is_published_once(registry: Registry) -> None:
+    version = make_bundle(registry)
+    with pytest.raises(RegistryError, match="already in the registry"):
+        registry.publish(version)
+
+
+def test_a_crash_before_the_pointer_moves_leaves_it_intact(registry: Registry) -> None:
+    a, b = make_bundle(registry), make_bundle(registry)
+    registry.promote(a, "first")
+    # A promote that died mid-write leaves only its temporary file behind.
+    history = Path(registry.storage.uri) / "history"
+    (history / ".00000002.json.abc.tmp").write_text('{"seq": 2, "version": "')
+    assert registry.current() == a
+    registry.promote(b, "after the crash")
+    assert registry.current() == b
+
+
+def test_concurrent_promotes_never_share_a_sequence_number(registry: Registry) -> None:
+    versions = [make_bundle(registry) for _ in range(4)]
+    errors: list[Exception] = []
+
+    def promote(v: str) -> None:
+        try:
+            registry.promote(v, "race")
+        except RegistryError as err:  # "already in production" is a fair outcome
+            errors.append(err)
+
+    threads = [threading.Thread(target=promote, args=(v,)) for v in versions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seqs = [m.seq for m in registry.history()]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert len(seqs) + len(errors) == len(versions)
+
+
+def test_fetch_imports_a_bundle_missing_from_the_local_store(registry: Registry) -> None:
+    import bentoml
+
+    version = make_bundle(registry)
+    bentoml.models.delete(f"piston-classifier:{version}")
+    path = registry.fetch(version)
+    predictor = Predictor.load(path)
+    assert predictor.meta.version == version
+    assert os.path.isfile(Path(path) / "weights.pt")
