@@ -28,3 +28,7 @@ class StorageError(PistonError):
 
 class ConfigError(PistonError):
     """A training configuration that does not validate."""
+
+
+class StorageUnavailable(StorageError):
+    """The store could not be reached or failed on its side: worth retrying later."""

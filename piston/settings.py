@@ -34,6 +34,18 @@ class Settings(BaseSettings):
     # Distributed jobs.
     redis_url: str = "redis://127.0.0.1:6379/0"
     s3_endpoint_url: str | None = None
+    score_shard_size: int = Field(default=64, ge=1, description="images per batch-scoring shard")
+    score_max_images_per_second: float = Field(
+        default=0.0, ge=0, description="per worker process, to spare a shared store; 0 = unlimited"
+    )
+    score_schedule: dict[str, str] = Field(
+        default_factory=dict, description='beat: {"s3://in/prefix": "s3://out/prefix"} (JSON)'
+    )
+    score_schedule_every_s: float = Field(default=300.0, gt=0)
+    score_time_limit_s: int = Field(default=900, ge=10, description="hard limit of one shard")
+    retrain_time_limit_s: int = Field(default=3600, ge=60, description="hard limit of a retrain")
+    job_retries: int = Field(default=3, ge=0, description="retries while the store is unreachable")
+    job_retry_delay_s: float = Field(default=5.0, ge=0)
 
 
 def load_settings() -> Settings:

@@ -1,0 +1,1 @@
+"""Celery workers: batch scoring and retraining jobs. Only worker processes import this package."""

@@ -1,0 +1,146 @@
+"""Retraining with champion/challenger: train, publish, then promote only a better-or-equal model.
+
+The challenger (the new bundle) and the champion (production) are scored by the same code on
+the same images: the challenger's own held-out test split. The challenger is promoted only when
+its quality gates pass and it is not worse than the champion on both accuracy and macro-F1.
+Otherwise it stays registered and the reason is stored beside it (`decisions/<version>.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from piston.bundle import Predictor, local_model
+from piston.errors import ImageError
+from piston.imaging import preprocess
+from piston.registry import Registry
+from training.config import load_config
+from training.dataset import load_dataset
+from training.evaluate import classification_metrics
+from training.pipeline import GateBar, train_bundle
+from training.train import Epoch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetrainRequest:
+    dataset: str
+    overrides: dict[str, Any]
+    promote_if_better: bool
+    job_id: str
+
+
+def retrain(
+    request: RetrainRequest,
+    registry: Registry,
+    bar: GateBar,
+    runs_dir: Path,
+    max_pixels: int,
+    s3_endpoint_url: str | None,
+    on_progress: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
+    """Train on `request.dataset`, publish the bundle, compare it with production, decide."""
+    config = load_config(None, None, request.overrides)
+    on_progress({"stage": "training", "epoch": 0, "epochs": config.epochs})
+
+    def on_epoch(e: Epoch) -> None:
+        on_progress({"stage": "training", "epoch": e.epoch, "epochs": config.epochs,
+                     "train_loss": round(e.train_loss, 4),
+                     "train_accuracy": round(e.train_accuracy, 4),
+                     "val_loss": round(e.val_loss, 4), "val_accuracy": round(e.val_accuracy, 4)})
+
+    outcome = train_bundle(request.dataset, config, registry, bar, runs_dir, max_pixels,
+                           None, s3_endpoint_url, on_epoch)
+    challenger = outcome.version
+    on_progress({"stage": "comparing", "epoch": config.epochs, "epochs": config.epochs,
+                 "version": challenger})
+    champion = registry.current()
+    test_keys = json.loads((Path(local_model(challenger).path) / "split.json").read_text())["test"]
+    scored = compare(request.dataset, test_keys, registry, challenger, champion, max_pixels,
+                     s3_endpoint_url)
+    gates_passed = all(g["passed"] for g in outcome.metrics["gates"])
+    promoted, reason = decide(challenger, champion, gates_passed, scored, outcome.metrics,
+                              request.promote_if_better)
+    if promoted:
+        registry.promote(challenger, reason=f"retrain job {request.job_id}: {reason}", by="worker")
+    decision = {"version": challenger, "champion": champion, "promoted": promoted,
+                "reason": reason, "job_id": request.job_id, "comparison": scored}
+    registry.storage.write(f"decisions/{challenger}.json", json.dumps(decision, indent=2).encode())
+    log.info("retrain %s: %s", challenger, reason)
+    result = outcome.to_json()
+    result.update(decision, production=registry.current())
+    return result
+
+
+def compare(dataset: str, keys: list[str], registry: Registry, challenger: str,
+            champion: str | None, max_pixels: int,
+            s3_endpoint_url: str | None) -> dict[str, dict[str, Any]]:
+    """Accuracy and macro-F1 of each model on the same test images, scored the same way."""
+    data = load_dataset(dataset, None, s3_endpoint_url)
+    truth = {s.key: s.label for s in data.samples}
+    contents = {k: data.storage.read(k) for k in keys if k in truth}
+    results = {}
+    for role, version in (("challenger", challenger), ("champion", champion)):
+        if version is None:
+            continue
+        predictor = Predictor.load(registry.fetch(version))
+        results[role] = {"version": version, **_score(predictor, contents, truth, max_pixels)}
+    return results
+
+
+def _score(predictor: Predictor, contents: dict[str, bytes], truth: dict[str, str],
+           max_pixels: int) -> dict[str, Any]:
+    classes = predictor.meta.classes
+    keys, arrays = [], []
+    for key, data in contents.items():
+        try:
+            arrays.append(preprocess(data, predictor.contract, max_pixels))
+            keys.append(key)
+        except ImageError:
+            continue
+    if not arrays:
+        return {"accuracy": 0.0, "macro_f1": 0.0, "images": 0}
+    predicted = [classes[int(i)] for i in predictor.probabilities(np.stack(arrays)).argmax(1)]
+    known = [truth[k] in classes for k in keys]
+    if all(known):
+        metrics = classification_metrics(
+            np.array([classes.index(truth[k]) for k in keys]),
+            np.array([classes.index(p) for p in predicted]), classes)
+        return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+                "images": len(keys)}
+    accuracy = float(np.mean([truth[k] == p for k, p in zip(keys, predicted, strict=True)]))
+    return {"accuracy": accuracy, "macro_f1": None, "images": len(keys)}  # classes differ
+
+
+def decide(challenger: str, champion: str | None, gates_passed: bool,
+           scored: dict[str, dict[str, Any]], metrics: dict[str, Any],
+           promote_if_better: bool) -> tuple[bool, str]:
+    """(promote?, why) for the challenger."""
+    if not gates_passed:
+        failed = ", ".join(f"{g['name']} {g['value']:.3f} (bar {g['threshold']})"
+                           for g in metrics["gates"] if not g["passed"])
+        return False, f"failed its quality gates: {failed}"
+    new = scored["challenger"]
+    if champion is not None:
+        old = scored["champion"]
+        worse = [
+            f"{m} {new[m]:.3f} < {old[m]:.3f}"
+            for m in ("accuracy", "macro_f1")
+            if new.get(m) is not None and old.get(m) is not None and new[m] < old[m]
+        ]
+        if worse:
+            return False, (f"worse than production {champion} on the same"
+                           f" {new['images']} test images: {', '.join(worse)}")
+    versus = (f"accuracy {new['accuracy']:.3f} vs production {scored['champion']['accuracy']:.3f}"
+              if champion else f"accuracy {new['accuracy']:.3f}, nothing in production")
+    if not promote_if_better:
+        return False, f"gates passed and not worse ({versus}); not asked to promote"
+    return True, f"gates passed and not worse ({versus})"
