@@ -10,7 +10,6 @@ from piston.settings import load_settings
 from training.config import load_config
 from training.dataset import parse_class_map
 from training.fetch import DEFAULT_URL, fetch_dataset
-from training.pipeline import prepare
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -29,10 +28,17 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from training.pipeline import prepare  # torch: only for commands that need it
+
     settings = load_settings()
     config = load_config()
-    prepared = prepare(args.path or settings.data_dir, config, settings.max_image_pixels,
-                       parse_class_map(args.classes), settings.s3_endpoint_url)
+    prepared = prepare(
+        args.path or settings.data_dir,
+        config,
+        settings.max_image_pixels,
+        parse_class_map(args.classes),
+        settings.s3_endpoint_url,
+    )
     report = prepared.report.to_dict()
     report["classes"] = prepared.classes
     lines = [f"{sum(prepared.report.counts.values())} images in {len(prepared.classes)} classes"]
@@ -53,6 +59,9 @@ def run_fetch(args: argparse.Namespace) -> int:
     settings = load_settings()
     dest = Path(args.dest or settings.data_dir)
     counts = fetch_dataset(args.url, dest)
-    emit({"dest": str(dest), "counts": counts}, args.json,
-         f"fetched {sum(counts.values())} images into {dest}: {counts}")
+    emit(
+        {"dest": str(dest), "counts": counts},
+        args.json,
+        f"fetched {sum(counts.values())} images into {dest}: {counts}",
+    )
     return 0

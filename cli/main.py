@@ -7,11 +7,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from cli import data, models, predict, train
+from cli import data, evaluate, jobs, models, predict, serve, train
 from piston.errors import PistonError
 
 log = logging.getLogger("piston")
-COMMAND_GROUPS = (data, train, models, predict)
+COMMAND_GROUPS = (data, train, evaluate, models, predict, serve, jobs)
 
 
 def build_parser() -> argparse.ArgumentParser:

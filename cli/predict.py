@@ -47,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
         for slot, decision in zip(slots, decisions, strict=True):
             results[slot].update(decision)
     lines = [
-        f"{r['image']}: error: {r['error']}" if "error" in r else
-        f"{r['image']}: {r['label']} ({r['confidence']:.3f})"
+        f"{r['image']}: error: {r['error']}"
+        if "error" in r
+        else f"{r['image']}: {r['label']} ({r['confidence']:.3f})"
         f"{'  needs review' if r['needs_review'] else ''}"
         for r in results
     ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from tqdm import tqdm
@@ -15,20 +15,28 @@ from piston.errors import ConfigError
 from piston.settings import Settings, load_settings
 from training.config import load_config, recipe_names
 from training.dataset import parse_class_map
-from training.pipeline import GateBar, train_bundle
-from training.train import Epoch
+
+if TYPE_CHECKING:
+    from training.pipeline import GateBar
+    from training.train import Epoch
 
 log = logging.getLogger(__name__)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="train a model and publish it as a bundle")
-    train.add_argument("--data", help="data set folder, CSV manifest or s3:// prefix"
-                       " (default: PISTON_DATA_DIR)")
+    train.add_argument(
+        "--data", help="data set folder, CSV manifest or s3:// prefix (default: PISTON_DATA_DIR)"
+    )
     train.add_argument("--config", help="YAML file of training settings")
     train.add_argument("--recipe", help=f"named recipe ({', '.join(recipe_names())})")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override one setting, e.g. --set epochs=5 (repeatable)")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set epochs=5 (repeatable)",
+    )
     train.add_argument("--classes", help="target-to-name mapping for a manifest: 0=a,1=b")
     train.add_argument("--promote", action="store_true", help="promote it if its gates pass")
     train.add_argument("--json", action="store_true")
@@ -51,24 +59,36 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def gate_bar(settings: Settings) -> GateBar:
-    return GateBar(settings.gate_min_accuracy, settings.gate_min_class_f1,
-                   settings.gate_min_class_recall)
+    from training.pipeline import GateBar
+
+    return GateBar(
+        settings.gate_min_accuracy, settings.gate_min_class_f1, settings.gate_min_class_recall
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    from training.pipeline import train_bundle  # torch: only for commands that need it
+
     settings = load_settings()
     config = load_config(args.recipe, args.config, parse_overrides(args.set))
     registry = open_registry(settings)
-    with tqdm(total=config.epochs, desc="training", unit="epoch", leave=False,
-              disable=None) as bar:
+    with tqdm(total=config.epochs, desc="training", unit="epoch", leave=False, disable=None) as bar:
 
         def on_epoch(e: Epoch) -> None:
             bar.set_postfix(loss=f"{e.train_loss:.3f}", val_acc=f"{e.val_accuracy:.3f}")
             bar.update(1)
 
-        outcome = train_bundle(args.data or settings.data_dir, config, registry, gate_bar(settings),
-                               settings.runs_dir, settings.max_image_pixels,
-                               parse_class_map(args.classes), settings.s3_endpoint_url, on_epoch)
+        outcome = train_bundle(
+            args.data or settings.data_dir,
+            config,
+            registry,
+            gate_bar(settings),
+            settings.runs_dir,
+            settings.max_image_pixels,
+            parse_class_map(args.classes),
+            settings.s3_endpoint_url,
+            on_epoch,
+        )
     result = outcome.to_json()
     if args.promote:
         if result["gates_passed"]:
@@ -85,12 +105,14 @@ def _human(r: dict[str, Any]) -> str:
     lines = [
         f"bundle {r['version']}: test accuracy {r['test_accuracy']:.3f}, macro-F1"
         f" {r['macro_f1']:.3f} ({r['split']} split), trained in {r['train_seconds']:.1f} s",
-        "per class: " + ", ".join(
+        "per class: "
+        + ", ".join(
             f"{n} P {c['precision']:.2f} R {c['recall']:.2f} F1 {c['f1']:.2f}"
             for n, c in r["per_class"].items()
         ),
         f"confusion matrix (rows true {r['classes']}): {r['confusion_matrix']}",
-        "gates: " + ", ".join(f"{g['name']} {'pass' if g['passed'] else 'FAIL'}" for g in r["gates"]),
+        "gates: "
+        + ", ".join(f"{g['name']} {'pass' if g['passed'] else 'FAIL'}" for g in r["gates"]),
         f"report: {r['report']}",
     ]
     if "promoted" in r:

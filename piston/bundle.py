@@ -177,7 +177,9 @@ class Predictor:
                 {
                     "label": self.meta.classes[best],
                     "confidence": confidence,
-                    "probabilities": {c: float(p) for c, p in zip(self.meta.classes, row, strict=True)},
+                    "probabilities": {
+                        c: float(p) for c, p in zip(self.meta.classes, row, strict=True)
+                    },
                     "needs_review": confidence < self.meta.threshold,
                     "model_version": self.meta.version,
                 }

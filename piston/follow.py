@@ -34,8 +34,9 @@ class ModelFollower:
     built for one bundle serves that bundle).
     """
 
-    def __init__(self, registry: Registry | None, pinned: str | None = None,
-                 model_dir: str | None = None) -> None:
+    def __init__(
+        self, registry: Registry | None, pinned: str | None = None, model_dir: str | None = None
+    ) -> None:
         self.registry = registry
         self.pinned = pinned
         self.model_dir = model_dir
@@ -95,5 +96,7 @@ def _probe(predictor: Predictor) -> None:
     """Score a blank image: the bundle must produce one probability per class that sum to 1."""
     c = predictor.contract
     probs = predictor.probabilities(np.zeros((1, 3, c.height, c.width), dtype=np.float32))
-    if probs.shape != (1, len(predictor.meta.classes)) or not np.isclose(probs.sum(), 1.0, atol=1e-3):
+    if probs.shape != (1, len(predictor.meta.classes)) or not np.isclose(
+        probs.sum(), 1.0, atol=1e-3
+    ):
         raise PistonError(f"probe gave probabilities of shape {probs.shape}")

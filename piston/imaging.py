@@ -49,7 +49,9 @@ class ImageInfo:
     notes: list[str] = field(default_factory=list)
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, ImageInfo]:
+def decode_image(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[Image.Image, ImageInfo]:
     """Decode and validate image bytes into an RGB image; raise `ImageError` with a reason."""
     if not data:
         raise ImageError("empty", "the image is empty (0 bytes)")

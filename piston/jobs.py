@@ -151,15 +151,24 @@ def enqueue_score(redis_url: str, src: str, out: str, only_new: bool = False) ->
     return job_id
 
 
-def enqueue_retrain(redis_url: str, dataset: str, overrides: dict[str, Any] | None = None,
-                    promote_if_better: bool = False, min_accuracy: float | None = None) -> str:
+def enqueue_retrain(
+    redis_url: str,
+    dataset: str,
+    overrides: dict[str, Any] | None = None,
+    promote_if_better: bool = False,
+    min_accuracy: float | None = None,
+) -> str:
     """Queue a retraining job; returns its job id."""
     job_id = str(uuid.uuid4())
     JobRecord(_redis(redis_url), job_id).create("retrain", dataset=dataset)
     client(redis_url).send_task(
         RETRAIN_TASK,
-        kwargs={"dataset": dataset, "overrides": overrides or {},
-                "promote_if_better": promote_if_better, "min_accuracy": min_accuracy},
+        kwargs={
+            "dataset": dataset,
+            "overrides": overrides or {},
+            "promote_if_better": promote_if_better,
+            "min_accuracy": min_accuracy,
+        },
         task_id=job_id,
     )
     return job_id

@@ -79,7 +79,7 @@ class Registry:
             ) from None
         return BundleMeta.model_validate_json(raw)
 
-    def list(self) -> list[dict[str, Any]]:
+    def bundles(self) -> list[dict[str, Any]]:
         """Summaries of every bundle, oldest first, with which one is in production."""
         current = self.current()
         rows = []
@@ -123,7 +123,9 @@ class Registry:
         last = self._last_move()
         return last.version if last else None
 
-    def promote(self, version: str, reason: str, by: str | None = None, force: bool = False) -> Move:
+    def promote(
+        self, version: str, reason: str, by: str | None = None, force: bool = False
+    ) -> Move:
         """Put `version` in production; a bundle whose gates failed needs `force`."""
         meta = self.meta(version)
         if not meta.gates_passed and not force:

@@ -48,8 +48,10 @@ def registry_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def image_bytes(
-    color: tuple[int, int, int] = (120, 80, 40), size: tuple[int, int] = (80, 80),
-    fmt: str = "JPEG", mode: str = "RGB",
+    color: tuple[int, int, int] = (120, 80, 40),
+    size: tuple[int, int] = (80, 80),
+    fmt: str = "JPEG",
+    mode: str = "RGB",
 ) -> bytes:
     """A small synthetic image, encoded."""
     img = Image.new("RGB", size, color)
@@ -61,7 +63,10 @@ def image_bytes(
 
 
 def synthetic_dataset(
-    root: Path, classes: dict[str, int], size: tuple[int, int] = (32, 32), seed: int = 0,
+    root: Path,
+    classes: dict[str, int],
+    size: tuple[int, int] = (32, 32),
+    seed: int = 0,
     fmt: str = "PNG",
 ) -> Path:
     """Folder-per-class images whose class is visible (a distinct hue plus noise)."""

@@ -56,7 +56,9 @@ def thumbnails(images: np.ndarray, side: int = 16) -> np.ndarray:
     return flat / np.maximum(norms, 1e-6)
 
 
-def near_duplicate_components(images: np.ndarray, similarity: float = NEAR_DUP_SIMILARITY) -> np.ndarray:
+def near_duplicate_components(
+    images: np.ndarray, similarity: float = NEAR_DUP_SIMILARITY
+) -> np.ndarray:
     """A component id per image: images linked by similarity above the bar share one."""
     n = len(images)
     parent = np.arange(n)
@@ -127,7 +129,9 @@ def _odd_images(decoded: DecodedSet) -> list[str]:
     formats = Counter(info.format for info in decoded.infos)
     if len(sizes) > 1:
         common = sizes.most_common(1)[0][0]
-        odd = [k for k, info in zip(decoded.keys, decoded.infos, strict=True) if info.size != common]
+        odd = [
+            k for k, info in zip(decoded.keys, decoded.infos, strict=True) if info.size != common
+        ]
         notes.append(f"{len(odd)} images differ from the common size {common}: e.g. {odd[:3]}")
     for mode, n in modes.items():
         if mode != "RGB":

@@ -11,7 +11,9 @@ from piston.bundle import Gate
 OVERFIT_GAP = 0.10
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
+def classification_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]
+) -> dict[str, Any]:
     """Accuracy, macro-F1, the confusion matrix (rows = truth) and per-class P/R/F1."""
     n = len(classes)
     matrix = np.zeros((n, n), dtype=np.int64)
@@ -44,14 +46,30 @@ def quality_gates(
 ) -> list[Gate]:
     """The production-readiness bar: accuracy, and every class's F1 and recall."""
     gates = [
-        Gate(name="accuracy", value=metrics["accuracy"], threshold=min_accuracy,
-             passed=metrics["accuracy"] > min_accuracy)
+        Gate(
+            name="accuracy",
+            value=metrics["accuracy"],
+            threshold=min_accuracy,
+            passed=metrics["accuracy"] > min_accuracy,
+        )
     ]
     for name, figures in metrics["per_class"].items():
-        gates.append(Gate(name=f"f1[{name}]", value=figures["f1"], threshold=min_class_f1,
-                          passed=figures["f1"] > min_class_f1))
-        gates.append(Gate(name=f"recall[{name}]", value=figures["recall"],
-                          threshold=min_class_recall, passed=figures["recall"] >= min_class_recall))
+        gates.append(
+            Gate(
+                name=f"f1[{name}]",
+                value=figures["f1"],
+                threshold=min_class_f1,
+                passed=figures["f1"] > min_class_f1,
+            )
+        )
+        gates.append(
+            Gate(
+                name=f"recall[{name}]",
+                value=figures["recall"],
+                threshold=min_class_recall,
+                passed=figures["recall"] >= min_class_recall,
+            )
+        )
     return gates
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import tarfile
 import tempfile
 import zipfile
@@ -19,6 +18,7 @@ from training.dataset import IMAGE_SUFFIXES
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "https://github.com/PerceptiLabs/AC-Piston-Checks/archive/HEAD.zip"
+
 EXPECTED_CLASSES = frozenset({"defect_1", "defect_2", "normal"})
 
 
@@ -52,8 +52,17 @@ def _download(url: str, target: Path, timeout_s: float) -> None:
             if response.status_code != 200:
                 raise DataError(f"download of {url} failed: HTTP {response.status_code}")
             total = int(response.headers.get("content-length") or 0) or None
-            with target.open("wb") as fh, tqdm(total=total, unit="B", unit_scale=True,
-                                               desc="download", leave=False, disable=None) as bar:
+            with (
+                target.open("wb") as fh,
+                tqdm(
+                    total=total,
+                    unit="B",
+                    unit_scale=True,
+                    desc="download",
+                    leave=False,
+                    disable=None,
+                ) as bar,
+            ):
                 for chunk in response.iter_bytes():
                     fh.write(chunk)
                     bar.update(len(chunk))

@@ -140,8 +140,15 @@ def train_bundle(
             f"{len(decoded.keys)} usable images are too few to split into train/val/test"
         )
     sub = {name: decoded.subset(getattr(split, name)) for name in ("train", "val", "test")}
-    result = fit(config, sub["train"].images, sub["train"].labels, sub["val"].images,
-                 sub["val"].labels, len(classes), on_epoch)
+    result = fit(
+        config,
+        sub["train"].images,
+        sub["train"].labels,
+        sub["val"].images,
+        sub["val"].labels,
+        len(classes),
+        on_epoch,
+    )
     contract = contract_of(config)
     probs = predict_proba(result.module, sub["test"].images, contract)
     predicted = probs.argmax(1)
@@ -151,9 +158,14 @@ def train_bundle(
         for g in quality_gates(metrics, bar.min_accuracy, bar.min_class_f1, bar.min_class_recall)
     ]
     last = result.history[result.best_epoch - 1]
-    metrics.update(classes=classes, split=config.split, best_epoch=result.best_epoch,
-                   train_accuracy=last.train_accuracy, val_accuracy=last.val_accuracy,
-                   warnings=list(prepared.report.warnings))
+    metrics.update(
+        classes=classes,
+        split=config.split,
+        best_epoch=result.best_epoch,
+        train_accuracy=last.train_accuracy,
+        val_accuracy=last.val_accuracy,
+        warnings=list(prepared.report.warnings),
+    )
     overfit = overfitting_warning(last.train_accuracy, last.val_accuracy)
     if overfit:
         log.warning(overfit)
@@ -163,11 +175,18 @@ def train_bundle(
     runs_dir.mkdir(parents=True, exist_ok=True)
     report_dir = runs_dir / version
     wrong = [
-        (sub["test"].keys[i], sub["test"].images[i], classes[int(sub["test"].labels[i])],
-         classes[int(predicted[i])], float(probs[i].max()))
+        (
+            sub["test"].keys[i],
+            sub["test"].images[i],
+            classes[int(sub["test"].labels[i])],
+            classes[int(predicted[i])],
+            float(probs[i].max()),
+        )
         for i in np.nonzero(predicted != sub["test"].labels)[0]
     ]
-    write_report(report_dir, f"piston-classifier {version}", metrics, result.history, classes, wrong)
+    write_report(
+        report_dir, f"piston-classifier {version}", metrics, result.history, classes, wrong
+    )
     meta = BundleMeta(
         version=version,
         classes=classes,
@@ -188,18 +207,30 @@ def train_bundle(
         split_lists = {name: sub[name].keys for name in ("train", "val", "test")}
         (extra / "split.json").write_text(json.dumps(split_lists, indent=1))
         (extra / "data_check.json").write_text(json.dumps(prepared.report.to_dict(), indent=1))
-        files = {"report": report_dir, "split.json": extra / "split.json",
-                 "data_check.json": extra / "data_check.json"}
+        files = {
+            "report": report_dir,
+            "split.json": extra / "split.json",
+            "data_check.json": extra / "data_check.json",
+        }
         create_bundle(meta, result.module.state_dict(), files)
     registry.publish(version)
-    return TrainOutcome(version, metrics, result.seconds, prepared.decode_seconds,
-                        time.perf_counter() - start, report_dir, prepared.report, result.history)
+    return TrainOutcome(
+        version,
+        metrics,
+        result.seconds,
+        prepared.decode_seconds,
+        time.perf_counter() - start,
+        report_dir,
+        prepared.report,
+        result.history,
+    )
 
 
 def fingerprint(decoded: DecodedSet) -> str:
     """A hash of the manifest (keys and labels) and every file's content."""
     digest = hashlib.sha256()
-    for key, label, content in sorted(zip(decoded.keys, decoded.labels.tolist(), decoded.digests,
-                                          strict=True)):
+    for key, label, content in sorted(
+        zip(decoded.keys, decoded.labels.tolist(), decoded.digests, strict=True)
+    ):
         digest.update(f"{key}\t{label}\t{content}\n".encode())
     return digest.hexdigest()

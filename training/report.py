@@ -38,22 +38,25 @@ def write_report(
         f"{g['value']:.3f} (bar {g['threshold']}) {'PASS' if g['passed'] else 'FAIL'}</li>"
         for g in metrics.get("gates", [])
     )
-    gallery = "".join(
-        f"<figure><img src='data:image/png;base64,{_png_b64(img)}' width=120>"
-        f"<figcaption>{html.escape(key)}<br>true <b>{html.escape(t)}</b>, predicted "
-        f"<b>{html.escape(p)}</b> ({conf:.2f})</figcaption></figure>"
-        for key, img, t, p, conf in misclassified
-    ) or "<p>No misclassified test images.</p>"
+    gallery = (
+        "".join(
+            f"<figure><img src='data:image/png;base64,{_png_b64(img)}' width=120>"
+            f"<figcaption>{html.escape(key)}<br>true <b>{html.escape(t)}</b>, predicted "
+            f"<b>{html.escape(p)}</b> ({conf:.2f})</figcaption></figure>"
+            for key, img, t, p, conf in misclassified
+        )
+        or "<p>No misclassified test images.</p>"
+    )
     warnings = "".join(f"<li>{html.escape(w)}</li>" for w in metrics.get("warnings", []))
     page = f"""<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} td,th{{padding:4px 10px}}
 .pass{{color:#080}} .fail{{color:#b00}} figure{{display:inline-block;margin:6px;width:140px;
 font-size:11px}}</style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>Test accuracy <b>{metrics['accuracy']:.3f}</b>, macro-F1 <b>{metrics['macro_f1']:.3f}</b>
-on {metrics['support']} test images ({html.escape(str(metrics.get('split', '')))} split).</p>
+<p>Test accuracy <b>{metrics["accuracy"]:.3f}</b>, macro-F1 <b>{metrics["macro_f1"]:.3f}</b>
+on {metrics["support"]} test images ({html.escape(str(metrics.get("split", "")))} split).</p>
 <h2>Quality gates</h2><ul>{gates}</ul>
-<h2>Warnings</h2><ul>{warnings or '<li>none</li>'}</ul>
+<h2>Warnings</h2><ul>{warnings or "<li>none</li>"}</ul>
 <h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>
 <th>support</th></tr>{rows}</table>
 <h2>Training curves</h2><img src="curves.png" width=900>
@@ -107,8 +110,14 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path, title: st
     ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
     peak = matrix.max() if matrix.size else 0
     for (i, j), value in np.ndenumerate(matrix):
-        ax.text(j, i, str(value), ha="center", va="center",
-                color="white" if value > peak / 2 else "black")
+        ax.text(
+            j,
+            i,
+            str(value),
+            ha="center",
+            va="center",
+            color="white" if value > peak / 2 else "black",
+        )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

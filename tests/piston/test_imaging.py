@@ -17,8 +17,17 @@ CONTRACT = Contract(height=80, width=80)
 
 @pytest.mark.parametrize(
     ("mode", "fmt"),
-    [("L", "PNG"), ("RGBA", "PNG"), ("P", "PNG"), ("CMYK", "JPEG"), ("I;16", "PNG"),
-     ("LA", "PNG"), ("1", "BMP"), ("RGB", "WEBP"), ("RGB", "TIFF")],
+    [
+        ("L", "PNG"),
+        ("RGBA", "PNG"),
+        ("P", "PNG"),
+        ("CMYK", "JPEG"),
+        ("I;16", "PNG"),
+        ("LA", "PNG"),
+        ("1", "BMP"),
+        ("RGB", "WEBP"),
+        ("RGB", "TIFF"),
+    ],
 )
 def test_every_mode_becomes_rgb_at_the_contract_size(mode: str, fmt: str) -> None:
     data = image_bytes((200, 100, 50), size=(123, 45), fmt=fmt, mode=mode)
@@ -27,7 +36,7 @@ def test_every_mode_becomes_rgb_at_the_contract_size(mode: str, fmt: str) -> Non
     assert info.mode == mode
     arr = preprocess(data, CONTRACT)
     assert arr.shape == (3, 80, 80) and arr.dtype == np.float32
-    assert 0.0 <= arr.min() and arr.max() <= 1.0
+    assert arr.min() >= 0.0 and arr.max() <= 1.0
 
 
 def test_sixteen_bit_keeps_its_contrast() -> None:

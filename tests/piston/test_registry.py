@@ -20,8 +20,11 @@ def make_bundle(registry: Registry, passed: bool = True) -> str:
     version = new_version()
     module = arch.build("seed_cnn", 3, 16, 16)
     meta = BundleMeta(
-        version=version, classes=["a", "b", "c"], arch="seed_cnn",
-        contract={"height": 16, "width": 16}, threshold=0.6,
+        version=version,
+        classes=["a", "b", "c"],
+        arch="seed_cnn",
+        contract={"height": 16, "width": 16},
+        threshold=0.6,
         gates=[Gate(name="accuracy", value=0.95 if passed else 0.5, threshold=0.9, passed=passed)],
     )
     create_bundle(meta, module.state_dict(), {})
@@ -44,10 +47,12 @@ def test_promote_rollback_and_history(registry: Registry) -> None:
     assert registry.current() == first
     history = registry.history()
     assert [(m.action, m.version) for m in history] == [
-        ("promote", first), ("promote", second), ("rollback", first)
+        ("promote", first),
+        ("promote", second),
+        ("rollback", first),
     ]
     assert history[-1].reason == "regression in the field"
-    assert [row["production"] for row in registry.list()] == [True, False]
+    assert [row["production"] for row in registry.bundles()] == [True, False]
 
 
 def test_rollback_to_a_named_version(registry: Registry) -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from piston.errors import DataError
+from tests.conftest import synthetic_dataset
 from training.config import load_config
 from training.dataset import load_dataset, parse_class_map
 from training.pipeline import prepare
-from tests.conftest import synthetic_dataset
 
 MAX_PIXELS = 40_000_000
 
@@ -88,7 +88,7 @@ def test_manifest_with_a_missing_file_leaves_it_out(tmp_path: Path) -> None:
 def test_manifest_with_an_unknown_class_is_refused(tmp_path: Path) -> None:
     root = synthetic_dataset(tmp_path / "ds", {"a": 2, "b": 2})
     (root / "m.csv").write_text("image_path,target\na/a_0.png,0\nb/b_0.png,7\n")
-    with pytest.raises(DataError, match="unknown class.*7"):
+    with pytest.raises(DataError, match=r"unknown class.*7"):
         load_dataset(str(root / "m.csv"), parse_class_map("0=a,1=b"))
 
 

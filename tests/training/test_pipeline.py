@@ -13,9 +13,9 @@ from piston.errors import DataError
 from piston.imaging import preprocess
 from piston.registry import Registry
 from piston.storage import LocalStorage
+from tests.conftest import synthetic_dataset
 from training.config import load_config
 from training.pipeline import GateBar, train_bundle
-from tests.conftest import synthetic_dataset
 
 MAX_PIXELS = 40_000_000
 
@@ -29,8 +29,9 @@ def test_seed_recipe_on_the_random_split_reaches_the_published_figure(
     piston_data: Path, registry: Registry, tmp_path: Path
 ) -> None:
     config = load_config("seed", overrides={"split": "random"})
-    outcome = train_bundle(str(piston_data), config, registry, GateBar(), tmp_path / "runs",
-                           MAX_PIXELS)
+    outcome = train_bundle(
+        str(piston_data), config, registry, GateBar(), tmp_path / "runs", MAX_PIXELS
+    )
     assert outcome.metrics["accuracy"] >= 0.98  # published: 98.25% on a random split
     assert len(outcome.history) == 25
 
@@ -39,8 +40,9 @@ def test_a_bundle_holds_everything_needed_to_trust_and_rerun_it(
     piston_data: Path, registry: Registry, tmp_path: Path
 ) -> None:
     config = load_config("seed", overrides={"epochs": 3})
-    outcome = train_bundle(str(piston_data), config, registry, GateBar(), tmp_path / "runs",
-                           MAX_PIXELS)
+    outcome = train_bundle(
+        str(piston_data), config, registry, GateBar(), tmp_path / "runs", MAX_PIXELS
+    )
     model = bentoml.models.get(f"{MODEL_NAME}:{outcome.version}")
     root = Path(model.path)
     meta = read_meta(root)
@@ -49,8 +51,15 @@ def test_a_bundle_holds_everything_needed_to_trust_and_rerun_it(
     assert len(meta.data_fingerprint) == 64 and meta.code_version
     assert meta.metrics["confusion_matrix"] and meta.gates
     assert set(meta.metrics["per_class"]) == set(meta.classes)
-    for name in ("weights.pt", "split.json", "data_check.json", "report/report.html",
-                 "report/curves.png", "report/confusion.png", "report/metrics.json"):
+    for name in (
+        "weights.pt",
+        "split.json",
+        "data_check.json",
+        "report/report.html",
+        "report/curves.png",
+        "report/confusion.png",
+        "report/metrics.json",
+    ):
         assert (root / name).is_file(), name
     split = json.loads((root / "split.json").read_text())
     assert sum(len(v) for v in split.values()) == 285
@@ -62,29 +71,39 @@ def test_a_bundle_holds_everything_needed_to_trust_and_rerun_it(
     assert probs.shape == (1, 3) and abs(float(probs.sum()) - 1) < 1e-5
     # A second training names the production bundle of the time as its parent.
     registry.promote(outcome.version, "first", force=True)
-    again = train_bundle(str(piston_data), config, registry, GateBar(), tmp_path / "runs",
-                         MAX_PIXELS)
+    again = train_bundle(
+        str(piston_data), config, registry, GateBar(), tmp_path / "runs", MAX_PIXELS
+    )
     assert registry.meta(again.version).parent == outcome.version
     assert again.data_report.counts == outcome.data_report.counts
 
 
-def test_gates_follow_the_configured_bar(piston_data: Path, registry: Registry,
-                                         tmp_path: Path) -> None:
+def test_gates_follow_the_configured_bar(
+    piston_data: Path, registry: Registry, tmp_path: Path
+) -> None:
     config = load_config("seed", overrides={"epochs": 1})
     impossible = GateBar(min_accuracy=1.01, min_class_f1=1.01, min_class_recall=1.01)
-    outcome = train_bundle(str(piston_data), config, registry, impossible, tmp_path / "runs",
-                           MAX_PIXELS)
+    outcome = train_bundle(
+        str(piston_data), config, registry, impossible, tmp_path / "runs", MAX_PIXELS
+    )
     gates = outcome.to_json()["gates"]
     assert gates and not any(g["passed"] for g in gates)
     assert not registry.meta(outcome.version).gates_passed
 
 
-def test_too_little_data_is_refused_and_leaves_no_bundle(registry: Registry,
-                                                         tmp_path: Path) -> None:
+def test_too_little_data_is_refused_and_leaves_no_bundle(
+    registry: Registry, tmp_path: Path
+) -> None:
     root = synthetic_dataset(tmp_path / "tiny", {"a": 1, "b": 1})
     before = {str(m.tag) for m in bentoml.models.list(MODEL_NAME)}
     with pytest.raises(DataError, match="too few"):
-        train_bundle(str(root), load_config("seed", overrides={"epochs": 1}), registry,
-                     GateBar(), tmp_path / "runs", MAX_PIXELS)
+        train_bundle(
+            str(root),
+            load_config("seed", overrides={"epochs": 1}),
+            registry,
+            GateBar(),
+            tmp_path / "runs",
+            MAX_PIXELS,
+        )
     assert {str(m.tag) for m in bentoml.models.list(MODEL_NAME)} == before
     assert registry.versions() == []

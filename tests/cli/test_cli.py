@@ -1,0 +1,136 @@
+"""The `piston` command end to end: train, list, promote, retrain, promote, roll back, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cli.main import main
+
+
+def piston(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, object]:
+    code = main(list(args))
+    out = capsys.readouterr().out
+    return code, json.loads(out) if "--json" in args and out.strip() else out
+
+
+def test_train_promote_retrain_promote_rollback(
+    piston_data: Path, registry_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, first = piston(
+        capsys,
+        "train",
+        "--data",
+        str(piston_data),
+        "--recipe",
+        "seed",
+        "--set",
+        "epochs=3",
+        "--json",
+    )
+    assert code == 0
+    assert isinstance(first, dict)
+    for key in (
+        "version",
+        "test_accuracy",
+        "macro_f1",
+        "confusion_matrix",
+        "per_class",
+        "gates",
+        "train_seconds",
+    ):
+        assert key in first, key
+    assert set(first["per_class"]["normal"]) >= {"precision", "recall", "f1"}
+    assert Path(first["report"]).is_file()
+
+    code, listed = piston(capsys, "models", "list", "--json")
+    assert [row["version"] for row in listed] == [first["version"]]  # type: ignore[index]
+
+    assert (
+        piston(capsys, "models", "promote", first["version"], "--force", "--reason", "first model")[
+            0
+        ]
+        == 0
+    )
+    code, second = piston(
+        capsys,
+        "train",
+        "--data",
+        str(piston_data),
+        "--recipe",
+        "seed",
+        "--set",
+        "epochs=3",
+        "--json",
+    )
+    assert isinstance(second, dict)
+    assert (
+        piston(capsys, "models", "promote", second["version"], "--force", "--reason", "retrained")[
+            0
+        ]
+        == 0
+    )
+    code, current = piston(capsys, "models", "current", "--json")
+    assert current == {"production": second["version"]}
+    code, moved = piston(capsys, "models", "rollback", "--reason", "bad in the field", "--json")
+    assert code == 0 and moved["version"] == first["version"]  # type: ignore[index]
+    code, history = piston(capsys, "models", "history", "--json")
+    assert [(m["action"], m["version"]) for m in history] == [  # type: ignore[union-attr]
+        ("promote", first["version"]),
+        ("promote", second["version"]),
+        ("rollback", first["version"]),
+    ]
+    code, shown = piston(capsys, "models", "show", second["version"], "--json")
+    assert shown["parent"] == first["version"]  # type: ignore[index]
+
+    image = piston_data / "normal" / "normal_0.jpeg"
+    bad = registry_env.parent / "bad.jpg"
+    bad.write_text("not an image")
+    code, predictions = piston(capsys, "predict", str(image), str(bad), "--json")
+    assert code == 1  # one image failed, and says why
+    assert predictions[0]["model_version"] == first["version"]  # type: ignore[index]
+    assert predictions[0]["label"] in {"defect_1", "defect_2", "normal"}  # type: ignore[index]
+    assert "not a recognised image" in predictions[1]["error"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--data", "/no/such/folder"], "does not exist"),
+        (["train", "--set", "epochs"], "KEY=VALUE"),
+        (["train", "--set", "epochs=-1"], "epochs"),
+        (["train", "--recipe", "nope"], "unknown recipe"),
+        (["train", "--config", "/no/such.yaml"], "cannot read config"),
+        (["models", "promote", "20990101-000000-000", "--reason", "x"], "no bundle"),
+        (["models", "rollback", "--reason", "x"], "nothing is in production"),
+        (["predict", "x.jpg"], "no bundle is in production"),
+        (["data", "check", "/no/such/folder"], "does not exist"),
+    ],
+)
+def test_bad_input_ends_with_one_line(
+    registry_env: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1]
+
+
+def test_the_installed_command_prints_no_traceback(registry_env: Path) -> None:
+    env = {**os.environ, "PISTON_REGISTRY": str(registry_env)}
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", "models", "promote", "v1", "--reason", "typo"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: no bundle 'v1' in the registry (see `piston models list`)"
+    ]
