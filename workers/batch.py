@@ -64,7 +64,7 @@ def run_shard(rt: Runtime, record: JobRecord, shard: int, items: list[Item], ver
     rt.redis.hset(f"{record.key}:workers", str(shard), f"{socket.gethostname()}:{os.getpid()}")
     src, out = rt.storage(src_uri), rt.storage(out_uri)
     records = score_items(
-        src, rt.predictor(version), [tuple(i) for i in items],  # type: ignore[misc]
+        record.job_id, src, rt.predictor(version), [tuple(i) for i in items],  # type: ignore[misc]
         rt.settings.max_image_pixels,
         on_batch=lambda done: record.progress(shard, counts(done)),
         should_stop=lambda: record.state in TERMINAL,
@@ -97,10 +97,10 @@ def finish(rt: Runtime, record: JobRecord) -> dict[str, Any]:
             "images_per_second": round(len(new) / seconds, 2), "finished_at": now(),
         }
         out.write(f"jobs/{record.job_id}.json", json.dumps(summary, indent=2).encode())
+        for shard in range(shard_count):
+            out.delete(part_key(record.job_id, shard))
         record.set(summary=summary)
         record.set_state("SUCCESS")
-    for shard in range(shard_count):
-        out.delete(part_key(record.job_id, shard))
     log.info("job %s done: %s", record.job_id, summary)
     return summary
 

@@ -97,6 +97,7 @@ def _fetch(src: Storage, item: Item, predictor: Predictor,
 
 
 def score_items(
+    job_id: str,
     src: Storage,
     predictor: Predictor,
     items: Iterable[Item],
@@ -123,7 +124,8 @@ def score_items(
                     "label": None, "confidence": None, "probabilities": None,
                     "needs_review": True, "model_version": predictor.meta.version}
                 records.append({"key": item[0], "etag": item[1], "size": item[2], **decision,
-                                "metadata": metadata, "error": error, "scored_at": now()})
+                                "metadata": metadata, "error": error, "scored_at": now(),
+                                "job_id": job_id})
             if max_per_second:
                 time.sleep(max(0.0, len(records) / max_per_second - (time.perf_counter() - start)))
             if on_batch:
@@ -151,7 +153,10 @@ def to_jsonl(records: list[dict[str, Any]]) -> bytes:
 
 
 def merge(out: Storage, job_id: str, shard_count: int) -> list[dict[str, Any]]:
-    """Write this job's records into the merged outputs; returns the job's own records."""
+    """Write this job's records into the merged outputs; returns the job's own records.
+
+    Idempotent: run again (after a crash, even once the parts are gone) it writes the same.
+    """
     new: list[dict[str, Any]] = []
     for shard in range(shard_count):
         new.extend(read_results(out, part_key(job_id, shard)))
@@ -169,7 +174,7 @@ def merge(out: Storage, job_id: str, shard_count: int) -> list[dict[str, Any]]:
          r["error"] or "low confidence"]
         for r in latest.values() if r["error"] or r["needs_review"]
     ]))
-    return new
+    return [r for r in rows if r.get("job_id") == job_id]
 
 
 def results_csv(rows: list[dict[str, Any]]) -> bytes:
