@@ -197,7 +197,7 @@ def bundles(moto: MotoServer, s3_pistons: dict[str, Any], work_dir: Path) -> dic
     from piston.storage import open_storage
 
     good = train_into(REGISTRY, moto.url, s3_pistons["dataset"], work_dir / "runs",
-                      {"epochs": 6})
+                      {"epochs": 8})
     weak = train_into(REGISTRY, moto.url, s3_pistons["dataset"], work_dir / "runs",
                       {"epochs": 1, "lr": 1e-6})
     Registry(open_storage(REGISTRY, moto.url)).promote(good, "tests: good bundle", force=True)
