@@ -21,6 +21,7 @@ import numpy as np
 from piston.bundle import BundleMeta, code_version, create_bundle, new_version
 from piston.errors import DataError
 from piston.registry import Registry
+from training.calibrate import calibrate
 from training.check import DataReport, check, split_groups
 from training.config import TrainConfig
 from training.dataset import Dataset, load_dataset
@@ -81,6 +82,7 @@ class TrainOutcome:
             "train_accuracy": m["train_accuracy"],
             "val_accuracy": m["val_accuracy"],
             "warnings": m["warnings"],
+            "calibration": m.get("calibration"),
             "train_seconds": round(self.train_seconds, 3),
             "decode_seconds": round(self.decode_seconds, 3),
             "total_seconds": round(self.total_seconds, 3),
@@ -153,6 +155,9 @@ def train_bundle(
     probs = predict_proba(result.module, sub["test"].images, contract)
     predicted = probs.argmax(1)
     metrics = classification_metrics(sub["test"].labels, predicted, classes)
+    metrics["calibration"] = calibrate(
+        predict_proba(result.module, sub["val"].images, contract), sub["val"].labels, probs,
+        sub["test"].labels, config.review_target_error, config.decision_threshold)
     metrics["gates"] = [
         g.model_dump()
         for g in quality_gates(metrics, bar.min_accuracy, bar.min_class_f1, bar.min_class_recall)
@@ -193,7 +198,7 @@ def train_bundle(
         arch=config.arch,
         arch_params=config.arch_params,
         contract=contract.to_dict(),
-        threshold=config.decision_threshold,
+        threshold=metrics["calibration"]["threshold"],
         config=config.model_dump(mode="json"),
         metrics=metrics,
         gates=metrics["gates"],
