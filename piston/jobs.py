@@ -110,7 +110,8 @@ class JobRecord:
         fields = {k: _loads(v) for k, v in raw.items()}
         shards = [v for k, v in fields.items() if k.startswith("progress:")]
         out: dict[str, Any] = {"job_id": self.job_id}
-        out.update({k: v for k, v in fields.items() if not k.startswith("progress:")})
+        internal = ("progress:", "summary", "started_ts")
+        out.update({k: v for k, v in fields.items() if not k.startswith(internal)})
         if fields.get("kind") == "score" and "summary" not in fields:
             by_label: dict[str, int] = {}
             for counts in shards:

@@ -206,3 +206,45 @@ class S3Storage:
 
 def _etag(response: dict[str, Any]) -> str:
     return str(response.get("ETag", "")).strip('"')
+
+
+def ensure_buckets(uris: list[str], endpoint_url: str | None) -> list[str]:
+    """Create the buckets named by `s3://bucket/...` URIs that do not exist; returns those made."""
+    from botocore.exceptions import ClientError
+
+    client = s3_client(endpoint_url)
+    made = []
+    for bucket in sorted({S3Storage.from_uri(u).bucket for u in uris}):
+        try:
+            client.head_bucket(Bucket=bucket)
+            continue
+        except ClientError:
+            pass
+        except Exception as err:
+            raise S3Storage(bucket, "", endpoint_url)._error(err, "", "create") from None
+        try:
+            client.create_bucket(Bucket=bucket)
+        except Exception as err:
+            raise S3Storage(bucket, "", endpoint_url)._error(err, "", "create") from None
+        made.append(bucket)
+    return made
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m piston.s3 s3://bucket ...`: the bucket-init step of the stack."""
+    import logging
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    uris = sys.argv[1:] if argv is None else argv
+    try:
+        made = ensure_buckets(uris, os.environ.get("PISTON_S3_ENDPOINT_URL") or None)
+    except StorageError as err:
+        sys.stderr.write(f"error: {err}\n")
+        return 2
+    logging.getLogger(__name__).info("buckets ready (created: %s)", ", ".join(made) or "none")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -38,7 +40,7 @@ class Settings(BaseSettings):
     score_max_images_per_second: float = Field(
         default=0.0, ge=0, description="per worker process, to spare a shared store; 0 = unlimited"
     )
-    score_schedule: dict[str, str] = Field(
+    score_schedule: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict, description='beat: {"s3://in/prefix": "s3://out/prefix"} (JSON)'
     )
     score_schedule_every_s: float = Field(default=300.0, gt=0)
@@ -46,6 +48,14 @@ class Settings(BaseSettings):
     retrain_time_limit_s: int = Field(default=3600, ge=60, description="hard limit of a retrain")
     job_retries: int = Field(default=3, ge=0, description="retries while the store is unreachable")
     job_retry_delay_s: float = Field(default=5.0, ge=0)
+
+    @field_validator("score_schedule", mode="before")
+    @classmethod
+    def _schedule_json(cls, value: object) -> object:
+        """JSON from the environment; empty means no schedule (compose passes unset as '')."""
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
 
 
 def load_settings() -> Settings:

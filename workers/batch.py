@@ -21,7 +21,6 @@ from workers.runtime import Runtime
 from workers.scoring import (
     Item,
     counts,
-    list_images,
     merge,
     part_key,
     plan,
@@ -43,7 +42,7 @@ def start(rt: Runtime, record: JobRecord, src_uri: str, out_uri: str, only_new: 
     src, out = rt.storage(src_uri), rt.storage(out_uri)
     version = rt.production().meta.version
     todo, skipped = plan(src, out, version, only_new)
-    if not todo and not skipped and not list_images(src):
+    if not todo and not skipped and not only_new:  # a schedule may find nothing yet
         raise PistonError(f"{src_uri} holds no images (jpeg, png, bmp, tiff, webp, gif)")
     parts = shards(todo, rt.settings.score_shard_size)
     record.set(model_version=version, total=len(todo), skipped=skipped, shards=len(parts))

@@ -33,7 +33,8 @@ def test_the_storage_contract(moto: MotoServer, bucket: str) -> None:
     assert head is not None and head.metadata == {"asset-id": "A-1"} and head.size == 1
     assert storage.head("a/none.txt") is None
     child = storage.child("a")
-    assert child.read("two.txt") == b"22" and [o.key for o in child.list()] == ["one.txt", "two.txt"]
+    assert child.read("two.txt") == b"22"
+    assert [o.key for o in child.list()] == ["one.txt", "two.txt"]
     assert storage.local_path("a/one.txt") is None
     storage.write("a/one.txt", b"replaced")
     assert storage.read("a/one.txt") == b"replaced"
@@ -69,7 +70,7 @@ def test_clear_errors(moto: MotoServer) -> None:
     with pytest.raises(StorageError, match="bucket no-such-bucket does not exist"):
         open_storage("s3://no-such-bucket/x", moto.url).read("y")
     down = open_storage("s3://any/x", f"http://127.0.0.1:{free_port()}")
-    with pytest.raises(StorageUnavailable, match="cannot reach S3 at http://127.0.0.1"):
+    with pytest.raises(StorageUnavailable, match=r"cannot reach S3 at http://127\.0\.0\.1"):
         down.list("")
     with pytest.raises(StorageError, match="names no bucket"):
         S3Storage.from_uri("s3:///prefix")

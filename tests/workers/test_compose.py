@@ -1,0 +1,118 @@
+"""docker-compose.yml cannot run here (no Docker engine): check what can be checked. The file
+parses; every service's command is a real `piston` command; every environment variable is a
+setting we read; the settings they give point the services at each other; one beat only."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cli.main import build_parser
+from piston.settings import Settings
+
+ROOT = Path(__file__).parents[2]
+AWS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
+BENTOML = {"BENTOML_HOME", "BENTOML_DO_NOT_TRACK"}
+VARIABLE = re.compile(r"\$\{(\w+)(?::([-?])([^}]*))?\}")
+
+
+def dotenv(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines()
+             if line.strip() and not line.startswith("#"))
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's `${NAME}`, `${NAME:-default}` and `${NAME:?error}`."""
+    def sub(m: re.Match[str]) -> str:
+        name, op, arg = m.groups()
+        if env.get(name):
+            return env[name]
+        if op == "?":
+            raise AssertionError(f"{name} is required: {arg}")
+        return arg or ""
+    return VARIABLE.sub(sub, value)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def setting_names() -> set[str]:
+    return {f"PISTON_{name.upper()}" for name in Settings.model_fields}
+
+
+def test_services_and_pinned_images(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {"minio", "bucket-init", "redis", "api", "worker", "beat", "flower"}
+    minio = services["minio"]["image"]
+    assert re.fullmatch(r"[\w./-]*minio/minio:RELEASE\.\d{4}-\d\d-\d\dT[\d-]+Z", minio), minio
+    assert all(":" in s["image"] and not s["image"].endswith(":latest")
+               for s in services.values() if "image" in s)
+    assert services["beat"]["deploy"]["replicas"] == 1
+    assert services["flower"]["profiles"] == ["flower"]  # optional
+    assert "no longer maintained" in (ROOT / "docker-compose.yml").read_text()
+
+
+def test_every_command_is_a_piston_command(compose: dict[str, Any]) -> None:
+    from cli import jobs, serve
+
+    services = compose["services"]
+    parser = build_parser()
+    expected = {"api": serve.run_serve, "worker": jobs.run_worker, "beat": jobs.run_beat}
+    for name, handler in expected.items():
+        command = services[name]["command"]
+        assert command[0] == "piston"
+        assert parser.parse_args(command[1:]).handler is handler, name
+    assert services["bucket-init"]["command"][:3] == ["python", "-m", "piston.s3"]
+
+
+def test_environment_matches_the_settings(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    example = dotenv(ROOT / ".env.example")
+    assert set(example) <= setting_names() | AWS, "unknown names in .env.example"
+    for name in ("bucket-init", "api", "worker", "beat"):
+        raw = services[name]["environment"]
+        assert set(raw) <= setting_names() | AWS | BENTOML, name
+        env = {k: interpolate(str(v), example) for k, v in raw.items()}
+        settings = _settings(env)
+        host = settings.redis_url.split("//")[1].split(":")[0]
+        assert host == "redis" and host in services
+        assert settings.s3_endpoint_url == "http://minio:9000"
+        bucket = services["bucket-init"]["command"][-1]
+        assert settings.registry.startswith(bucket + "/")
+        assert settings.score_schedule  # the example schedule parses as JSON
+        for key in AWS:
+            assert env[key]
+    # without a schedule in .env, compose passes an empty value: no schedule, not an error
+    unset = {k: v for k, v in example.items() if k != "PISTON_SCORE_SCHEDULE"}
+    env = {k: interpolate(str(v), unset) for k, v in services["beat"]["environment"].items()}
+    assert _settings(env).score_schedule == {}
+    minio_env = {k: interpolate(v, example) for k, v in services["minio"]["environment"].items()}
+    assert minio_env["MINIO_ROOT_USER"] == example["AWS_ACCESS_KEY_ID"]
+    assert minio_env["MINIO_ROOT_PASSWORD"] == example["AWS_SECRET_ACCESS_KEY"]
+    flower = services["flower"]["command"]
+    assert "--broker=redis://redis:6379/0" in flower
+
+
+def _settings(env: dict[str, str]) -> Settings:
+    saved = dict(os.environ)
+    try:
+        for key in [k for k in os.environ if k.startswith("PISTON_")]:
+            del os.environ[key]
+        os.environ.update(env)
+        return Settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def test_the_stack_script_parses() -> None:
+    subprocess.run(["bash", "-n", str(ROOT / "scripts" / "stack")], check=True)
