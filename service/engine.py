@@ -1,0 +1,161 @@
+"""The serving core, free of BentoML: follow the production bundle, decode, batch, decide.
+
+The BentoML service class and the tests both hold one `Engine`; the HTTP routes only parse
+requests and call it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from piston.bundle import Predictor
+from piston.errors import ImageError
+from piston.follow import ModelFollower
+from piston.imaging import preprocess
+from service.batching import Batcher, InferFn
+from service.inputs import InputError
+from service.metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
+INLINE_DECODE_BYTES = 256 * 1024  # smaller images decode on the event loop (cheaper than a hop)
+
+
+class NotReady(Exception):
+    """No bundle is loaded yet: requests get 503 until the follower has one."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_image_pixels: int
+    max_batch_images: int
+    max_batch_size: int = 64
+
+
+def score(predictor: Predictor, batch: np.ndarray) -> np.ndarray:
+    return predictor.probabilities(batch)
+
+
+class Engine:
+    """Holds the follower, the batcher and the metrics of one worker process."""
+
+    def __init__(self, follower: ModelFollower, limits: Limits, metrics: ServiceMetrics,
+                 poll_interval_s: float, infer: InferFn = score) -> None:
+        self.follower = follower
+        self.limits = limits
+        self.metrics = metrics
+        self.poll_interval_s = poll_interval_s
+        self.batcher = Batcher(infer, limits.max_batch_size)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- following the production pointer ---------------------------------------------------
+
+    def refresh(self) -> bool:
+        """Swap in the wanted bundle now if it changed; True on a swap."""
+        swapped = self.follower.refresh()
+        self.metrics.serving_version(self.follower.status.version)
+        return swapped
+
+    def start_following(self) -> None:
+        """Poll the pointer on a daemon thread (every worker process runs its own)."""
+        def loop() -> None:
+            while not self._stop.is_set():
+                try:
+                    self.refresh()
+                except Exception:  # never let the poller die; the old model keeps serving
+                    log.exception("model refresh failed")
+                if self.follower.pinned and self.follower.current is not None:
+                    return  # a pinned bento loads once
+                self._stop.wait(self.poll_interval_s)
+
+        self._thread = threading.Thread(target=loop, name="model-follower", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.batcher.close()
+
+    @property
+    def ready(self) -> bool:
+        return self.follower.current is not None
+
+    def predictor(self) -> Predictor:
+        predictor = self.follower.current
+        if predictor is None:
+            raise NotReady(self.follower.status.last_error or "no bundle is loaded yet (is one in"
+                           " production? `piston models promote VERSION --reason ...`)")
+        return predictor
+
+    # -- scoring ----------------------------------------------------------------------------
+
+    async def decode(self, data: bytes, predictor: Predictor) -> np.ndarray:
+        try:
+            if len(data) <= INLINE_DECODE_BYTES:
+                return preprocess(data, predictor.contract, self.limits.max_image_pixels)
+            return await asyncio.to_thread(
+                preprocess, data, predictor.contract, self.limits.max_image_pixels)
+        except ImageError as err:
+            raise InputError.from_image_error(err) from None
+
+    async def classify(self, data: bytes) -> dict[str, Any]:
+        """One image -> its decision; raises InputError for a bad image."""
+        predictor = self.predictor()  # the model this request finishes on, even across a swap
+        array = await self.decode(data, predictor)  # a bad image: InputError, counted by the route
+        decision = predictor.decide(await self.batcher.score(predictor, [array]))[0]
+        self.metrics.record([decision])
+        return decision
+
+    async def classify_many(self, images: list[bytes]) -> list[dict[str, Any]]:
+        """Many images -> one entry each, in order; a bad image gets an error entry."""
+        predictor = self.predictor()
+        results: list[dict[str, Any]] = [{} for _ in images]
+        arrays, slots = [], []
+        for i, data in enumerate(images):
+            try:
+                arrays.append(await self.decode(data, predictor))
+                slots.append(i)
+            except InputError as err:
+                self.metrics.error(err.kind)
+                results[i] = {"error": err.reason, "kind": err.kind, "status": err.status}
+        if arrays:
+            decisions = predictor.decide(await self.batcher.score(predictor, arrays))
+            self.metrics.record(decisions)
+            for slot, decision in zip(slots, decisions, strict=True):
+                results[slot] = decision
+        return results
+
+    # -- reporting --------------------------------------------------------------------------
+
+    def model_info(self) -> dict[str, Any]:
+        status = self.follower.status
+        info: dict[str, Any] = {
+            "ready": self.ready,
+            "follows_registry": not self.follower.pinned,
+            "pinned": self.follower.pinned,
+            "poll_interval_s": self.poll_interval_s,
+            "refused": status.refused,
+            "last_error": status.last_error,
+            "batching": self.batcher.stats(),
+        }
+        predictor = self.follower.current
+        if predictor is not None:
+            meta = predictor.meta
+            info.update(
+                version=meta.version,
+                classes=meta.classes,
+                threshold=meta.threshold,
+                arch=meta.arch,
+                created_at=meta.created_at,
+                metrics={k: meta.metrics.get(k) for k in
+                         ("accuracy", "macro_f1", "per_class", "split", "best_epoch")},
+                gates=[g.model_dump() for g in meta.gates],
+                gates_passed=meta.gates_passed,
+                parent=meta.parent,
+            )
+        return info
