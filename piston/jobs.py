@@ -82,10 +82,25 @@ class JobRecord:
         fields: dict[str, Any] = {"state": state}
         if state in TERMINAL:
             fields["finished_at"] = now()
+            self._release()
         if reason:
             fields["reason"] = reason
         self.set(**fields)
         return True
+
+    def claim(self, resource: str, ttl_s: int) -> str | None:
+        """Hold `resource` for this job until it ends; the holder's job id when another has it."""
+        guard = f"piston:claim:{resource}"
+        if self.redis.set(guard, self.job_id, nx=True, ex=ttl_s):
+            self.set(claim=guard)
+            return None
+        holder = self.redis.get(guard)
+        return None if holder == self.job_id else str(holder)
+
+    def _release(self) -> None:
+        guard = self.get("claim")
+        if guard and self.redis.get(guard) == self.job_id:
+            self.redis.delete(guard)
 
     def progress(self, shard: int, counts: dict[str, Any]) -> None:
         """Overwrite one shard's running counts (so a redelivered shard restarts them)."""

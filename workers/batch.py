@@ -39,6 +39,14 @@ def start(rt: Runtime, record: JobRecord, src_uri: str, out_uri: str, only_new: 
     if not record.set_state("STARTED"):
         return
     record.set(src=src_uri, out=out_uri, started_at=now(), started_ts=time.time())
+    if only_new:  # scheduled runs: one at a time per output, or two would score the same images
+        holder = record.claim(f"out:{out_uri}", rt.settings.score_time_limit_s * 4)
+        if holder:
+            nothing = {"total": 0, "skipped": 0, "scored": 0, "errors": 0, "needs_review": 0,
+                       "by_label": {}, "images_per_second": 0.0}
+            record.set(shards=0, summary=nothing)
+            record.set_state("SUCCESS", reason=f"skipped: job {holder} is still scoring {src_uri}")
+            return
     src, out = rt.storage(src_uri), rt.storage(out_uri)
     version = rt.production().meta.version
     todo, skipped = plan(src, out, version, only_new)
