@@ -27,7 +27,7 @@ def build_augment(aug: Augment) -> BatchAugment | None:
 
     def apply(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         x = _flips(x, aug.hflip, aug.vflip, gen)
-        if aug.rotate_degrees or aug.crop_scale < 1.0 or aug.translate:
+        if aug.rotate_degrees or aug.crop_scale < 1.0 or aug.translate_x or aug.translate_y:
             x = _affine(x, aug, gen)
         if aug.color_jitter:
             x = _color(x, aug.color_jitter, gen)
@@ -61,7 +61,8 @@ def _affine(x: torch.Tensor, aug: Augment, gen: torch.Generator) -> torch.Tensor
     n = len(x)
     angle = _uniform(n, -aug.rotate_degrees, aug.rotate_degrees, gen) * (math.pi / 180.0)
     zoom = torch.sqrt(_uniform(n, aug.crop_scale, 1.0, gen))  # share of the side that stays
-    shift = _uniform(2 * n, -aug.translate, aug.translate, gen).view(n, 2) * 2.0
+    shift = torch.stack([_uniform(n, -aug.translate_x, aug.translate_x, gen),
+                         _uniform(n, -aug.translate_y, aug.translate_y, gen)], 1) * 2.0
     cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
     theta = torch.stack(
         [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1

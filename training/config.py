@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from piston.errors import ConfigError
 
-DEFAULT_RECIPE = "seed"  # the best recipe by grouped cross-validation (README, evaluation)
+DEFAULT_RECIPE = "bn_cnn"  # the best recipe by grouped cross-validation (README, evaluation)
 
 
 class Augment(BaseModel):
@@ -23,7 +23,8 @@ class Augment(BaseModel):
     vflip: float = Field(0.0, ge=0, le=1)  # probability
     rotate_degrees: float = Field(0.0, ge=0, le=180)  # uniform in [-d, d]: a turning part
     crop_scale: float = Field(1.0, gt=0, le=1)  # random zoom keeping this share of the area
-    translate: float = Field(0.0, ge=0, lt=1)  # random shift, as a share of the image side
+    translate_x: float = Field(0.0, ge=0, lt=1)  # random sideways shift, share of the width
+    translate_y: float = Field(0.0, ge=0, lt=1)  # random vertical shift, share of the height
     color_jitter: float = Field(0.0, ge=0, lt=1)  # brightness, contrast and saturation strength
     blur_sigma: float = Field(0.0, ge=0)  # Gaussian blur on 30% of the images, sigma up to this
     sharpen: float = Field(0.0, ge=0)  # unsharp mask on 30% of the images, strength up to this

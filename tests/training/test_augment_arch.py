@@ -12,7 +12,7 @@ from piston.errors import ConfigError
 from training.augment import build_augment
 from training.config import Augment
 
-EVERYTHING = Augment(hflip=0.5, vflip=0.5, rotate_degrees=30, crop_scale=0.7, translate=0.1,
+EVERYTHING = Augment(hflip=0.5, vflip=0.5, rotate_degrees=30, crop_scale=0.7, translate_x=0.1, translate_y=0.05,
                      color_jitter=0.3, blur_sigma=1.5, sharpen=1.0, noise_std=0.05)
 
 
@@ -47,7 +47,7 @@ def test_a_certain_flip_is_exactly_a_flip() -> None:
 
 
 def test_a_zero_rotation_affine_is_nearly_the_identity() -> None:
-    augment = build_augment(Augment(translate=1e-6))
+    augment = build_augment(Augment(translate_x=1e-6))
     assert augment is not None
     x = batch()
     assert torch.allclose(augment(x.clone(), torch.Generator().manual_seed(0)), x, atol=0.1)
