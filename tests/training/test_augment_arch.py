@@ -12,8 +12,9 @@ from piston.errors import ConfigError
 from training.augment import build_augment
 from training.config import Augment
 
-EVERYTHING = Augment(hflip=0.5, vflip=0.5, rotate_degrees=30, crop_scale=0.7, translate_x=0.1, translate_y=0.05,
-                     color_jitter=0.3, blur_sigma=1.5, sharpen=1.0, noise_std=0.05)
+EVERYTHING = Augment(hflip=0.5, vflip=0.5, rotate_degrees=30, crop_scale=0.7, translate_x=0.1,
+                     translate_y=0.05, color_jitter=0.3, blur_sigma=1.5, sharpen=1.0,
+                     noise_std=0.05)
 
 
 def batch(n: int = 6, height: int = 24, width: int = 40) -> torch.Tensor:
