@@ -130,6 +130,8 @@ def admin_routes(get_engine: Callable[[], Engine], get_config: Callable[[], Admi
         try:
             return await asyncio.to_thread(jobs.job_status, get_config().redis_url,
                                            request.path_params["job_id"])
+        except jobs.UnknownJob as err:
+            raise AdminError(404, str(err)) from None
         except Exception as err:
             raise AdminError(503, f"the job queue is unavailable: {err}") from None
 

@@ -1,0 +1,110 @@
+"""Fixtures for the service tests: two real bundles trained once, servers on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from piston.registry import Registry
+from piston.storage import open_storage
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Bundles:
+    registry: Path  # a registry holding both bundles, nothing in production
+    good: str  # gates pass (12 epochs)
+    other: str  # a second, different bundle (5 epochs, another seed)
+
+
+@pytest.fixture(scope="session")
+def bundles(piston_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Bundles:
+    """Train the two bundles the whole service suite shares (about a minute on 2 cores)."""
+    from training.config import load_config
+    from training.pipeline import GateBar, train_bundle
+
+    root = tmp_path_factory.mktemp("service-bundles")
+    registry = Registry(open_storage(root / "registry"))
+    versions = []
+    for overrides in ({"epochs": 12}, {"epochs": 5, "seed": 3}):
+        outcome = train_bundle(str(piston_data), load_config(overrides=overrides), registry,
+                               GateBar(), root / "runs", 40_000_000)
+        versions.append(outcome.version)
+    assert versions[0] != versions[1]
+    return Bundles(root / "registry", versions[0], versions[1])
+
+
+@pytest.fixture
+def registry_dir(bundles: Bundles, tmp_path: Path) -> Path:
+    """A private copy of the two-bundle registry, so each test moves its own pointer."""
+    dest = tmp_path / "registry"
+    shutil.copytree(bundles.registry, dest)
+    return dest
+
+
+def open_registry(path: Path) -> Registry:
+    return Registry(open_storage(path))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running_server(target: str, env: dict[str, str], log: Path,
+                   workers: int = 1) -> Iterator[str]:
+    """A real `piston serve` (BentoML) process on 127.0.0.1; yields its base URL once ready."""
+    port = free_port()
+    command = [sys.executable, "-m", "cli.main", "serve", "--port", str(port),
+               "--workers", str(workers)]
+    if target != "source":
+        command += ["--bento", target]
+    full_env = {**os.environ, **env, "BENTOML_DO_NOT_TRACK": "true"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=out, stderr=out,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready in 90 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def sample_images(data: Path, per_class: int) -> list[tuple[str, Path]]:
+    """(true label, path) for the first images of each class."""
+    out = []
+    for folder in sorted(p for p in data.iterdir() if p.is_dir()):
+        out += [(folder.name, p) for p in sorted(folder.glob("*.jp*g"))[:per_class]]
+    return out

@@ -1,0 +1,180 @@
+"""ASGI tests: BentoML's own app for the service (middleware, probes, metrics) in-process."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+
+from tests.conftest import image_bytes
+from tests.service.conftest import Bundles, open_registry
+
+TOKEN = "test-admin-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def asgi_app() -> Any:
+    """BentoML's ASGI app for the service, built once (its metrics register once a process);
+    each test's client runs its lifespan, which creates a fresh service instance."""
+    from service.app import PistonInspector
+
+    return PistonInspector.to_asgi()
+
+
+@pytest.fixture
+def client(asgi_app: Any, registry_dir: Path,
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    monkeypatch.setenv("PISTON_REGISTRY", str(registry_dir))
+    monkeypatch.setenv("PISTON_ADMIN_TOKEN", TOKEN)
+    monkeypatch.setenv("PISTON_POLL_INTERVAL_S", "0.2")
+    monkeypatch.setenv("PISTON_MAX_UPLOAD_BYTES", "300000")
+    monkeypatch.setenv("PISTON_MAX_BATCH_IMAGES", "4")
+    monkeypatch.setenv("PISTON_REDIS_URL", "redis://127.0.0.1:6379/14")
+    with TestClient(asgi_app) as test_client:
+        yield test_client
+
+
+def wait_ready(client: TestClient, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "never became ready"
+        time.sleep(0.1)
+
+
+def encoded(mode: str, fmt: str, size: tuple[int, int] = (120, 90)) -> bytes:
+    img = Image.new("RGB", size, (90, 140, 200)).convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_not_ready_without_a_bundle_then_follows_the_pointer(
+        client: TestClient, bundles: Bundles, registry_dir: Path) -> None:
+    assert client.get("/livez").status_code == 200
+    assert client.get("/readyz").status_code == 503
+    response = client.post("/classify", files={"image": ("a.jpg", image_bytes(), "image/jpeg")})
+    assert response.status_code == 503 and response.json()["kind"] == "not_ready"
+    open_registry(registry_dir).promote(bundles.good, reason="first", force=True)
+    wait_ready(client)
+    model = client.get("/model").json()
+    assert model["version"] == bundles.good and isinstance(model["gates_passed"], bool)
+    assert set(model["classes"]) == {"defect_1", "defect_2", "normal"}
+    assert {g["name"] for g in model["gates"]} and "accuracy" in model["metrics"]
+
+
+def test_inputs_in_every_mode_and_the_bad_input_table(
+        client: TestClient, bundles: Bundles, registry_dir: Path) -> None:
+    open_registry(registry_dir).promote(bundles.good, reason="first", force=True)
+    wait_ready(client)
+    for mode, fmt in [("L", "PNG"), ("RGBA", "PNG"), ("P", "GIF"), ("CMYK", "JPEG"),
+                      ("I;16", "PNG"), ("RGB", "BMP"), ("RGB", "WEBP"), ("RGB", "TIFF")]:
+        response = client.post("/classify", content=encoded(mode, fmt),
+                               headers={"content-type": f"image/{fmt.lower()}"})
+        assert response.status_code == 200, (mode, fmt, response.text)
+        assert response.json()["model_version"] == bundles.good
+    truncated = encoded("RGB", "PNG", (200, 200))[:300]
+    too_many_pixels = encoded("L", "PNG", (9000, 9000))  # small file, huge canvas
+    ico = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(ico, format="ICO")
+    table = [
+        ("empty body", {"content": b"", "headers": {"content-type": "image/jpeg"}}, 400),
+        ("not an image", {"content": b"hello", "headers": {"content-type": "image/png"}}, 415),
+        ("ico not allowed", {"content": ico.getvalue(),
+                             "headers": {"content-type": "image/x-icon"}}, 415),
+        ("truncated", {"content": truncated, "headers": {"content-type": "image/png"}}, 422),
+        ("pixel bomb", {"content": too_many_pixels,
+                        "headers": {"content-type": "image/png"}}, 413),
+        ("oversize upload", {"content": b"\xff" * 400_000,
+                             "headers": {"content-type": "image/jpeg"}}, 413),
+        ("json body", {"json": {"image": "abc"}}, 415),
+        ("wrong field", {"files": {"picture": ("a.jpg", image_bytes(), "image/jpeg")}}, 400),
+        ("text field", {"data": {"image": "not a file"}}, 400),
+    ]
+    for name, request, status in table:
+        response = client.post("/classify", **request)  # type: ignore[arg-type]
+        assert response.status_code == status, (name, response.text)
+        assert response.json()["error"], name
+    assert client.post("/classify", content=image_bytes(),
+                       headers={"content-type": "image/jpeg"}).status_code == 200  # still serving
+
+
+def test_classify_batch_slots_and_limit(client: TestClient, bundles: Bundles,
+                                        registry_dir: Path) -> None:
+    open_registry(registry_dir).promote(bundles.good, reason="first", force=True)
+    wait_ready(client)
+    files = [("images", (f"{i}.jpg", data, "image/jpeg"))
+             for i, data in enumerate([image_bytes(), b"garbage", image_bytes((10, 200, 10))])]
+    results = client.post("/classify_batch", files=files).json()["results"]
+    assert [("label" in r) for r in results] == [True, False, True]
+    assert results[1]["kind"] == "not_an_image"
+    five = [("images", (f"{i}.jpg", image_bytes(), "image/jpeg")) for i in range(5)]
+    response = client.post("/classify_batch", files=five)
+    assert response.status_code == 413 and "at most 4" in response.json()["error"]
+    response = client.post("/classify_batch", content=image_bytes(),
+                           headers={"content-type": "image/jpeg"})
+    assert response.status_code == 415
+
+
+def test_admin_needs_the_token_and_moves_the_pointer(
+        client: TestClient, bundles: Bundles, registry_dir: Path) -> None:
+    registry = open_registry(registry_dir)
+    registry.promote(bundles.good, reason="first", force=True)
+    wait_ready(client)
+    body = {"version": bundles.other, "reason": "try the other", "force": True}
+    assert client.post("/admin/promote", json=body).status_code == 401
+    assert client.post("/admin/promote", json=body,
+                       headers={"Authorization": "Bearer wrong"}).status_code == 401
+    refused = client.post("/admin/promote", json={"version": bundles.other, "reason": "x"},
+                          headers=AUTH)
+    if not registry.meta(bundles.other).gates_passed:
+        assert refused.status_code == 409 and "gates" in refused.json()["error"]
+    assert client.post("/admin/promote", json={"reason": "no version"},
+                       headers=AUTH).status_code == 422
+    promoted = client.post("/admin/promote", json=body, headers=AUTH)
+    assert promoted.status_code == 200, promoted.text
+    assert promoted.json()["serving"] == bundles.other  # this worker swapped at once
+    image = {"image": ("a.jpg", image_bytes(), "image/jpeg")}
+    assert client.post("/classify", files=image).json()["model_version"] == bundles.other
+    rolled = client.post("/admin/rollback", json={"reason": "worse"}, headers=AUTH)
+    assert rolled.status_code == 200 and rolled.json()["serving"] == bundles.good
+    assert registry.history()[-1].reason == "worse" and registry.history()[-1].by == "admin-api"
+    reload = client.post("/admin/reload", headers=AUTH).json()
+    assert reload == {"swapped": False, "serving": bundles.good, "last_error": None}
+
+
+def test_retrain_is_queued_and_its_status_readable(
+        client: TestClient, bundles: Bundles, registry_dir: Path) -> None:
+    body = {"dataset": "s3://bucket/pistons", "overrides": {"epochs": 3},
+            "promote_if_better": True}
+    assert client.post("/admin/retrain", json=body).status_code == 401
+    assert client.post("/admin/retrain", json={"overrides": 3}, headers=AUTH).status_code == 422
+    queued = client.post("/admin/retrain", json=body, headers=AUTH)
+    assert queued.status_code == 200, queued.text
+    job_id = queued.json()["job_id"]
+    status = client.get(f"/jobs/{job_id}", headers=AUTH).json()
+    assert status["job_id"] == job_id and status["state"] == "PENDING"
+    assert status["kind"] == "retrain" and status["dataset"] == "s3://bucket/pistons"
+    assert client.get("/jobs/no-such-job", headers=AUTH).status_code == 404
+    import redis
+
+    queue = redis.Redis.from_url("redis://127.0.0.1:6379/14")
+    try:
+        assert any(job_id.encode() in m for m in queue.lrange("celery", 0, -1))
+    finally:
+        queue.delete("celery")
+
+
+def test_admin_is_refused_without_a_configured_token(
+        asgi_app: Any, registry_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PISTON_REGISTRY", str(registry_dir))
+    monkeypatch.delenv("PISTON_ADMIN_TOKEN", raising=False)
+    with TestClient(asgi_app) as client:
+        response = client.post("/admin/reload", headers={"Authorization": "Bearer "})
+        assert response.status_code == 403 and "PISTON_ADMIN_TOKEN" in response.json()["error"]

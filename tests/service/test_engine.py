@@ -1,0 +1,140 @@
+"""Method-level tests: the engine, the batcher and the request-size middleware, no server."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from piston.bundle import Predictor
+from piston.follow import ModelFollower
+from service.batching import Batcher
+from service.engine import Engine, Limits, NotReady
+from service.inputs import InputError
+from service.limits import RequestSizeLimit
+from service.metrics import service_metrics
+from tests.conftest import image_bytes
+from tests.service.conftest import Bundles, open_registry, sample_images
+
+
+def make_engine(registry_dir: Path, version: str | None) -> Engine:
+    registry = open_registry(registry_dir)
+    if version:
+        registry.promote(version, reason="test", force=True)
+    engine = Engine(ModelFollower(registry), Limits(1_000_000, 8, 16), service_metrics(), 0.2)
+    engine.refresh()
+    return engine
+
+
+def test_classify_real_images_matches_in_process_scoring(
+        bundles: Bundles, registry_dir: Path, piston_data: Path) -> None:
+    engine = make_engine(registry_dir, bundles.good)
+    samples = sample_images(piston_data, 6)
+    decisions = [asyncio.run(engine.classify(path.read_bytes())) for _, path in samples]
+    correct = sum(d["label"] == label for (label, _), d in zip(samples, decisions, strict=True))
+    assert correct >= 0.8 * len(samples)
+    assert {d["model_version"] for d in decisions} == {bundles.good}
+    reference = Predictor.load(open_registry(registry_dir).fetch(bundles.good))
+    first = decisions[0]
+    assert set(first["probabilities"]) == set(reference.meta.classes)
+    assert abs(sum(first["probabilities"].values()) - 1) < 1e-5
+    assert first["needs_review"] == (first["confidence"] < reference.meta.threshold)
+
+
+def test_batch_keeps_slots_and_reports_the_corrupt_image(
+        bundles: Bundles, registry_dir: Path, piston_data: Path) -> None:
+    engine = make_engine(registry_dir, bundles.good)
+    good = [p.read_bytes() for _, p in sample_images(piston_data, 1)]
+    truncated = good[0][: len(good[0]) // 2]
+    results = asyncio.run(engine.classify_many([good[0], truncated, b"", good[1], good[2]]))
+    assert [("error" in r) for r in results] == [False, True, True, False, False]
+    assert results[1]["kind"] == "truncated" and results[1]["status"] == 422
+    assert results[2]["kind"] == "empty" and results[2]["status"] == 400
+    alone = asyncio.run(engine.classify(good[1]))
+    assert results[3]["probabilities"] == pytest.approx(alone["probabilities"], abs=1e-5)
+
+
+def test_not_ready_until_a_bundle_is_in_production(bundles: Bundles, registry_dir: Path) -> None:
+    engine = make_engine(registry_dir, None)
+    assert not engine.ready
+    with pytest.raises(NotReady, match="production"):
+        asyncio.run(engine.classify(image_bytes()))
+    open_registry(registry_dir).promote(bundles.other, reason="first", force=True)
+    assert engine.refresh() and engine.ready
+    assert engine.model_info()["version"] == bundles.other
+
+
+def test_bad_image_raises_input_error_with_status(bundles: Bundles, registry_dir: Path) -> None:
+    engine = make_engine(registry_dir, bundles.good)
+    cases = {b"not an image": 415, b"": 400, image_bytes(size=(2000, 1000)): 413}
+    for data, status in cases.items():
+        with pytest.raises(InputError) as err:
+            asyncio.run(engine.classify(data))
+        assert err.value.status == status
+
+
+def test_concurrent_requests_share_forward_passes() -> None:
+    calls: list[int] = []
+
+    def infer(predictor: object, batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        return batch * 2
+
+    async def run() -> list[np.ndarray]:
+        batcher = Batcher(infer, max_batch_size=16)  # type: ignore[arg-type]
+        model = object()
+        rows = [np.full((2,), i, dtype=np.float32) for i in range(40)]
+        results = await asyncio.gather(*(batcher.score(model, [r]) for r in rows))  # type: ignore[arg-type]
+        batcher.close()
+        return [r[0] for r in results]
+
+    results = asyncio.run(run())
+    assert [float(r[0]) for r in results] == [2.0 * i for i in range(40)]  # each gets its own row
+    assert sum(calls) == 40 and max(calls) == 16 and len(calls) < 40
+
+
+def test_batches_never_mix_two_models() -> None:
+    seen: list[set[int]] = []
+
+    def infer(predictor: object, batch: np.ndarray) -> np.ndarray:
+        seen.append({id(predictor)})
+        return np.full((len(batch), 1), id(predictor) % 1000, dtype=np.float64)
+
+    async def run() -> list[float]:
+        batcher = Batcher(infer, max_batch_size=64)  # type: ignore[arg-type]
+        a, b = object(), object()
+        models = [a, b, a, a, b] * 4
+        out = await asyncio.gather(*(batcher.score(m, [np.zeros(1)]) for m in models))  # type: ignore[arg-type]
+        batcher.close()
+        return [float(o[0][0]) for o in out], [id(m) % 1000 for m in models]  # type: ignore[return-value]
+
+    got, wanted = asyncio.run(run())  # type: ignore[misc]
+    assert got == wanted
+
+
+def test_request_size_limit_declared_and_streamed() -> None:
+    async def echo(request: Request) -> JSONResponse:
+        return JSONResponse({"bytes": len(await request.body())})
+
+    app = RequestSizeLimit(Starlette(routes=[Route("/", echo, methods=["POST"])]),
+                           max_bytes=lambda: 1000)
+    client = TestClient(app)
+    assert client.post("/", content=b"x" * 1000).json() == {"bytes": 1000}
+    declared = client.post("/", content=b"x" * 1001)
+    assert declared.status_code == 413 and declared.json()["kind"] == "too_large"
+
+    def chunks() -> object:
+        for _ in range(10):
+            yield b"y" * 300
+
+    streamed = client.post("/", content=chunks())  # type: ignore[arg-type]
+    assert streamed.status_code == 413 and "limit" in streamed.json()["error"]
+    bad = client.post("/", content=b"x", headers={"content-length": "abc"})
+    assert bad.status_code == 400
