@@ -34,6 +34,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     score.set_defaults(handler=run_score)
     retrain = sub.add_parser("retrain", help="train on DATASET; promote only if not worse")
     retrain.add_argument("dataset", metavar="DATASET", help="folder-per-class or CSV manifest")
+    retrain.add_argument("--recipe", help="named training recipe (default: the default one)")
     retrain.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                          help="override one training setting, e.g. --set epochs=5")
     retrain.add_argument("--promote-if-better", action="store_true",
@@ -86,7 +87,7 @@ def run_retrain(args: argparse.Namespace) -> int:
     settings = load_settings()
     dataset = _location(args.dataset, True, settings)
     job_id = jobs.enqueue_retrain(settings.redis_url, dataset, parse_overrides(args.set),
-                                  args.promote_if_better, args.min_accuracy)
+                                  args.promote_if_better, args.min_accuracy, args.recipe)
     return _after_enqueue(settings, job_id, args)
 
 

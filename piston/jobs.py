@@ -173,8 +173,9 @@ def enqueue_retrain(
     overrides: dict[str, Any] | None = None,
     promote_if_better: bool = False,
     min_accuracy: float | None = None,
+    recipe: str | None = None,
 ) -> str:
-    """Queue a retraining job; returns its job id."""
+    """Queue a retraining job (default recipe unless named); returns its job id."""
     job_id = str(uuid.uuid4())
     JobRecord(_redis(redis_url), job_id).create("retrain", dataset=dataset)
     client(redis_url).send_task(
@@ -184,6 +185,7 @@ def enqueue_retrain(
             "overrides": overrides or {},
             "promote_if_better": promote_if_better,
             "min_accuracy": min_accuracy,
+            "recipe": recipe,
         },
         task_id=job_id,
     )

@@ -36,6 +36,7 @@ class RetrainRequest:
     overrides: dict[str, Any]
     promote_if_better: bool
     job_id: str
+    recipe: str | None = None
 
 
 def retrain(
@@ -48,7 +49,7 @@ def retrain(
     on_progress: Callable[[dict[str, Any]], None],
 ) -> dict[str, Any]:
     """Train on `request.dataset`, publish the bundle, compare it with production, decide."""
-    config = load_config(None, None, request.overrides)
+    config = load_config(request.recipe, None, request.overrides)
     on_progress({"stage": "training", "epoch": 0, "epochs": config.epochs})
 
     def on_epoch(e: Epoch) -> None:

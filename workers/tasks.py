@@ -91,7 +91,8 @@ def score_finalize(self: Task, job_id: str) -> dict[str, Any]:
 @shared_task(name=RETRAIN_TASK, bind=True)
 def retrain_task(self: Task, dataset: str, overrides: dict[str, Any] | None = None,
                  promote_if_better: bool = False,
-                 min_accuracy: float | None = None) -> dict[str, Any]:
+                 min_accuracy: float | None = None,
+                 recipe: str | None = None) -> dict[str, Any]:
     """Retrain, publish, and promote the new bundle only if it beats production (or ties)."""
     rt = runtime(self.app)
     record = rt.record(self.request.id)
@@ -108,7 +109,7 @@ def retrain_task(self: Task, dataset: str, overrides: dict[str, Any] | None = No
         record.set(progress=info)
         self.update_state(state="PROGRESS", meta=info)
 
-    request = RetrainRequest(dataset, overrides or {}, promote_if_better, record.job_id)
+    request = RetrainRequest(dataset, overrides or {}, promote_if_better, record.job_id, recipe)
     try:
         result = retrain(request, rt.registry, bar, s.runs_dir, s.max_image_pixels,
                          s.s3_endpoint_url, on_progress)

@@ -185,7 +185,7 @@ def train_into(registry_uri: str, endpoint: str, dataset: str, runs: Path,
     from training.pipeline import GateBar, train_bundle
 
     registry = Registry(open_storage(registry_uri, endpoint))
-    outcome = train_bundle(dataset, load_config(None, None, overrides), registry, GateBar(),
+    outcome = train_bundle(dataset, load_config("seed", None, overrides), registry, GateBar(),
                            runs, 40_000_000, None, endpoint)
     return outcome.version
 

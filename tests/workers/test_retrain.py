@@ -28,7 +28,7 @@ def test_a_better_challenger_is_promoted_and_workers_follow_it(
         reg.promote(bundles["weak"], "tests: a weak champion", force=True)
     seen: list[dict[str, Any]] = []
     job_id = enqueue_retrain(REDIS_URL, s3_pistons["dataset"], {"epochs": 8},
-                             promote_if_better=True)
+                             promote_if_better=True, recipe="seed")
     result = wait_job(job_id, timeout=240, on_status=seen.append)
 
     assert result["state"] == "SUCCESS", result.get("reason")
@@ -55,8 +55,8 @@ def test_a_challenger_refused_by_its_gates_leaves_production_alone(
 ) -> None:
     reg = registry(moto)
     before, moves = reg.current(), len(reg.history())
-    job_id = enqueue_retrain(REDIS_URL, s3_pistons["dataset"], {"epochs": 2},
-                             promote_if_better=True, min_accuracy=1.01)  # an impossible bar
+    job_id = enqueue_retrain(REDIS_URL, s3_pistons["dataset"], {"epochs": 2},  # impossible bar:
+                             promote_if_better=True, min_accuracy=1.01, recipe="seed")
     result = wait_job(job_id, timeout=240)
 
     assert result["state"] == "SUCCESS", result.get("reason")
