@@ -1,0 +1,182 @@
+"""A real `piston serve` (BentoML, 2 workers) on 127.0.0.1 with bundles trained on the data."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from piston.bundle import Predictor
+from piston.imaging import preprocess
+from tests.conftest import image_bytes
+from tests.service.conftest import Bundles, open_registry, running_server, sample_images
+
+POLL_S = 0.5
+TOKEN = "server-token"
+
+
+@pytest.fixture(scope="module")
+def served(bundles: Bundles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    import shutil
+
+    root = tmp_path_factory.mktemp("served")
+    registry_dir = root / "registry"
+    shutil.copytree(bundles.registry, registry_dir)
+    open_registry(registry_dir).promote(bundles.good, reason="serve", force=True)
+    env = {"PISTON_REGISTRY": str(registry_dir), "PISTON_POLL_INTERVAL_S": str(POLL_S),
+           "PISTON_ADMIN_TOKEN": TOKEN, "PISTON_MAX_UPLOAD_BYTES": "1000000",
+           "PISTON_MAX_BATCH_IMAGES": "16"}
+    with running_server("source", env, root / "server.log", workers=2) as url:
+        yield url, registry_dir
+
+
+def test_classifies_real_images_like_the_bundle_does(
+        served: tuple[str, Path], bundles: Bundles, piston_data: Path) -> None:
+    url, registry_dir = served
+    predictor = Predictor.load(open_registry(registry_dir).fetch(bundles.good))
+    samples = sample_images(piston_data, 5)
+    correct = 0
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for i, (label, path) in enumerate(samples):
+            data = path.read_bytes()
+            if i % 2:
+                response = client.post("/classify", files={"image": (path.name, data, "image/jpeg")})
+            else:
+                response = client.post("/classify", content=data,
+                                       headers={"content-type": "image/jpeg"})
+            assert response.status_code == 200, response.text
+            result = response.json()
+            expected = predictor.decide(
+                predictor.probabilities(preprocess(data, predictor.contract)[None]))[0]
+            assert result["label"] == expected["label"]
+            assert result["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-5)
+            assert result["model_version"] == bundles.good
+            correct += result["label"] == label
+    assert correct >= 0.8 * len(samples)
+
+
+def test_batch_with_one_corrupt_image(served: tuple[str, Path], piston_data: Path) -> None:
+    url, _ = served
+    good = [p.read_bytes() for _, p in sample_images(piston_data, 2)]
+    corrupt = good[0][: len(good[0]) // 2]
+    files = [("images", (f"{i}.jpg", d, "image/jpeg"))
+             for i, d in enumerate([*good[:3], corrupt, *good[3:]])]
+    response = httpx.post(f"{url}/classify_batch", files=files, timeout=30)
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert len(results) == 7
+    assert [("label" in r) for r in results] == [True, True, True, False, True, True, True]
+    assert results[3]["kind"] == "truncated"
+    labels = [r["label"] for r in results if "label" in r]
+    assert len(set(labels)) >= 2  # different classes, not one answer for all
+
+
+def noisy_jpeg() -> bytes:
+    pixels = np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def chunked(data: bytes, size: int = 65536) -> Iterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start:start + size]
+
+
+def test_bad_input_table(served: tuple[str, Path]) -> None:
+    url, _ = served
+    jpeg = {"content-type": "image/jpeg"}
+    noisy = noisy_jpeg()
+    table = [
+        ("empty body", {"content": b"", "headers": jpeg}, 400),
+        ("not an image", {"content": b"%PDF-1.4 not an image", "headers": jpeg}, 415),
+        ("truncated", {"content": noisy[: len(noisy) // 2], "headers": jpeg}, 422),
+        ("oversize declared", {"content": b"\xff" * 1_200_000, "headers": jpeg}, 413),
+        ("oversize chunked", {"content": chunked(b"\xff" * 1_200_000), "headers": jpeg}, 413),
+        ("wrong content type", {"content": b"{}",
+                                "headers": {"content-type": "application/json"}}, 415),
+        ("wrong field", {"files": {"file": ("a.jpg", image_bytes(), "image/jpeg")}}, 400),
+        ("no content type", {"content": image_bytes(), "headers": {"content-type": ""}}, 415),
+    ]
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for name, request, status in table:
+            response = client.post("/classify", **request)  # type: ignore[arg-type]
+            assert response.status_code == status, (name, response.status_code, response.text)
+            assert response.json()["error"], name
+        assert client.post("/classify", content=image_bytes(), headers=jpeg).status_code == 200
+        assert client.post("/admin/reload").status_code == 401
+        metrics = client.get("/metrics").text
+    for kind in ("empty", "not_an_image", "truncated", "unsupported_media_type"):
+        assert f'piston_request_errors_total{{kind="{kind}"}}' in metrics, kind
+    assert "piston_predictions_total{label=" in metrics, metrics
+    assert "bentoml_service_request_total" in metrics  # BentoML's built-ins are still there
+
+
+def serving_versions(url: str) -> set[str]:
+    """The version each worker process reports in /metrics (1 = serving)."""
+    lines = httpx.get(f"{url}/metrics", timeout=10).text.splitlines()
+    return {line.split('version="')[1].split('"')[0] for line in lines
+            if line.startswith("piston_serving_model{") and line.endswith(" 1.0")}
+
+
+def test_promote_and_roll_back_under_load(served: tuple[str, Path], bundles: Bundles) -> None:
+    url, registry_dir = served
+    registry = open_registry(registry_dir)
+    log: list[tuple[float, float, str]] = []  # (sent, answered, version)
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def client_loop() -> None:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            body = image_bytes()
+            while not stop.is_set():
+                sent = time.monotonic()
+                try:
+                    response = client.post("/classify", content=body,
+                                           headers={"content-type": "image/jpeg"})
+                    if response.status_code != 200:
+                        failures.append(f"{response.status_code} {response.text}")
+                        continue
+                    log.append((sent, time.monotonic(), response.json()["model_version"]))
+                except httpx.HTTPError as err:
+                    failures.append(repr(err))
+
+    threads = [threading.Thread(target=client_loop) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        switches = []
+        for target, move in ((bundles.other, "promote"), (bundles.good, "rollback")):
+            moved_at = time.monotonic()
+            if move == "promote":
+                registry.promote(target, reason="under load", force=True)
+            else:
+                registry.rollback(reason="roll back under load")
+            deadline = moved_at + 30
+            while serving_versions(url) != {target}:
+                assert time.monotonic() < deadline, f"workers still on {serving_versions(url)}"
+                time.sleep(0.05)
+            time.sleep(0.3)
+            later = [v for sent, _, v in log if sent > time.monotonic() - 0.25]
+            assert later and set(later) == {target}
+            first_new = min(answered for _, answered, v in log if v == target
+                            and answered > moved_at)
+            switches.append(first_new - moved_at)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures == []
+    assert len(log) > 50
+    # the first responses from the new bundle come within the poll interval plus its load
+    assert max(switches) < POLL_S + 2.0, switches
+    history = registry.history()
+    assert [m.action for m in history[-2:]] == ["promote", "rollback"]
