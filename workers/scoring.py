@@ -106,16 +106,22 @@ def score_items(
     should_stop: Callable[[], bool] | None = None,
     max_per_second: float = 0.0,
 ) -> list[dict[str, Any]] | None:
-    """Score images (reads in parallel, forward in batches); None when stopped early."""
+    """Score images; None when stopped early.
+
+    Reads and decoding run ahead in a thread pool while the model scores the batch before,
+    so a worker process keeps both the network and its cores busy.
+    """
     items = list(items)
     records: list[dict[str, Any]] = []
     start = time.perf_counter()
     with ThreadPoolExecutor(READ_THREADS) as pool:
+        pending = [pool.submit(_fetch, src, it, predictor, max_pixels) for it in items]
         for begin in range(0, len(items), BATCH):
             if should_stop and should_stop():
+                pool.shutdown(wait=True, cancel_futures=True)
                 return None
             chunk = items[begin:begin + BATCH]
-            fetched = list(pool.map(lambda it: _fetch(src, it, predictor, max_pixels), chunk))
+            fetched = [f.result() for f in pending[begin:begin + BATCH]]
             arrays = [a for _, a, _ in fetched if a is not None]
             decisions = iter(predictor.decide(predictor.probabilities(np.stack(arrays))) if arrays
                              else [])

@@ -1,0 +1,186 @@
+"""Batch-scoring throughput, measured side by side in one run over the same N images on S3.
+
+    .venv/bin/python bench/batch.py [--copies 4] [--data ../shared/data/ac-pistons]
+
+Starts its own moto S3 server on a free loopback port and uses Redis database 10. Measures:
+  storage ceiling   parallel GETs alone (16 threads)
+  compute ceiling   decode + forward in one process on bytes already in memory (batches of 32)
+  naive loop        get, decode, predict one image at a time
+  our job, 1 and 2  `piston jobs score` on real `piston worker -c 1|2` processes, from enqueue
+                    to the merged results (plan, shards, merge included), model already loaded
+and prints each ratio (goals: job >= 70% of the lower ceiling, >= 5x the naive loop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REDIS_URL = "redis://127.0.0.1:6379/10"
+CREDS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+         "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int) -> None:
+    for _ in range(300):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def rate(n: int, seconds: float) -> float:
+    return n / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--copies", type=int, default=4, help="copies of the 285 images")
+    default_data = str(ROOT.parent / "shared/data/ac-pistons")
+    parser.add_argument("--data", default=os.environ.get("PISTON_DATA_DIR", default_data))
+    parser.add_argument("--shard-size", type=int, default=64)
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="piston-bench-"))
+    os.environ.update(CREDS)
+    os.environ["BENTOML_HOME"] = str(tmp / "bentoml")
+    os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        wait_port(port)
+        run(args, tmp, endpoint, workers)
+    finally:
+        for w in workers:
+            w.terminate()
+            w.wait(30)
+        moto.terminate()
+        moto.wait(10)
+
+
+def run(args: argparse.Namespace, tmp: Path, endpoint: str,
+        workers: list[subprocess.Popen[bytes]]) -> None:
+    import numpy as np
+    import redis
+    import torch
+
+    from piston.bundle import Predictor
+    from piston.imaging import preprocess
+    from piston.jobs import client, enqueue_score, job_status
+    from piston.registry import Registry
+    from piston.s3 import s3_client
+    from piston.storage import open_storage
+    from training.config import load_config
+    from training.pipeline import GateBar, train_bundle
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    s3 = s3_client(endpoint)
+    s3.create_bucket(Bucket="bench")
+    files = sorted(Path(args.data).glob("*/*.jpeg"))
+    blobs = {f"{f.parent.name}/{f.name}": f.read_bytes() for f in files}
+    keys = [f"images/copy{c}/{k}" for c in range(args.copies) for k in blobs]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: s3.put_object(Bucket="bench", Key=k,
+                                              Body=blobs[k.split("/", 2)[2]]), keys))
+    for k, data in blobs.items():  # the training set, once
+        s3.put_object(Bucket="bench", Key=f"train/{k}", Body=data)
+    registry = Registry(open_storage("s3://bench/registry", endpoint))
+    outcome = train_bundle("s3://bench/train", load_config(None, None, {"epochs": 1}), registry,
+                           GateBar(), tmp / "runs", 40_000_000, None, endpoint)
+    registry.promote(outcome.version, "bench", force=True)
+    predictor = Predictor.load(registry.fetch(outcome.version))
+    n = len(keys)
+    print(f"{n} images ({args.copies} copies of {len(blobs)}), model {outcome.version}"
+          f" ({predictor.meta.arch}), {os.cpu_count()} cores, S3 = moto at {endpoint}")
+
+    def get(key: str) -> bytes:
+        return bytes(s3.get_object(Bucket="bench", Key=key)["Body"].read())
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(16) as pool:
+        in_memory = list(pool.map(get, keys))
+    storage_ceiling = rate(n, time.perf_counter() - start)
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    start = time.perf_counter()
+    for begin in range(0, n, 32):
+        batch = np.stack([preprocess(b, predictor.contract) for b in in_memory[begin:begin + 32]])
+        predictor.decide(predictor.probabilities(batch))
+    compute_ceiling = rate(n, time.perf_counter() - start)
+
+    start = time.perf_counter()
+    for key in keys:
+        predictor.decide(predictor.probabilities(preprocess(get(key), predictor.contract)[None]))
+    naive = rate(n, time.perf_counter() - start)
+
+    jobs = {}
+    for procs in (1, 2):
+        env = dict(os.environ, PISTON_REDIS_URL=REDIS_URL, PISTON_S3_ENDPOINT_URL=endpoint,
+                   PISTON_REGISTRY="s3://bench/registry", PISTON_RUNS_DIR=str(tmp / "runs"),
+                   BENTOML_HOME=str(tmp / f"worker{procs}"),
+                   PISTON_SCORE_SHARD_SIZE=str(args.shard_size))
+        log = (tmp / f"worker{procs}.log").open("wb")
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "worker", "-c", str(procs), "-n",
+             f"bench{procs}@%h", "--loglevel", "WARNING"], env=env, cwd=ROOT, stdout=log,
+            stderr=subprocess.STDOUT)
+        workers.append(worker)
+        while not client(REDIS_URL).control.ping(timeout=0.5):
+            time.sleep(0.2)
+        # warm-up: every process loads the model once (as it would in steady state)
+        wait(enqueue_score(REDIS_URL, "s3://bench/images/copy0", f"s3://bench/warm{procs}"),
+             job_status)
+        start = time.perf_counter()
+        summary = wait(enqueue_score(REDIS_URL, "s3://bench/images", f"s3://bench/out{procs}"),
+                       job_status)
+        seconds = time.perf_counter() - start
+        assert summary["state"] == "SUCCESS" and summary["total"] == n, summary
+        jobs[procs] = rate(n, seconds)
+        worker.terminate()
+        worker.wait(30)
+        workers.remove(worker)
+
+    lower = min(storage_ceiling, compute_ceiling)
+    print(f"{'storage ceiling (16 parallel GETs)':40s} {storage_ceiling:8.1f} img/s")
+    print(f"{'compute ceiling (decode+forward, 1 proc)':40s} {compute_ceiling:8.1f} img/s")
+    print(f"{'naive loop (get, decode, predict 1 by 1)':40s} {naive:8.1f} img/s")
+    for procs, value in jobs.items():
+        print(f"{f'our job, {procs} worker process(es)':40s} {value:8.1f} img/s"
+              f"   {value / lower:5.0%} of the lower ceiling   {value / naive:5.1f}x naive")
+    best = max(jobs.values())
+    print(f"goal >= 70% of the lower ceiling ({lower:.1f} img/s): {best / lower:.0%}"
+          f" -> {'met' if best / lower >= 0.7 else 'NOT met'}")
+    print(f"goal >= 5x the naive loop: {best / naive:.1f}x"
+          f" -> {'met' if best / naive >= 5 else 'NOT met'}")
+
+
+def wait(job_id: str, job_status: object) -> dict[str, object]:
+    from piston.jobs import TERMINAL
+
+    while True:
+        status = job_status(REDIS_URL, job_id)  # type: ignore[operator]
+        if status["state"] in TERMINAL:
+            return dict(status)
+        time.sleep(0.05)
+
+
+if __name__ == "__main__":
+    main()
