@@ -235,10 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     import logging
     import sys
 
+    from piston.settings import load_settings
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     uris = sys.argv[1:] if argv is None else argv
     try:
-        made = ensure_buckets(uris, os.environ.get("PISTON_S3_ENDPOINT_URL") or None)
+        made = ensure_buckets(uris, load_settings().s3_endpoint_url)
     except StorageError as err:
         sys.stderr.write(f"error: {err}\n")
         return 2

@@ -74,3 +74,14 @@ def test_clear_errors(moto: MotoServer) -> None:
         down.list("")
     with pytest.raises(StorageError, match="names no bucket"):
         S3Storage.from_uri("s3:///prefix")
+
+
+def test_bucket_init_step(moto: MotoServer, monkeypatch: pytest.MonkeyPatch,
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    from piston.s3 import ensure_buckets, main
+
+    assert ensure_buckets(["s3://made-here/x", "s3://made-here/y"], moto.url) == ["made-here"]
+    assert ensure_buckets(["s3://made-here"], moto.url) == []  # idempotent
+    monkeypatch.setenv("PISTON_S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    assert main(["s3://anything"]) == 2
+    assert capsys.readouterr().err.startswith("error: cannot reach S3 at http://127.0.0.1:")
