@@ -1,0 +1,270 @@
+"""Serving benchmark: our BentoML /classify vs a naive uvicorn endpoint vs the in-process ceiling.
+
+    python bench/serve.py [--duration 8] [--workers 1]
+
+Everything in one run on the same model: starts `piston serve` and a plain Starlette app
+on uvicorn (decode + forward per request, no batching), drives both with a small asyncio
+load generator (raw HTTP/1.1 keep-alive sockets, so the client costs little CPU) at
+concurrency 1, 8 and 32, then measures decode + forward in-process at batch 32. Prints
+requests/s, p50/p99, stalls (requests over 50 ms), ratios and resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def torch_threads() -> None:
+    """The same torch threading as the service's workers, for a like-for-like comparison."""
+    import torch
+
+    from service.app import TORCH_THREADS
+
+    torch.set_num_threads(TORCH_THREADS)
+
+
+# -- the naive baseline server --------------------------------------------------------------
+
+def naive_server(port: int, model_dir: str) -> None:
+    """POST /classify: decode + forward + decide per request, inline, no batching."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from piston.bundle import Predictor
+    from piston.imaging import preprocess
+
+    predictor = Predictor.load(model_dir)
+    torch_threads()
+
+    async def classify(request: Request) -> JSONResponse:
+        array = preprocess(await request.body(), predictor.contract)
+        return JSONResponse(predictor.decide(predictor.probabilities(array[None]))[0])
+
+    app = Starlette(routes=[Route("/classify", classify, methods=["POST"])])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# -- load generation ------------------------------------------------------------------------
+
+def request_bytes(path: str, body: bytes, content_type: str) -> bytes:
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    return head + body
+
+
+async def _one_connection(port: int, payload: bytes, until: float, latencies: list[float],
+                          errors: list[str]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while time.perf_counter() < until:
+            start = time.perf_counter()
+            writer.write(payload)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - start)
+            if status != 200:
+                errors.append(str(status))
+    finally:
+        writer.close()
+
+
+def drive(port: int, payload: bytes, concurrency: int, seconds: float) -> dict[str, float]:
+    """Requests/s and latency percentiles of `concurrency` clients for `seconds`."""
+    async def run() -> tuple[list[float], list[str], float]:
+        latencies: list[float] = []
+        errors: list[str] = []
+        start = time.perf_counter()
+        until = start + seconds
+        await asyncio.gather(*(_one_connection(port, payload, until, latencies, errors)
+                               for _ in range(concurrency)))
+        return latencies, errors, time.perf_counter() - start
+
+    asyncio.run(_warm(port, payload))
+    latencies, errors, wall = asyncio.run(run())
+    lat = np.array(latencies) * 1000
+    return {"rps": len(lat) / wall, "p50": float(np.percentile(lat, 50)),
+            "p99": float(np.percentile(lat, 99)), "max": float(lat.max()),
+            "stalls": int((lat > 50).sum()), "errors": len(errors), "n": len(lat)}
+
+
+async def _warm(port: int, payload: bytes) -> None:
+    lat: list[float] = []
+    await _one_connection(port, payload, time.perf_counter() + 1.0, lat, [])
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_up(port: int, path: str, proc: subprocess.Popen[bytes], seconds: float = 120) -> None:
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server on {port} exited with {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"server on {port} not up in {seconds} s")
+
+
+def tree_rss_mb(pid: int) -> list[tuple[str, float]]:
+    proc = psutil.Process(pid)
+    out = []
+    for p in [proc, *proc.children(recursive=True)]:
+        cmd = " ".join(p.cmdline()[1:4])[:60]
+        out.append((f"{p.pid} {cmd}", p.memory_info().rss / 2**20))
+    return out
+
+
+def ensure_bundle(registry: str, data: str) -> str:
+    """The registry's production bundle; trains a quick one into it if there is none."""
+    from piston.registry import Registry
+    from piston.storage import open_storage
+
+    reg = Registry(open_storage(registry))
+    if reg.current() is None:
+        from training.config import load_config
+        from training.pipeline import GateBar, train_bundle
+
+        print(f"no bundle in {registry}: training one (12 epochs) on {data}", flush=True)
+        outcome = train_bundle(data, load_config(overrides={"epochs": 12}), reg, GateBar(),
+                               Path(registry).parent / "runs", 40_000_000)
+        reg.promote(outcome.version, reason="bench", force=True)
+    version = reg.current()
+    assert version is not None
+    return str(reg.fetch(version))
+
+
+def ceiling(model_dir: str, images: list[bytes], seconds: float = 4.0) -> float:
+    """Images/s for decode + forward, batch 32, no HTTP."""
+    from piston.bundle import Predictor
+    from piston.imaging import preprocess
+
+    predictor = Predictor.load(model_dir)
+    torch_threads()
+    batch = (images * 32)[:32]
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        arrays = np.stack([preprocess(b, predictor.contract) for b in batch])
+        predictor.probabilities(arrays)
+        done += len(batch)
+    return done / (time.perf_counter() - start)
+
+
+def multipart(images: list[bytes], field: str) -> tuple[bytes, str]:
+    boundary = "benchboundary7d2f"
+    parts = [
+        (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{i}.jpg\""
+         f"\r\nContent-Type: image/jpeg\r\n\r\n").encode() + img + b"\r\n"
+        for i, img in enumerate(images)
+    ]
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
+    parser.add_argument("--workers", type=int, default=1, help="BentoML worker processes")
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--naive-server", nargs=2, metavar=("PORT", "MODEL_DIR"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.naive_server:
+        naive_server(int(args.naive_server[0]), args.naive_server[1])
+        return
+
+    data = os.environ.get("PISTON_DATA_DIR", str(ROOT.parent / "shared/data/ac-pistons"))
+    work = Path(tempfile.mkdtemp(prefix="piston-bench-"))
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true"}
+    env.setdefault("BENTOML_HOME", str(work / "bentoml"))
+    env.setdefault("PISTON_REGISTRY", str(work / "registry"))
+    os.environ.update(env)
+    model_dir = ensure_bundle(env["PISTON_REGISTRY"], data)
+    images = [p.read_bytes() for p in sorted(Path(data).glob("*/*.jp*g"))[:64]]
+
+    ours_port, naive_port = free_port(), free_port()
+    ours = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(ours_port),
+                             "--workers", str(args.workers)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    naive = subprocess.Popen([sys.executable, __file__, "--naive-server", str(naive_port),
+                              model_dir], cwd=ROOT, env=env, start_new_session=True)
+    try:
+        wait_up(ours_port, "/readyz", ours)
+        wait_up(naive_port, "/nothing", naive)
+        payload_ours = request_bytes("/classify", images[0], "image/jpeg")
+        payload_naive = request_bytes("/classify", images[0], "image/jpeg")
+        rows = {}
+        for level in args.levels:
+            for name, port, payload in (("ours", ours_port, payload_ours),
+                                        ("naive", naive_port, payload_naive)):
+                rows[(name, level)] = drive(port, payload, level, args.duration)
+                r = rows[(name, level)]
+                print(f"{name:6s} c={level:<3d} {r['rps']:7.0f} req/s  p50 {r['p50']:6.2f} ms"
+                      f"  p99 {r['p99']:6.2f} ms  max {r['max']:6.1f} ms  >50ms {r['stalls']}"
+                      f"  errors {r['errors']}  (n={r['n']})", flush=True)
+        body, ctype = multipart((images * 32)[:32], "images")
+        batch_payload = request_bytes("/classify_batch", body, ctype)
+        batch = {c: drive(ours_port, batch_payload, c, args.duration) for c in (1, 2)}
+        stats = __import__("httpx").get(f"http://127.0.0.1:{ours_port}/model").json()["batching"]
+        rss_ours = tree_rss_mb(ours.pid)
+        rss_naive = tree_rss_mb(naive.pid)
+    finally:
+        for proc in (ours, naive):
+            os.killpg(proc.pid, 15)
+            proc.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+    top = ceiling(model_dir, images)
+
+    print(f"\nin-process ceiling (decode + forward, batch 32): {top:.0f} images/s")
+    for c, r in batch.items():
+        print(f"/classify_batch 32 images, c={c}: {r['rps'] * 32:.0f} images/s"
+              f" ({r['rps'] * 32 / top:.0%} of ceiling), p50 {r['p50']:.1f} ms")
+    print(f"batching (this worker): {stats}")
+    print("\nratios (ours / naive):")
+    for level in args.levels:
+        o, n = rows[("ours", level)], rows[("naive", level)]
+        print(f"  c={level:<3d} req/s {o['rps'] / n['rps']:.2f}x  p50 {o['p50'] / n['p50']:.2f}x"
+              f"  p99 {o['p99'] / n['p99']:.2f}x  ours/ceiling {o['rps'] / top:.0%}")
+    print("\nresident memory:")
+    for label, rss in (("ours", rss_ours), ("naive", rss_naive)):
+        for proc_name, mb in rss:
+            print(f"  {label:6s} {mb:7.0f} MB  {proc_name}")
+        print(f"  {label:6s} {sum(mb for _, mb in rss):7.0f} MB  total")
+
+
+if __name__ == "__main__":
+    main()
