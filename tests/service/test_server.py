@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -23,9 +24,8 @@ TOKEN = "server-token"
 
 
 @pytest.fixture(scope="module")
-def served(bundles: Bundles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    import shutil
-
+def served(bundles: Bundles,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     root = tmp_path_factory.mktemp("served")
     registry_dir = root / "registry"
     shutil.copytree(bundles.registry, registry_dir)
@@ -47,7 +47,8 @@ def test_classifies_real_images_like_the_bundle_does(
         for i, (label, path) in enumerate(samples):
             data = path.read_bytes()
             if i % 2:
-                response = client.post("/classify", files={"image": (path.name, data, "image/jpeg")})
+                response = client.post("/classify",
+                                       files={"image": (path.name, data, "image/jpeg")})
             else:
                 response = client.post("/classify", content=data,
                                        headers={"content-type": "image/jpeg"})
