@@ -9,6 +9,7 @@ shard overwrites its own fields, so a shard delivered twice never counts twice.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import uuid
 from typing import Any
@@ -27,8 +28,12 @@ class UnknownJob(PistonError):
     """A job id that no job has (or whose record has expired)."""
 
 
+@functools.lru_cache(maxsize=8)
 def client(redis_url: str) -> Any:
-    """A Celery app that only sends tasks and reads results (JSON, like the workers)."""
+    """A Celery app that only sends tasks and reads results (JSON, like the workers).
+
+    One per URL and process: it keeps its broker connections between calls.
+    """
     from celery import Celery
 
     app = Celery("piston-client", broker=redis_url, backend=redis_url)
@@ -50,9 +55,7 @@ class JobRecord:
 
     @classmethod
     def open(cls, redis_url: str, job_id: str) -> JobRecord:
-        import redis
-
-        return cls(redis.Redis.from_url(redis_url, decode_responses=True), job_id)
+        return cls(_redis(redis_url), job_id)
 
     def create(self, kind: str, **fields: Any) -> None:
         values = {"kind": kind, "state": "PENDING", "submitted_at": now(), **fields}
@@ -144,6 +147,14 @@ class JobRecord:
         return out
 
 
+@functools.lru_cache(maxsize=8)
+def _redis(redis_url: str) -> Any:
+    """One client (with its connection pool) per URL and process."""
+    import redis
+
+    return redis.Redis.from_url(redis_url, decode_responses=True)
+
+
 def _loads(raw: str) -> Any:
     try:
         return json.loads(raw)
@@ -151,16 +162,10 @@ def _loads(raw: str) -> Any:
         return raw
 
 
-def _redis(redis_url: str) -> Any:
-    import redis
-
-    return redis.Redis.from_url(redis_url, decode_responses=True)
-
-
 def enqueue_score(redis_url: str, src: str, out: str, only_new: bool = False) -> str:
     """Queue a batch-scoring job of every image under `src` into `out`; returns its job id."""
     job_id = str(uuid.uuid4())
-    JobRecord(_redis(redis_url), job_id).create("score", src=src, out=out)
+    JobRecord.open(redis_url, job_id).create("score", src=src, out=out)
     client(redis_url).send_task(
         SCORE_TASK, kwargs={"src": src, "out": out, "only_new": only_new}, task_id=job_id
     )
@@ -177,7 +182,7 @@ def enqueue_retrain(
 ) -> str:
     """Queue a retraining job (default recipe unless named); returns its job id."""
     job_id = str(uuid.uuid4())
-    JobRecord(_redis(redis_url), job_id).create("retrain", dataset=dataset)
+    JobRecord.open(redis_url, job_id).create("retrain", dataset=dataset)
     client(redis_url).send_task(
         RETRAIN_TASK,
         kwargs={
@@ -197,12 +202,12 @@ def job_status(redis_url: str, job_id: str) -> dict[str, Any]:
 
     Raises `UnknownJob` for an id that no job has.
     """
-    return JobRecord(_redis(redis_url), job_id).status()
+    return JobRecord.open(redis_url, job_id).status()
 
 
 def cancel(redis_url: str, job_id: str) -> dict[str, Any]:
     """Stop a job: queued shards are skipped, running ones stop at their next batch."""
-    record = JobRecord(_redis(redis_url), job_id)
+    record = JobRecord.open(redis_url, job_id)
     status = record.status()
     if status.get("state") in TERMINAL:
         return status

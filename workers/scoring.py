@@ -35,7 +35,7 @@ from training.dataset import IMAGE_SUFFIXES
 RESULTS, RESULTS_CSV = "results.jsonl", "results.csv"
 PRELABELS, REVIEW = "labels/prelabels.csv", "labels/review.csv"
 BATCH = 16
-READ_THREADS = 8
+READ_THREADS = 16  # S3 GETs are latency-bound: enough in flight to fill the link
 
 Item = tuple[str, str, int]  # key, etag, size: what a shard message carries per image
 
