@@ -173,11 +173,12 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def run_beat(args: argparse.Namespace) -> int:
-    from workers.app import create_app
+    from workers.app import create_app, single_beat
 
     settings = load_settings()
     if not settings.score_schedule:
         log.warning("PISTON_SCORE_SCHEDULE is empty: beat has nothing to schedule")
     app = create_app(settings)
-    return int(app.start(["beat", f"--schedule={args.schedule_file}",
-                          f"--loglevel={args.loglevel}"]) or 0)
+    with single_beat(settings.redis_url):
+        return int(app.start(["beat", f"--schedule={args.schedule_file}",
+                              f"--loglevel={args.loglevel}"]) or 0)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from celery import Celery
 
+from piston.errors import PistonError
 from piston.jobs import FINALIZE_TASK, RETRAIN_TASK, SCORE_TASK, SHARD_TASK
 from piston.settings import Settings
 
@@ -63,3 +69,36 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         }
         for src, out in sorted(settings.score_schedule.items())
     }
+
+
+BEAT_LOCK = "piston:beat"
+BEAT_LOCK_TTL_S = 30
+
+
+@contextlib.contextmanager
+def single_beat(redis_url: str) -> Iterator[None]:
+    """Hold the one beat slot while beat runs: a second beat refuses to start.
+
+    The slot expires BEAT_LOCK_TTL_S after its holder stops refreshing it (a crashed beat).
+    """
+    import redis
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    if not client.set(BEAT_LOCK, me, nx=True, ex=BEAT_LOCK_TTL_S):
+        holder = str(client.get(BEAT_LOCK))
+        raise PistonError(f"another beat is running ({holder}): run exactly one")
+    stop = threading.Event()
+
+    def refresh() -> None:
+        while not stop.wait(BEAT_LOCK_TTL_S / 3):
+            if client.get(BEAT_LOCK) == me:
+                client.expire(BEAT_LOCK, BEAT_LOCK_TTL_S)
+
+    threading.Thread(target=refresh, name="beat-lock", daemon=True).start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if client.get(BEAT_LOCK) == me:
+            client.delete(BEAT_LOCK)

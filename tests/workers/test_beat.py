@@ -69,6 +69,11 @@ def test_beat_scores_only_new_objects(worker: Worker, moto: MotoServer, work_dir
              str(work_dir / "beat-schedule")], env=env, stdout=sink, stderr=subprocess.STDOUT)
     try:
         first = wait_records(moto, out, 5)
+        second = subprocess.run([sys.executable, "-m", "cli.main", "beat", "--schedule-file",
+                                 str(work_dir / "beat-schedule-2")], env=env, text=True,
+                                capture_output=True, timeout=60)
+        assert second.returncode == 2  # exactly one beat: a second one refuses to start
+        assert second.stderr.strip().splitlines()[-1].startswith("error: another beat is running")
         for path in images[5:]:
             client.put_object(Bucket=BUCKET, Key=f"incoming/{path.name}", Body=path.read_bytes())
         records = wait_records(moto, out, 7)
