@@ -6,7 +6,9 @@ Everything in one run on the same model: starts `piston serve` and a plain Starl
 on uvicorn (decode + forward per request, no batching), drives both with a small asyncio
 load generator (raw HTTP/1.1 keep-alive sockets, so the client costs little CPU) at
 concurrency 1, 8 and 32, then measures decode + forward in-process at batch 32. Prints
-requests/s, p50/p99, stalls (requests over 50 ms), ratios and resident memory.
+requests/s, p50/p99, stalls (requests over 50 ms), ratios and resident memory. A third
+server, "plain", runs our own routes, engine and batcher on uvicorn without BentoML, to
+separate BentoML's per-request cost from ours.
 """
 
 from __future__ import annotations
@@ -31,11 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 def torch_threads() -> None:
     """The same torch threading as the service's workers, for a like-for-like comparison."""
-    import torch
+    from service.app import set_torch_threads
 
-    from service.app import TORCH_THREADS
-
-    torch.set_num_threads(TORCH_THREADS)
+    set_torch_threads()
 
 
 # -- the naive baseline server --------------------------------------------------------------
@@ -59,6 +59,28 @@ def naive_server(port: int, model_dir: str) -> None:
         return JSONResponse(predictor.decide(predictor.probabilities(array[None]))[0])
 
     app = Starlette(routes=[Route("/classify", classify, methods=["POST"])])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def plain_server(port: int, registry: str) -> None:
+    """Our piston routes, engine and batcher on plain uvicorn: the same code minus BentoML."""
+    import uvicorn
+
+    from piston.follow import ModelFollower
+    from piston.registry import Registry
+    from piston.storage import open_storage
+    from service.admin import AdminConfig
+    from service.engine import Engine, Limits
+    from service.limits import RequestSizeLimit
+    from service.metrics import service_metrics
+    from service.routes import build_app
+
+    torch_threads()
+    engine = Engine(ModelFollower(Registry(open_storage(registry))), Limits(40_000_000, 64),
+                    service_metrics(), 3.0, thread_init=torch_threads)
+    engine.refresh()
+    admin = AdminConfig(None, "redis://127.0.0.1:6379/0", "")
+    app = RequestSizeLimit(build_app(lambda: engine, lambda: admin), max_bytes=lambda: 20 << 20)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
@@ -201,9 +223,14 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--naive-server", nargs=2, metavar=("PORT", "MODEL_DIR"),
                         help=argparse.SUPPRESS)
+    parser.add_argument("--plain-server", nargs=2, metavar=("PORT", "REGISTRY"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.naive_server:
         naive_server(int(args.naive_server[0]), args.naive_server[1])
+        return
+    if args.plain_server:
+        plain_server(int(args.plain_server[0]), args.plain_server[1])
         return
 
     data = os.environ.get("PISTON_DATA_DIR", str(ROOT.parent / "shared/data/ac-pistons"))
@@ -215,22 +242,26 @@ def main() -> None:
     model_dir = ensure_bundle(env["PISTON_REGISTRY"], data)
     images = [p.read_bytes() for p in sorted(Path(data).glob("*/*.jp*g"))[:64]]
 
-    ours_port, naive_port = free_port(), free_port()
+    ours_port, naive_port, plain_port = free_port(), free_port(), free_port()
     ours = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(ours_port),
                              "--workers", str(args.workers)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     naive = subprocess.Popen([sys.executable, __file__, "--naive-server", str(naive_port),
                               model_dir], cwd=ROOT, env=env, start_new_session=True)
+    plain = subprocess.Popen([sys.executable, __file__, "--plain-server", str(plain_port),
+                              env["PISTON_REGISTRY"]], cwd=ROOT, env=env, start_new_session=True)
     try:
         wait_up(ours_port, "/readyz", ours)
         wait_up(naive_port, "/nothing", naive)
+        wait_up(plain_port, "/model", plain)
         payload_ours = request_bytes("/classify", images[0], "image/jpeg")
         payload_naive = request_bytes("/classify", images[0], "image/jpeg")
         rows = {}
         for level in args.levels:
             for name, port, payload in (("ours", ours_port, payload_ours),
-                                        ("naive", naive_port, payload_naive)):
+                                        ("naive", naive_port, payload_naive),
+                                        ("plain", plain_port, payload_ours)):
                 rows[(name, level)] = drive(port, payload, level, args.duration)
                 r = rows[(name, level)]
                 print(f"{name:6s} c={level:<3d} {r['rps']:7.0f} req/s  p50 {r['p50']:6.2f} ms"
@@ -243,7 +274,7 @@ def main() -> None:
         rss_ours = tree_rss_mb(ours.pid)
         rss_naive = tree_rss_mb(naive.pid)
     finally:
-        for proc in (ours, naive):
+        for proc in (ours, naive, plain):
             os.killpg(proc.pid, 15)
             proc.wait(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
@@ -257,8 +288,11 @@ def main() -> None:
     print("\nratios (ours / naive):")
     for level in args.levels:
         o, n = rows[("ours", level)], rows[("naive", level)]
+        p = rows[("plain", level)]
         print(f"  c={level:<3d} req/s {o['rps'] / n['rps']:.2f}x  p50 {o['p50'] / n['p50']:.2f}x"
-              f"  p99 {o['p99'] / n['p99']:.2f}x  ours/ceiling {o['rps'] / top:.0%}")
+              f"  p99 {o['p99'] / n['p99']:.2f}x  ours/ceiling {o['rps'] / top:.0%}"
+              f"  | without BentoML (plain/naive): req/s {p['rps'] / n['rps']:.2f}x"
+              f"  p50 {p['p50'] / n['p50']:.2f}x")
     print("\nresident memory:")
     for label, rss in (("ours", rss_ours), ("naive", rss_naive)):
         for proc_name, mb in rss:

@@ -46,6 +46,13 @@ def _max_request_bytes() -> int:
     return int(svc.settings.max_upload_bytes) if svc is not None else int(DEFAULT_MAX_UPLOAD)
 
 
+def set_torch_threads() -> None:
+    """Per thread: OpenMP keeps the count per thread, so the inference thread calls it too."""
+    import torch  # in the worker only; the arbiter never imports it
+
+    torch.set_num_threads(TORCH_THREADS)
+
+
 def pinned_bundle(bento: Any) -> str | None:
     """The bundle a bento was built with (None when serving from the source tree)."""
     if bento is None:
@@ -60,9 +67,7 @@ class Inspector:
     """Serves the registry's production bundle, or the bundle a bento was built with."""
 
     def __init__(self) -> None:
-        import torch  # in the worker only; the arbiter never imports it
-
-        torch.set_num_threads(TORCH_THREADS)
+        set_torch_threads()
         self.settings = load_settings()
         pinned = pinned_bundle(PistonInspector.bento)  # set by BentoML when run from a bento
         if pinned:
@@ -72,7 +77,8 @@ class Inspector:
             follower = ModelFollower(Registry(storage))
         limits = Limits(self.settings.max_image_pixels, self.settings.max_batch_images,
                         MAX_BATCH_SIZE)
-        self.engine = Engine(follower, limits, service_metrics(), self.settings.poll_interval_s)
+        self.engine = Engine(follower, limits, service_metrics(), self.settings.poll_interval_s,
+                             thread_init=set_torch_threads)
         token = self.settings.admin_token.get_secret_value() if self.settings.admin_token else None
         self.admin = AdminConfig(token or None, self.settings.redis_url, self.settings.data_dir)
         self.engine.start_following()

@@ -32,12 +32,15 @@ class _Item:
 class Batcher:
     """Runs `infer(predictor, batch)` on one thread; callers await their own rows."""
 
-    def __init__(self, infer: InferFn, max_batch_size: int) -> None:
+    def __init__(self, infer: InferFn, max_batch_size: int,
+                 thread_init: Callable[[], None] | None = None) -> None:
         self.infer = infer
         self.max_batch_size = max_batch_size
         self._queue: asyncio.Queue[_Item] | None = None
         self._runner: asyncio.Task[None] | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
+        # `thread_init` runs in the inference thread: OpenMP thread counts are per thread.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer",
+                                        initializer=thread_init)
         self.batches = 0
         self.rows = 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,12 +46,13 @@ class Engine:
     """Holds the follower, the batcher and the metrics of one worker process."""
 
     def __init__(self, follower: ModelFollower, limits: Limits, metrics: ServiceMetrics,
-                 poll_interval_s: float, infer: InferFn = score) -> None:
+                 poll_interval_s: float, infer: InferFn = score,
+                 thread_init: Callable[[], None] | None = None) -> None:
         self.follower = follower
         self.limits = limits
         self.metrics = metrics
         self.poll_interval_s = poll_interval_s
-        self.batcher = Batcher(infer, limits.max_batch_size)
+        self.batcher = Batcher(infer, limits.max_batch_size, thread_init)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
