@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from piston.errors import PistonError
+from piston.errors import PistonError, StorageError
 from piston.jobs import TERMINAL, JobRecord, now
 from workers.runtime import Runtime
 from workers.scoring import (
@@ -79,8 +79,12 @@ def run_shard(rt: Runtime, record: JobRecord, shard: int, items: list[Item], ver
     )
     if records is None:
         log.info("job %s shard %d stopped: the job has ended", record.job_id, shard)
+        discard(rt, record)
         return False
     out.write(part_key(record.job_id, shard), to_jsonl(records))
+    if record.state in TERMINAL:  # cancelled or failed while this shard finished
+        discard(rt, record)
+        return False
     return record.shard_done(shard, counts(records))
 
 
@@ -111,3 +115,16 @@ def finish(rt: Runtime, record: JobRecord) -> dict[str, Any]:
     log.info("job %s done: %s", record.job_id, summary)
     return summary
 
+
+
+def discard(rt: Runtime, record: JobRecord) -> None:
+    """Remove a failed or cancelled job's staged parts, if the store lets us (best effort)."""
+    out_uri = record.get("out")
+    if not out_uri:
+        return
+    try:
+        out = rt.storage(str(out_uri))
+        for obj in out.list(f"_parts/{record.job_id}/"):
+            out.delete(obj.key)
+    except StorageError as err:
+        log.warning("job %s: staged parts left under %s/_parts: %s", record.job_id, out_uri, err)

@@ -37,6 +37,7 @@ def _retry_or_fail(task: Task, rt: Runtime, record: JobRecord, err: Exception) -
         reason = f"{task.name} ran over its time limit"
     log.error("job %s failed: %s", record.job_id, reason)
     record.set_state("FAILURE", reason)
+    batch.discard(rt, record)
     return None
 
 
