@@ -85,9 +85,16 @@ class Worker:
     env: dict[str, str] = field(default_factory=dict)
 
     def children(self) -> set[int]:
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)],
-                             capture_output=True, text=True, check=False).stdout
-        return {int(p) for p in out.split()}
+        """Pids of the worker's pool processes (read from /proc: no `ps` needed)."""
+        found = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.proc.pid:
+                found.add(int(stat.parent.name))
+        return found
 
     def stop(self) -> None:
         if self.proc.poll() is None:
