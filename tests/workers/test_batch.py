@@ -93,7 +93,7 @@ def test_a_killed_worker_process_loses_nothing_and_duplicates_nothing(
     import redis
 
     out = f"s3://{BUCKET}/results/killed"
-    r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    r: Any = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     job_id = enqueue_score(REDIS_URL, s3_pistons["batch"], out)
     killed: dict[str, Any] = {}
     deadline = time.monotonic() + 60
