@@ -138,3 +138,21 @@ def test_request_size_limit_declared_and_streamed() -> None:
     assert streamed.status_code == 413 and "limit" in streamed.json()["error"]
     bad = client.post("/", content=b"x", headers={"content-length": "abc"})
     assert bad.status_code == 400
+
+
+def test_a_broken_bundle_is_refused_and_the_old_one_keeps_serving(
+        bundles: Bundles, registry_dir: Path) -> None:
+    engine = make_engine(registry_dir, bundles.good)
+    registry = open_registry(registry_dir)
+    broken = "20990101-000000-000"
+    meta = registry.meta(bundles.good).model_copy(update={"version": broken})
+    registry.storage.write(f"bundles/{broken}.json", meta.model_dump_json().encode())
+    registry.storage.write(f"bundles/{broken}.bentomodel", b"not a model archive")
+    registry.promote(broken, reason="a bad upload", force=True)
+    assert engine.refresh() is False
+    info = engine.model_info()
+    assert info["version"] == bundles.good and broken in info["refused"]
+    assert broken in (info["last_error"] or "")
+    assert asyncio.run(engine.classify(image_bytes()))["model_version"] == bundles.good
+    registry.rollback(reason="back to good")
+    assert engine.refresh() is False and engine.model_info()["version"] == bundles.good
