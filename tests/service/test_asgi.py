@@ -178,3 +178,16 @@ def test_admin_is_refused_without_a_configured_token(
     with TestClient(asgi_app) as client:
         response = client.post("/admin/reload", headers={"Authorization": "Bearer "})
         assert response.status_code == 403 and "PISTON_ADMIN_TOKEN" in response.json()["error"]
+
+
+def test_batchable_infer_api_scores_preprocessed_arrays(
+        client: TestClient, bundles: Bundles, registry_dir: Path) -> None:
+    open_registry(registry_dir).promote(bundles.good, reason="first", force=True)
+    wait_ready(client)
+    arrays = [[[[0.5] * 80] * 80] * 3] * 2
+    response = client.post("/infer", json={"batch": arrays})
+    assert response.status_code == 200, response.text
+    probs = response.json()
+    assert len(probs) == 2 and all(abs(sum(row) - 1) < 1e-4 for row in probs)
+    wrong = client.post("/infer", json={"batch": [[[[0.5] * 10] * 10] * 3]})
+    assert wrong.status_code == 400 and "shape" in wrong.text
