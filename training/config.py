@@ -58,8 +58,10 @@ class TrainConfig(BaseModel):
     seed: int = 0
     split: Literal["grouped", "random"] = "grouped"
     near_duplicate_similarity: float = Field(0.99, gt=0, le=1)
-    decision_threshold: float = Field(0.5, ge=0, le=1)  # used when review_target_error is unset
-    review_target_error: float | None = Field(None, gt=0, lt=1)  # pick the threshold on val data
+    # the review threshold: chosen on validation data to keep the error rate among accepted
+    # predictions under review_target_error; the fixed decision_threshold when that is null
+    review_target_error: float | None = Field(0.02, gt=0, lt=1)
+    decision_threshold: float = Field(0.5, ge=0, le=1)
     pretrained_weights: str | None = None  # a local state_dict file; never downloaded
     threads: int | None = Field(None, ge=1)  # torch threads for training; None: all cores
     augment: Augment = Field(default_factory=Augment)
