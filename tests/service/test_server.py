@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import shutil
 import threading
 import time
@@ -175,6 +176,8 @@ def test_promote_and_roll_back_under_load(served: tuple[str, Path], bundles: Bun
         stop.set()
         for t in threads:
             t.join()
+    logging.getLogger(__name__).info("%d requests, switch after move: %s s", len(log),
+                                     [round(x, 3) for x in switches])
     assert failures == []
     assert len(log) > 50
     # the first responses from the new bundle come within the poll interval plus its load
