@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
@@ -13,9 +13,10 @@ from cli.train import parse_overrides
 from piston.errors import ConfigError
 from piston.settings import load_settings
 from training.config import load_config, recipe_names
-from training.crossval import FoldResult, cross_validate, plot_crossval
 from training.dataset import parse_class_map
-from training.pipeline import prepare
+
+if TYPE_CHECKING:
+    from training.crossval import FoldResult
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -39,6 +40,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.folds < 2 or args.repeats < 1:
         raise ConfigError("--folds must be at least 2 and --repeats at least 1")
+    from training.crossval import cross_validate, plot_crossval  # torch: only when it runs
+    from training.pipeline import prepare
+
     settings = load_settings()
     config = load_config(args.recipe, args.config, parse_overrides(args.set))
     prepared = prepare(args.data or settings.data_dir, config, settings.max_image_pixels,

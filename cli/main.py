@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -42,5 +43,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:
+    """The console script: run, flush, then exit without tearing the interpreter down.
+
+    Freeing torch's module graph and tensors at exit costs 0.5-1.6 s after the work is done
+    (a third of a short `piston train`); every file is closed and the streams are flushed
+    before, so skipping it loses nothing.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
