@@ -273,12 +273,12 @@ def main() -> None:
         stats = __import__("httpx").get(f"http://127.0.0.1:{ours_port}/model").json()["batching"]
         rss_ours = tree_rss_mb(ours.pid)
         rss_naive = tree_rss_mb(naive.pid)
+        top = ceiling(model_dir, images)  # the servers sit idle meanwhile
     finally:
         for proc in (ours, naive, plain):
             os.killpg(proc.pid, 15)
             proc.wait(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
-    top = ceiling(model_dir, images)
 
     print(f"\nin-process ceiling (decode + forward, batch 32): {top:.0f} images/s")
     for c, r in batch.items():
