@@ -48,6 +48,7 @@ def write_report(
         or "<p>No misclassified test images.</p>"
     )
     warnings = "".join(f"<li>{html.escape(w)}</li>" for w in metrics.get("warnings", []))
+    review = _review_band(metrics.get("calibration"))
     page = f"""<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} td,th{{padding:4px 10px}}
 .pass{{color:#080}} .fail{{color:#b00}} figure{{display:inline-block;margin:6px;width:140px;
@@ -56,6 +57,7 @@ font-size:11px}}</style></head><body>
 <p>Test accuracy <b>{metrics["accuracy"]:.3f}</b>, macro-F1 <b>{metrics["macro_f1"]:.3f}</b>
 on {metrics["support"]} test images ({html.escape(str(metrics.get("split", "")))} split).</p>
 <h2>Quality gates</h2><ul>{gates}</ul>
+<h2>Review band</h2>{review}
 <h2>Warnings</h2><ul>{warnings or "<li>none</li>"}</ul>
 <h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>
 <th>support</th></tr>{rows}</table>
@@ -65,6 +67,21 @@ on {metrics["support"]} test images ({html.escape(str(metrics.get("split", "")))
 </body></html>"""
     (out / "report.html").write_text(page)
     return out / "report.html"
+
+
+def _review_band(cal: dict[str, Any] | None) -> str:
+    """The decision threshold and what it does on the test split."""
+    if not cal:
+        return "<p>No calibration figures.</p>"
+    accepted = cal.get("accepted_accuracy")
+    ece = cal.get("ece")
+    return (
+        f"<p>Predictions under confidence <b>{cal['threshold']:.3f}</b> (from"
+        f" {html.escape(str(cal.get('threshold_source')))} data) are flagged needs_review:"
+        f" <b>{cal['review_share']:.1%}</b> of the test images; accuracy of the accepted ones"
+        f" <b>{'-' if accepted is None else f'{accepted:.3f}'}</b>; expected calibration error"
+        f" {'-' if ece is None else f'{ece:.3f}'}.</p>"
+    )
 
 
 def _png_b64(chw: np.ndarray) -> str:

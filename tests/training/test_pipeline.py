@@ -61,6 +61,8 @@ def test_a_bundle_holds_everything_needed_to_trust_and_rerun_it(
         "report/metrics.json",
     ):
         assert (root / name).is_file(), name
+    page = (root / "report" / "report.html").read_text()
+    assert f"{meta.threshold:.3f}</b>" in page and "flagged needs_review" in page
     split = json.loads((root / "split.json").read_text())
     assert sum(len(v) for v in split.values()) == 285
     assert not set(split["train"]) & set(split["test"])
