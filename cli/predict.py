@@ -11,7 +11,7 @@ import numpy as np
 from cli.context import open_registry
 from cli.output import emit
 from piston.bundle import Predictor
-from piston.errors import ImageError, RegistryError
+from piston.errors import ImageError
 from piston.imaging import preprocess
 from piston.settings import load_settings
 
@@ -27,9 +27,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     registry = open_registry(settings)
-    version = args.version or registry.current()
-    if version is None:
-        raise RegistryError("no bundle is in production: run `piston train --promote` first")
+    version = args.version or registry.production("run `piston train --promote` first")
     predictor = Predictor.load(registry.fetch(version))
     results: list[dict[str, Any]] = []
     arrays, slots = [], []

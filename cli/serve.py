@@ -62,9 +62,7 @@ def run_build(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     registry = open_registry(settings)
-    version = args.version or registry.current()
-    if version is None:
-        raise RegistryError("no bundle is in production: promote one or pass --version")
+    version = args.version or registry.production("promote one or pass --version")
     registry.fetch(version)  # into the local model store, so the bento can include it
     config = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
     config.pop("service")

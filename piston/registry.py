@@ -128,6 +128,13 @@ class Registry:
         last = self._last_move()
         return last.version if last else None
 
+    def production(self, hint: str) -> str:
+        """The version in production; a RegistryError ending in `hint` when there is none."""
+        current = self.current()
+        if current is None:
+            raise RegistryError(f"no bundle is in production: {hint}")
+        return current
+
     def promote(
         self, version: str, reason: str, by: str | None = None, force: bool = False
     ) -> Move:

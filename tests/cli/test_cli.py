@@ -22,17 +22,9 @@ def piston(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, object]
 def test_train_promote_retrain_promote_rollback(
     piston_data: Path, registry_env: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, first = piston(
-        capsys,
-        "train",
-        "--data",
-        str(piston_data),
-        "--recipe",
-        "seed",
-        "--set",
-        "epochs=3",
-        "--json",
-    )
+    train_args = ["train", "--data", str(piston_data), "--recipe", "seed", "--set", "epochs=3",
+                  "--json"]  # fmt: skip
+    code, first = piston(capsys, *train_args)
     assert code == 0
     assert isinstance(first, dict)
     for key in (
@@ -57,17 +49,7 @@ def test_train_promote_retrain_promote_rollback(
         ]
         == 0
     )
-    code, second = piston(
-        capsys,
-        "train",
-        "--data",
-        str(piston_data),
-        "--recipe",
-        "seed",
-        "--set",
-        "epochs=3",
-        "--json",
-    )
+    code, second = piston(capsys, *train_args)
     assert isinstance(second, dict)
     assert (
         piston(capsys, "models", "promote", second["version"], "--force", "--reason", "retrained")[
