@@ -46,6 +46,12 @@ def run_serve(args: argparse.Namespace) -> int:
             f"no bundle is in production in {settings.registry}: run `piston train --promote`"
             " (or `bash scripts/serve`, which trains one from PISTON_DATA_DIR)")
     env = dict(os.environ)
+    # The server runs from the source tree: local paths must mean what they meant here.
+    for name, value in (("PISTON_REGISTRY", settings.registry),
+                        ("PISTON_DATA_DIR", settings.data_dir),
+                        ("PISTON_RUNS_DIR", str(settings.runs_dir))):
+        if "://" not in value:
+            env[name] = str(Path(value).resolve())
     if args.workers != 1:
         if args.workers < 1:
             raise PistonError("--workers must be at least 1")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from piston.bundle import Predictor
-from piston.errors import PistonError
+from piston.errors import PistonError, StorageUnavailable
 from piston.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,13 @@ class ModelFollower:
                 return False
             try:
                 predictor = self._load(wanted)
-            except Exception as err:  # any failure to load or probe refuses the bundle
+            except StorageUnavailable as err:  # passing: try again at the next poll
+                self.status.last_error = f"cannot fetch bundle {wanted} yet: {err}"
+                log.warning(
+                    "cannot fetch bundle %s yet, keeping %s: %s", wanted, self.status.version, err
+                )
+                return False
+            except Exception as err:  # any other failure to load or probe refuses the bundle
                 reason = f"{type(err).__name__}: {err}"
                 self.status.refused[wanted] = reason
                 self.status.last_error = f"refused bundle {wanted}: {reason}"

@@ -28,6 +28,29 @@ class UnknownJob(PistonError):
     """A job id that no job has (or whose record has expired)."""
 
 
+class JobQueueUnavailable(PistonError):
+    """Redis (the broker and job records) cannot be reached."""
+
+
+def _reaching_redis(fn: Any) -> Any:
+    """Turn connection failures to Redis into a `JobQueueUnavailable` naming the URL."""
+
+    @functools.wraps(fn)
+    def call(redis_url: str, *args: Any, **kwargs: Any) -> Any:
+        from kombu.exceptions import OperationalError
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        try:
+            return fn(redis_url, *args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError, OperationalError) as err:
+            raise JobQueueUnavailable(
+                f"cannot reach Redis at {redis_url} (PISTON_REDIS_URL): {err}"
+            ) from None
+
+    return call
+
+
 @functools.lru_cache(maxsize=8)
 def client(redis_url: str) -> Any:
     """A Celery app that only sends tasks and reads results (JSON, like the workers).
@@ -110,15 +133,19 @@ class JobRecord:
         self.set(**{f"progress:{shard}": counts})
 
     def shard_done(self, shard: int, counts: dict[str, Any]) -> bool:
-        """Record a finished shard; True for exactly one caller: the one that completed the set."""
+        """Record a finished shard; True once every shard is done.
+
+        A redelivered last shard (its worker died before sending the merge) answers True
+        again, so the merge is still sent; merging is idempotent.
+        """
         done_key = f"{self.key}:done"
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.key, f"progress:{shard}", json.dumps(counts))
         pipe.sadd(done_key, shard)
         pipe.scard(done_key)
         pipe.expire(done_key, RECORD_TTL_S)
-        _, added, done, _ = pipe.execute()
-        return bool(added) and int(done) == int(self.get("shards", 0))
+        _, _, done, _ = pipe.execute()
+        return int(done) == int(self.get("shards", 0))
 
     def status(self) -> dict[str, Any]:
         """Everything known about the job, with counts summed over its shards."""
@@ -162,6 +189,7 @@ def _loads(raw: str) -> Any:
         return raw
 
 
+@_reaching_redis
 def enqueue_score(redis_url: str, src: str, out: str, only_new: bool = False) -> str:
     """Queue a batch-scoring job of every image under `src` into `out`; returns its job id."""
     job_id = str(uuid.uuid4())
@@ -172,6 +200,7 @@ def enqueue_score(redis_url: str, src: str, out: str, only_new: bool = False) ->
     return job_id
 
 
+@_reaching_redis
 def enqueue_retrain(
     redis_url: str,
     dataset: str,
@@ -197,6 +226,7 @@ def enqueue_retrain(
     return job_id
 
 
+@_reaching_redis
 def job_status(redis_url: str, job_id: str) -> dict[str, Any]:
     """State and progress (or result, or the reason it failed) of a job.
 
@@ -205,6 +235,7 @@ def job_status(redis_url: str, job_id: str) -> dict[str, Any]:
     return JobRecord.open(redis_url, job_id).status()
 
 
+@_reaching_redis
 def cancel(redis_url: str, job_id: str) -> dict[str, Any]:
     """Stop a job: queued shards are skipped, running ones stop at their next batch."""
     record = JobRecord.open(redis_url, job_id)

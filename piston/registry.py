@@ -14,11 +14,15 @@ moving it at once cannot both win the same sequence number.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import getpass
 import json
 import logging
+import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +68,12 @@ class Registry:
             exported = bentoml.models.export_model(
                 str(model.tag), str(archive), output_format="tar"
             )
-            if not self.storage.create(
-                f"bundles/{version}.bentomodel", Path(exported).read_bytes()
-            ):
+            archive_key = f"bundles/{version}.bentomodel"
+            created = self.storage.create(archive_key, Path(exported).read_bytes())
+            if not created and self.storage.head(f"bundles/{version}.json") is not None:
                 raise RegistryError(f"bundle {version} is already in the registry")
+        # Metadata last: a bundle is listed once its archive is whole, and a publish that died
+        # between the two writes is finished by the next attempt instead of refused forever.
         self.storage.write(f"bundles/{version}.json", meta.model_dump_json(indent=2).encode())
         log.info("published bundle %s to %s", version, self.storage.uri)
 
@@ -98,20 +104,17 @@ class Registry:
         """The bundle's folder in the local BentoML store, importing it from the registry if new."""
         import bentoml
 
-        try:
-            return Path(local_model(version).path)
-        except RegistryError:
-            pass
-        self.meta(version)  # a clear error for an unknown version
-        with tempfile.TemporaryDirectory() as tmp:
-            archive = Path(tmp) / f"{version}.bentomodel"
-            archive.write_bytes(self.storage.read(f"bundles/{version}.bentomodel"))
+        with _local_store_lock():  # BentoML's import copies over a concurrent one
             try:
+                return Path(local_model(version).path)
+            except RegistryError:
+                pass
+            self.meta(version)  # a clear error for an unknown version
+            with tempfile.TemporaryDirectory() as tmp:
+                archive = Path(tmp) / f"{version}.bentomodel"
+                archive.write_bytes(self.storage.read(f"bundles/{version}.bentomodel"))
                 bentoml.models.import_model(str(archive), input_format="tar")
-            except bentoml.exceptions.BentoMLException as err:
-                if "already exists" not in str(err):  # another process imported it first
-                    raise
-        return Path(bentoml.models.get(f"{MODEL_NAME}:{version}").path)
+            return Path(bentoml.models.get(f"{MODEL_NAME}:{version}").path)
 
     # -- the production pointer ------------------------------------------------------------
 
@@ -120,8 +123,9 @@ class Registry:
         return [Move.model_validate_json(self.storage.read(k)) for k in sorted(entries)]
 
     def _last_move(self) -> Move | None:
-        history = self.history()
-        return history[-1] if history else None
+        """The newest history entry, read alone: polled every few seconds by every server."""
+        keys = sorted(o.key for o in self.storage.list("history/") if o.key.endswith(".json"))
+        return Move.model_validate_json(self.storage.read(keys[-1])) if keys else None
 
     def current(self) -> str | None:
         """The version in production, or None before the first promote."""
@@ -162,7 +166,13 @@ class Registry:
             raise RegistryError(
                 f"production ({last.version}) has no previous version; name one with --to"
             )
-        self.meta(target)
+        meta = self.meta(target)
+        served_before = any(m.version == target for m in self.history())
+        if not meta.gates_passed and not served_before:
+            raise RegistryError(
+                f"bundle {target} failed its quality gates and was never in production:"
+                " promote it with --force and a --reason instead"
+            )
         return self._move("rollback", target, reason, by, force=False)
 
     def _move(self, action: str, version: str, reason: str, by: str | None, force: bool) -> Move:
@@ -186,6 +196,19 @@ class Registry:
                 log.info("%s: production %s -> %s (%s)", action, previous, version, reason)
                 return move
         raise RegistryError("the production pointer kept moving under us; try again")
+
+
+@contextlib.contextmanager
+def _local_store_lock() -> Iterator[None]:
+    """One importer at a time per BentoML home, across processes (service and job workers)."""
+    home = Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml")
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / ".piston-import.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _who() -> str:

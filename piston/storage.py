@@ -99,19 +99,19 @@ class LocalStorage:
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         base = self._path(prefix)
         if base.is_file():
-            return [ObjectInfo(prefix, base.stat().st_size)]
+            return [_info(prefix, base)]
         if not base.is_dir():
             return []
         found = []
         for path in sorted(base.rglob("*")):
             if path.is_file() and not path.name.startswith("."):
                 rel = path.relative_to(self.root).as_posix()
-                found.append(ObjectInfo(rel, path.stat().st_size))
+                found.append(_info(rel, path))
         return found
 
     def head(self, key: str) -> ObjectInfo | None:
         path = self._path(key)
-        return ObjectInfo(key, path.stat().st_size) if path.is_file() else None
+        return _info(key, path) if path.is_file() else None
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -121,6 +121,12 @@ class LocalStorage:
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
+
+
+def _info(key: str, path: Path) -> ObjectInfo:
+    """A local file's ETag is its modification time and size: a replaced file is a new object."""
+    stat = path.stat()
+    return ObjectInfo(key, stat.st_size, etag=f"{stat.st_mtime_ns:x}-{stat.st_size:x}")
 
 
 def open_storage(location: str | Path, s3_endpoint_url: str | None = None) -> Storage:

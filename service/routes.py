@@ -28,7 +28,11 @@ def build_app(get_engine: Callable[[], Engine], get_admin: Callable[[], AdminCon
 
     def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def run(request: Request) -> Response:
-            engine = get_engine()
+            try:
+                engine = get_engine()
+            except NotReady as err:
+                return JSONResponse({"error": f"not ready: {err}", "kind": "not_ready"},
+                                    status_code=503, headers={"Retry-After": "1"})
             try:
                 return JSONResponse(await handler(request, engine))
             except InputError as err:

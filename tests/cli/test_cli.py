@@ -116,3 +116,12 @@ def test_the_installed_command_prints_no_traceback(registry_env: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         "error: no bundle 'v1' in the registry (see `piston models list`)"
     ]
+
+
+def test_job_commands_say_when_redis_is_down(
+    registry_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PISTON_REDIS_URL", "redis://127.0.0.1:1/0")
+    assert main(["jobs", "status", "some-id"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: cannot reach Redis at redis://127.0.0.1:1/0")

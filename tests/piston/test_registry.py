@@ -10,7 +10,8 @@ import pytest
 
 from piston import arch
 from piston.bundle import BundleMeta, Gate, Predictor, create_bundle, new_version
-from piston.errors import RegistryError
+from piston.errors import RegistryError, StorageUnavailable
+from piston.follow import ModelFollower
 from piston.registry import Registry
 from piston.storage import LocalStorage
 
@@ -131,3 +132,46 @@ def test_fetch_imports_a_bundle_missing_from_the_local_store(registry: Registry)
     predictor = Predictor.load(path)
     assert predictor.meta.version == version
     assert os.path.isfile(Path(path) / "weights.pt")
+
+
+def test_rollback_cannot_smuggle_in_a_bundle_that_failed_its_gates(registry: Registry) -> None:
+    good, bad = make_bundle(registry), make_bundle(registry, passed=False)
+    registry.promote(good, "first")
+    with pytest.raises(RegistryError, match="never in production"):
+        registry.rollback("oops", to=bad)
+    assert registry.current() == good
+
+
+def test_a_publish_that_died_halfway_is_finished_by_the_next(registry: Registry) -> None:
+    version = make_bundle(registry)
+    registry.storage.delete(f"bundles/{version}.json")  # as if it died before the metadata
+    assert version not in registry.versions()
+    registry.publish(version)
+    assert version in registry.versions()
+
+
+class FlakyStorage(LocalStorage):
+    """A local store whose bundle archives cannot be read while `down` is set."""
+
+    down = True
+
+    def read(self, key: str) -> bytes:
+        if self.down and key.endswith(".bentomodel"):
+            raise StorageUnavailable("the store timed out")
+        return super().read(key)
+
+
+def test_a_storage_outage_does_not_refuse_a_bundle_for_good(
+    registry: Registry, tmp_path: Path
+) -> None:
+    import bentoml
+
+    version = make_bundle(registry)
+    registry.promote(version, "first")
+    bentoml.models.delete(f"piston-classifier:{version}")  # must come from the store
+    flaky = FlakyStorage(tmp_path / "registry")
+    follower = ModelFollower(Registry(flaky))
+    assert not follower.refresh()
+    assert follower.status.refused == {} and "timed out" in (follower.status.last_error or "")
+    flaky.down = False
+    assert follower.refresh() and follower.status.version == version

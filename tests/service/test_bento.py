@@ -41,7 +41,7 @@ def test_each_bento_serves_the_bundle_it_was_built_with(
             answer = httpx.post(f"{url}/classify", content=image_bytes(),
                                 headers={"content-type": "image/jpeg"}, timeout=30).json()
             assert answer["model_version"] == version
-        registry.rollback(reason="pointer moves; bentos do not", to=bundles.other)
+        registry.promote(bundles.other, reason="pointer moves; bentos do not", force=True)
         registry.promote(bundles.good, reason="and back", force=True)
         registry.rollback(reason="once more")
         time.sleep(1.0)  # over three poll intervals: a following server would have swapped

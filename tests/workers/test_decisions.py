@@ -44,12 +44,21 @@ def test_plan_skips_what_this_model_scored_and_shards_the_rest(tmp_path: Path) -
     assert [o.key for o in list_images(src)] == ["a/1.jpeg", "a/2.png", "b/3.jpg"]
     todo, skipped = plan(src, out, "v1", only_new=False)
     assert [t[0] for t in todo] == ["a/1.jpeg", "a/2.png", "b/3.jpg"] and skipped == 0
+    etag = {k: src.head(k).etag for k in ("a/1.jpeg", "a/2.png")}  # type: ignore[union-attr]
     out.write(RESULTS, "".join(json.dumps(r) + "\n" for r in [
-        {"key": "a/1.jpeg", "etag": "", "model_version": "v1"},
-        {"key": "a/2.png", "etag": "", "model_version": "v0"},
+        {"key": "a/1.jpeg", "etag": etag["a/1.jpeg"], "model_version": "v1"},
+        {"key": "a/2.png", "etag": etag["a/2.png"], "model_version": "v0"},
     ]).encode())
     todo, skipped = plan(src, out, "v1", only_new=False)
     assert [t[0] for t in todo] == ["a/2.png", "b/3.jpg"] and skipped == 1
+    src.write("a/1.jpeg", b"a new photo")  # replaced: a new object, scored again
+    todo, skipped = plan(src, out, "v1", only_new=False)
+    assert [t[0] for t in todo] == ["a/1.jpeg", "a/2.png", "b/3.jpg"] and skipped == 0
+    src.write("a/1.jpeg", b"x")
+    out.write(RESULTS, "".join(json.dumps(r) + "\n" for r in [
+        {"key": "a/1.jpeg", "etag": src.head("a/1.jpeg").etag, "model_version": "v1"},  # type: ignore[union-attr]
+        {"key": "a/2.png", "etag": etag["a/2.png"], "model_version": "v0"},
+    ]).encode())
     todo, skipped = plan(src, out, "v1", only_new=True)  # the schedule: any version counts
     assert [t[0] for t in todo] == ["b/3.jpg"] and skipped == 2
     assert [len(s) for s in shards([("k", "", 1)] * 5, 2)] == [2, 2, 1]
