@@ -22,6 +22,10 @@ class RegistryError(PistonError):
     """A registry operation that cannot be carried out (unknown version, failed gates, ...)."""
 
 
+class UnknownBundle(RegistryError):
+    """A version that no bundle in the registry has."""
+
+
 class StorageError(PistonError):
     """A storage location that cannot be read or written."""
 

@@ -29,7 +29,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from piston.bundle import MODEL_NAME, BundleMeta, local_model, read_meta
-from piston.errors import RegistryError, StorageError
+from piston.errors import RegistryError, StorageError, UnknownBundle
 from piston.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class Registry:
         try:
             raw = self.storage.read(f"bundles/{version}.json")
         except StorageError:
-            raise RegistryError(
+            raise UnknownBundle(
                 f"no bundle {version!r} in the registry (see `piston models list`)"
             ) from None
         return BundleMeta.model_validate_json(raw)

@@ -18,7 +18,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from piston import jobs
-from piston.errors import PistonError
+from piston.errors import PistonError, StorageUnavailable, UnknownBundle
+from piston.jobs import JobQueueUnavailable
 from service.engine import Engine
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
@@ -87,6 +88,11 @@ def admin_routes(get_engine: Callable[[], Engine], get_config: Callable[[], Admi
                 return JSONResponse(await handler(request, get_engine()))
             except AdminError as err:
                 return JSONResponse({"error": err.reason}, status_code=err.status)
+            except UnknownBundle as err:
+                return JSONResponse({"error": str(err)}, status_code=404)
+            except (StorageUnavailable, JobQueueUnavailable) as err:  # passing: try again
+                return JSONResponse({"error": str(err)}, status_code=503,
+                                    headers={"Retry-After": "5"})
             except PistonError as err:
                 return JSONResponse({"error": str(err)}, status_code=409)
         return endpoint

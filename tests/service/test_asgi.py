@@ -137,6 +137,9 @@ def test_admin_needs_the_token_and_moves_the_pointer(
         assert refused.status_code == 409 and "gates" in refused.json()["error"]
     assert client.post("/admin/promote", json={"reason": "no version"},
                        headers=AUTH).status_code == 422
+    unknown = client.post("/admin/promote", json={"version": "20990101-000000-000",
+                                                  "reason": "typo"}, headers=AUTH)
+    assert unknown.status_code == 404 and "no bundle" in unknown.json()["error"]
     promoted = client.post("/admin/promote", json=body, headers=AUTH)
     assert promoted.status_code == 200, promoted.text
     assert promoted.json()["serving"] == bundles.other  # this worker swapped at once
