@@ -24,6 +24,15 @@ TERMINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 RECORD_TTL_S = 7 * 24 * 3600
 
 
+# KEYS[1] = the job hash; ARGV[1..3] = the terminal states (JSON); then field, value pairs.
+_SET_STATE_UNLESS_ENDED = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == ARGV[1] or state == ARGV[2] or state == ARGV[3] then return 0 end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+
 class UnknownJob(PistonError):
     """A job id that no job has (or whose record has expired)."""
 
@@ -102,16 +111,22 @@ class JobRecord:
         return str(self.get("state", "PENDING"))
 
     def set_state(self, state: str, reason: str | None = None) -> bool:
-        """Move to `state` unless the job already ended; False when it had."""
-        if self.state in TERMINAL:
-            return False
+        """Move to `state` unless the job already ended; False when it had.
+
+        Check and write are one Redis script, so a cancel racing the final merge cannot
+        overwrite SUCCESS with REVOKED.
+        """
         fields: dict[str, Any] = {"state": state}
         if state in TERMINAL:
             fields["finished_at"] = now()
-            self._release()
         if reason:
             fields["reason"] = reason
-        self.set(**fields)
+        args = [x for k, v in fields.items() for x in (k, json.dumps(v))]
+        terminal = [json.dumps(t) for t in sorted(TERMINAL)]
+        if not self.redis.eval(_SET_STATE_UNLESS_ENDED, 1, self.key, *terminal, *args):
+            return False
+        if state in TERMINAL:
+            self._release()
         return True
 
     def claim(self, resource: str, ttl_s: int) -> str | None:
