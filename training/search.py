@@ -97,10 +97,10 @@ def _skip_reason(cand: Candidate, best: Candidate | None, deadline: float) -> st
     if time.monotonic() >= deadline:
         return "skipped: the budget is spent"
     side = min(cand.config.input_size or (0, 0))
-    widths = cand.config.arch_params.get("widths")
-    deep = widths and side / 4 / 2 ** (len(widths) - 1) < MIN_MAP
+    stages = len(cand.config.arch_params.get("widths") or ())
+    deep = stages > 0 and side / 4 / 2 ** (stages - 1) < MIN_MAP
     if best is not None and cand.config.arch == "bn_cnn" and deep:  # the first always runs
-        return f"skipped: {len(widths)} stages are too deep for {side} px images"
+        return f"skipped: {stages} stages are too deep for {side} px images"
     return ""
 
 
