@@ -20,6 +20,7 @@ from piston.registry import Registry
 from piston.settings import Settings, load_settings
 from piston.storage import open_storage
 from service.admin import AdminConfig
+from service.console import console_app
 from service.engine import Engine, Limits, NotReady
 from service.limits import RequestSizeLimit
 from service.metrics import service_metrics
@@ -114,4 +115,5 @@ PistonInspector: bentoml.Service[Inspector] = bentoml.service(
     logging={"access": {"enabled": False}})(Inspector)
 PistonInspector.mount_asgi_app(
     build_app(lambda: _instance().engine, lambda: _instance().admin), path="/")
+PistonInspector.mount_asgi_app(console_app(_instance), path="/ui")  # after: /classify never sees it
 PistonInspector.add_asgi_middleware(RequestSizeLimit, max_bytes=_max_request_bytes)
