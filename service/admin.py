@@ -105,14 +105,14 @@ def admin_routes(get_engine: Callable[[], Engine], get_config: Callable[[], Admi
     async def promote(request: Request, engine: Engine) -> dict[str, Any]:
         body = await _body(request, PromoteBody)
         move = await asyncio.to_thread(registry(engine).promote, body.version, body.reason,
-                                       "admin-api", body.force)
+                                       by="admin-api", force=body.force)
         await asyncio.to_thread(engine.refresh)
         return {"move": move.model_dump(), "serving": engine.follower.status.version}
 
     async def rollback(request: Request, engine: Engine) -> dict[str, Any]:
         body = await _body(request, RollbackBody)
-        move = await asyncio.to_thread(registry(engine).rollback, body.reason, body.to,
-                                       "admin-api")
+        move = await asyncio.to_thread(registry(engine).rollback, body.reason,
+                                       to=body.to, by="admin-api")
         await asyncio.to_thread(engine.refresh)
         return {"move": move.model_dump(), "serving": engine.follower.status.version}
 
