@@ -16,19 +16,21 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from piston.errors import InputError
 from service.console import recent
+from service.console.bundles import Reports, details
 from service.console.http import Host, error, guarded, registry_of
 from service.console.queue import review_routes
-from service.console.reports import Reports
 
 STATIC = Path(__file__).parent / "static"
 ASSETS = {"console.css": "text/css; charset=utf-8",
           "console.js": "text/javascript; charset=utf-8",
           "favicon.svg": "image/svg+xml"}
 # The page loads nothing from elsewhere; reports show in a sandboxed frame.
+CSP = ("default-src 'self'; img-src 'self' data: blob:; frame-src 'self' blob: data:;"
+       " style-src 'self' 'unsafe-inline'; script-src 'self'")
 PAGE_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
-                "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:;"
-                " frame-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; script-src 'self'"}
+                "Content-Security-Policy": CSP}
 
 
 def console_app(get_host: Callable[[], Host]) -> Starlette:
@@ -43,7 +45,7 @@ def console_app(get_host: Callable[[], Host]) -> Starlette:
     async def asset(request: Request) -> Response:
         name = request.path_params["name"]
         if name not in ASSETS:
-            return error(404, "not_found", f"no console asset {name!r}")
+            return error(InputError("not_found", f"no console asset {name!r}"))
         return Response((STATIC / name).read_bytes(), media_type=ASSETS[name],
                         headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
 
@@ -52,6 +54,9 @@ def console_app(get_host: Callable[[], Host]) -> Starlette:
                                        request.path_params["version"])
         return HTMLResponse(html, headers={"Cache-Control": "private, max-age=3600"})
 
+    async def bundles(request: Request, host: Host) -> Response:
+        return JSONResponse({"bundles": await asyncio.to_thread(details, registry_of(host))})
+
     async def jobs(request: Request, host: Host) -> Response:
         found = await asyncio.to_thread(recent.recent_jobs, host.admin.redis_url)
         return JSONResponse({"jobs": found})
@@ -59,6 +64,7 @@ def console_app(get_host: Callable[[], Host]) -> Starlette:
     return Starlette(routes=[
         Route("/", page, methods=["GET"]),
         Route("/static/{name}", asset, methods=["GET"]),
+        Route("/api/models", guarded(get_host, bundles), methods=["GET"]),
         Route("/api/models/{version}/report", guarded(get_host, report), methods=["GET"]),
         Route("/api/jobs", guarded(get_host, jobs), methods=["GET"]),
         *review_routes(get_host),

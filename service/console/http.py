@@ -1,7 +1,12 @@
-"""What every console API route shares: the host it reads, the token check, the error shape."""
+"""What every console API route shares: the host it reads, the token check, the error shape.
+
+Errors are our own (`piston.errors`), each with its `kind` and status, answered as
+`{"error", "kind"}` like every other route of the service.
+"""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
@@ -9,14 +14,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from piston.errors import ImageError, PistonError, StorageUnavailable, UnknownBundle
-from piston.jobs import JobQueueUnavailable, UnknownJob
+from piston.errors import AccessDenied, InputError, PistonError, RegistryError
 from piston.registry import Registry
 from piston.settings import Settings
-from service.admin import AdminConfig, AdminError, check_token
+from service.admin import AdminConfig
 from service.engine import Engine
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
+RETRY_AFTER_S = "5"
 
 
 class Host(Protocol):
@@ -30,30 +35,32 @@ class Host(Protocol):
 Handler = Callable[[Request, Host], Awaitable[Response]]
 
 
-def error(status: int, kind: str, reason: str, **headers: str) -> JSONResponse:
-    return JSONResponse({"error": reason, "kind": kind}, status_code=status, headers=headers)
+def error(err: PistonError) -> JSONResponse:
+    headers = {"Retry-After": RETRY_AFTER_S} if err.status == 503 else None
+    return JSONResponse({"error": str(err), "kind": err.kind}, status_code=err.status,
+                        headers=headers)
+
+
+def check_token(request: Request, config: AdminConfig) -> None:
+    """The admin API's rule: no token configured means admin is off."""
+    if not config.token:
+        raise AccessDenied("admin endpoints are disabled: set PISTON_ADMIN_TOKEN to enable them",
+                           "forbidden")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip(), config.token):
+        raise AccessDenied("send the admin token as 'Authorization: Bearer <token>'")
 
 
 def guarded(get_host: Callable[[], Host], handler: Handler) -> Callable[[Request], Any]:
-    """The admin token first, then the handler; our errors become 4xx (503: try again)."""
+    """The admin token first, then the handler; our errors become their 4xx (503: retry)."""
 
     async def endpoint(request: Request) -> Response:
         try:
             host = get_host()
             check_token(request, host.admin)
             return await handler(request, host)
-        except AdminError as err:
-            kind = {401: "unauthorized", 403: "forbidden", 404: "not_found",
-                    409: "conflict"}.get(err.status, "bad_request")
-            return error(err.status, kind, err.reason)
-        except (UnknownBundle, UnknownJob) as err:
-            return error(404, "not_found", str(err))
-        except ImageError as err:
-            return error(422, err.kind, err.reason)
-        except (StorageUnavailable, JobQueueUnavailable) as err:
-            return error(503, "unavailable", str(err), **{"Retry-After": "5"})
         except PistonError as err:
-            return error(409, "conflict", str(err))
+            return error(err)
     return endpoint
 
 
@@ -68,11 +75,11 @@ async def parse(request: Request, model: type[BodyT]) -> BodyT:
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise AdminError(422, f"bad request body: {where}: {first['msg']}") from None
+        raise InputError("invalid_body", f"bad request body: {where}: {first['msg']}") from None
 
 
 def registry_of(host: Host) -> Registry:
     registry = host.engine.follower.registry
     if registry is None:
-        raise AdminError(409, "this service has no registry (a pinned bento)")
+        raise RegistryError("this service has no registry (a pinned bento)")
     return registry

@@ -16,8 +16,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from piston import jobs
+from piston.errors import InputError
 from piston.storage import Storage, open_storage
-from service.admin import AdminError
 from service.console import recent, review
 from service.console.http import Body, Host, guarded, parse, registry_of
 from service.console.retrain import build_training_set, stamp
@@ -38,11 +38,11 @@ class ScoringJob:
     def __init__(self, host: Host, job_id: str) -> None:
         status = recent.job_status(host.admin.redis_url, job_id)
         if status.get("kind") != "score":
-            raise AdminError(409, f"job {job_id} is a {status.get('kind')} job: only scoring"
-                                  " jobs have a review queue")
+            raise InputError("conflict", f"job {job_id} is a {status.get('kind')} job: only"
+                             " scoring jobs have a review queue")
         if status.get("state") not in jobs.TERMINAL:
-            raise AdminError(409, f"job {job_id} is {status.get('state')}: its review queue"
-                                  " is written when it ends")
+            raise InputError("conflict", f"job {job_id} is {status.get('state')}: its review"
+                             " queue is written when it ends")
         self.status = status
         self.id = job_id
         self.out_uri = str(status["out"]).rstrip("/")
@@ -52,7 +52,7 @@ class ScoringJob:
 
     def flagged(self, key: str) -> None:
         if key not in {item["image_path"] for item in review.queue(self.out)}:
-            raise AdminError(404, f"{key!r} is not in the review queue of job {self.id}")
+            raise InputError("not_found", f"{key!r} is not in the review queue of job {self.id}")
 
     def classes(self, host: Host) -> list[str]:
         """The classes of the model that scored the job (the answers must be one of them)."""
@@ -94,8 +94,8 @@ async def answer(request: Request, host: Host) -> Response:
         job = _open(host, request)
         classes = job.classes(host)
         if body.target not in classes:
-            raise AdminError(422, f"{body.target!r} is not a class of the model that scored"
-                                  f" this job ({', '.join(classes)})")
+            raise InputError("invalid_body", f"{body.target!r} is not a class of the model"
+                             f" that scored this job ({', '.join(classes)})")
         job.flagged(body.image_path)
         with recent.output_lock(host.admin.redis_url, job.out_uri):
             rows = review.append_answer(job.out, body.image_path, body.target)

@@ -11,9 +11,10 @@ import re
 from typing import Any
 
 from piston import jobs
+from piston.errors import JobQueueUnavailable, UnknownJob
+from piston.names import JOB_ID_RE, check_job_id
 
-_RECORD = re.compile(r"piston:job:([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
-JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_RECORD = re.compile(rf"piston:job:({JOB_ID_RE.pattern})")  # not its `:done` or `:workers`
 
 
 @functools.lru_cache(maxsize=4)
@@ -25,31 +26,33 @@ def _redis(redis_url: str) -> Any:
 
 
 def recent_jobs(redis_url: str, limit: int = 30) -> list[dict[str, Any]]:
-    """The newest `limit` jobs' statuses, newest first."""
+    """The newest `limit` jobs' statuses, newest first (only those are read whole)."""
     import redis
 
     try:
         client = _redis(redis_url)
         ids = [m.group(1) for key in client.scan_iter(match="piston:job:*", count=500)
                if (m := _RECORD.fullmatch(key))]
-        found = []
+        pipe = client.pipeline(transaction=False)
         for job_id in ids:
+            pipe.hget(f"piston:job:{job_id}", "submitted_at")
+        submitted = dict(zip(ids, pipe.execute(), strict=True))
+        newest = sorted(ids, key=lambda i: submitted[i] or "", reverse=True)[:limit]
+        found = []
+        for job_id in newest:
             try:
                 found.append(jobs.JobRecord(client, job_id).status())
-            except jobs.UnknownJob:
+            except UnknownJob:
                 continue  # expired between the scan and the read
     except (redis.ConnectionError, redis.TimeoutError) as err:
-        raise jobs.JobQueueUnavailable(  # no URL in the message: it may hold a password
+        raise JobQueueUnavailable(  # no URL in the message: it may hold a password
             f"cannot reach Redis (PISTON_REDIS_URL): {type(err).__name__}") from None
-    found.sort(key=lambda s: str(s.get("submitted_at", "")), reverse=True)
-    return found[:limit]
+    return found
 
 
 def job_status(redis_url: str, job_id: str) -> dict[str, Any]:
-    """One job's status; `UnknownJob` for an id that is not a job id at all."""
-    if not JOB_ID.fullmatch(job_id):
-        raise jobs.UnknownJob(f"{job_id!r} is not a job id")
-    return dict(jobs.job_status(redis_url, job_id))
+    """One job's status, its id checked before it becomes a Redis key."""
+    return dict(jobs.job_status(redis_url, check_job_id(job_id)))
 
 
 def output_lock(redis_url: str, out_uri: str) -> Any:

@@ -147,7 +147,7 @@ function metric(b, name) {
 }
 
 function recalls(b) {
-  if (b.per_class_recall) return b.per_class_recall;
+  if (b.recall && Object.keys(b.recall).length) return b.recall;
   const perClass = b.per_class || (b.metrics && b.metrics.per_class);
   if (perClass) return Object.fromEntries(Object.entries(perClass).map(([c, m]) => [c, m.recall]));
   const out = {};
@@ -158,11 +158,8 @@ function recalls(b) {
   return out;
 }
 
-function inputSize(b) {
-  const c = b.contract || b.input_contract;
-  if (c && c.height) return `${c.width}×${c.height}`;
-  const s = b.input_size || (b.config && b.config.input_size);
-  return Array.isArray(s) ? `${s[1]}×${s[0]}` : (s || "");
+function inputSize(b) {  // [width, height], from the console's bundle details
+  return Array.isArray(b.input_size) ? `input ${b.input_size[0]}×${b.input_size[1]} px` : "";
 }
 
 function gatesCell(b) {
@@ -215,13 +212,14 @@ function historyItem(m) {
 async function loadModels() {
   if (!token()) { $("models-table").tBodies[0].replaceChildren(); $("history").replaceChildren(); return; }
   try {
-    const [models, history] = await Promise.all([
-      api("/admin/models", { admin: true }), api("/admin/history", { admin: true })]);
-    const moves = Array.isArray(history) ? history : (history.history || history.moves || []);
-    state.models = bundleList(models);
+    const [models, history, extra] = await Promise.all([api("/admin/models", { admin: true }),
+      api("/admin/history", { admin: true }), api("api/models", { admin: true })]);
+    const moves = Array.isArray(history) ? history : (history.moves || history.history || []);
+    state.models = bundleList(models).map((b) => ({ ...(extra.bundles[b.version] || {}), ...b }));
     const marked = state.models.find((b) => b.production);
     state.production = (models && models.production) || (marked && marked.version)
       || (moves.length ? moves[moves.length - 1].version : null);
+    state.lastMove = moves.length ? moves[moves.length - 1] : null;
     $("models-table").tBodies[0].replaceChildren(...(state.models.length
       ? state.models.map(modelRow)
       : [h("tr", {}, h("td", { colspan: 9, class: "muted" }, "No bundle in the registry yet."))]));
@@ -234,7 +232,7 @@ async function loadModels() {
 
 function askMove(action, bundle) {
   const dialog = $("move-dialog");
-  const previous = action === "rollback" ? "the version before it" : null;
+  const previous = (state.lastMove && state.lastMove.previous) || "the version before it";
   $("move-title").textContent = action === "promote"
     ? `Promote ${bundle.version} to production` : `Roll back production (${bundle.version})`;
   $("move-detail").textContent = action === "promote"
@@ -251,7 +249,7 @@ function askMove(action, bundle) {
 }
 
 async function doMove(action, version, reason, force) {
-  const expected = state.production;
+  const expected = state.production || "none";  // "none": nothing in production yet
   const body = action === "promote" ? { version, reason, force, expected } : { reason, expected };
   try {
     const answer = await api(`/admin/${action}`, { method: "POST", body, admin: true });

@@ -1,4 +1,4 @@
-"""A bundle's evaluation report as one self-contained page, read from the registry.
+"""What the console shows of a bundle beyond `/admin/models`: its details and its report.
 
 The report is `report/report.html` beside two PNGs inside the bundle. The page is served with
 the PNGs inlined as data URIs, so the console can show it in a sandboxed frame (fetched with
@@ -13,21 +13,30 @@ import re
 import tarfile
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 from piston.bundle import local_model
 from piston.errors import RegistryError, UnknownBundle
+from piston.names import check_version
 from piston.registry import Registry
 
-VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _PICTURE = re.compile(r"""src=["']([A-Za-z0-9_-]+\.png)["']""")
 CACHED_REPORTS = 8  # bundles are immutable: a report read once never changes
 
 
-def check_version(version: str) -> str:
-    """Refuse a version that could name anything but one bundle (paths, wildcards)."""
-    if not VERSION.fullmatch(version) or ".." in version:
-        raise UnknownBundle(f"{version!r} is not a bundle version")
-    return version
+def details(registry: Registry) -> dict[str, dict[str, Any]]:
+    """By version: input size, data fingerprint, per-class recall, threshold, code version."""
+    out = {}
+    for version in registry.versions():
+        meta = registry.meta(version)
+        per_class = meta.metrics.get("per_class") or {}
+        out[version] = {
+            "input_size": [meta.input_contract.width, meta.input_contract.height],
+            "data_fingerprint": meta.data_fingerprint, "threshold": meta.threshold,
+            "recall": {c: m.get("recall") for c, m in per_class.items()},
+            "code_version": meta.code_version, "parent": meta.parent,
+        }
+    return out
 
 
 class Reports:
