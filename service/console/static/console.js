@@ -17,7 +17,7 @@ function h(tag, attrs, ...children) {
     else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
     else el.setAttribute(k, v === true ? "" : v);
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined || c === false) continue;
     el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -45,18 +45,16 @@ class ApiError extends Error {
 }
 
 // One call to the service: JSON in and out, the token when asked, the API's own message on failure.
-async function api(path, { method = "GET", body, admin = false, raw = false, type } = {}) {
+async function api(path, { method = "GET", body, admin = false, raw = false } = {}) {
   const headers = {};
   if (admin) {
     if (!token()) throw new ApiError(0, "no_token", "Set the admin token first (top right).");
     headers.Authorization = `Bearer ${token()}`;
   }
-  let payload = body;
-  if (body !== undefined && !(body instanceof Blob)) {
+  let payload = body;  // FormData: the browser writes the multipart header itself
+  if (body !== undefined && !(body instanceof FormData)) {
     headers["Content-Type"] = "application/json";
     payload = JSON.stringify(body);
-  } else if (body instanceof Blob) {
-    headers["Content-Type"] = type || body.type || "application/octet-stream";
   }
   let response;
   try {
@@ -187,8 +185,8 @@ function modelRow(b) {
   return h("tr", { class: isProd ? "production" : "", "data-version": b.version },
     h("td", {}, h("div", { class: "version" }, b.version),
       isProd ? h("span", { class: "pill prod" }, "production") : null),
-    h("td", { class: "num" }, when(b.created_at)),
-    h("td", {}, b.arch || "", h("div", { class: "muted small" }, inputSize(b))),
+    h("td", { class: "num nowrap" }, when(b.created_at)),
+    h("td", { class: "nowrap" }, b.arch || "", h("div", { class: "muted small" }, inputSize(b))),
     h("td", {}, gatesCell(b)),
     h("td", { class: "num" }, pct(metric(b, "accuracy"))),
     h("td", { class: "num" }, num(metric(b, "macro_f1"))),
@@ -256,7 +254,7 @@ async function doMove(action, version, reason, force) {
     const to = (answer.move && answer.move.version) || version;
     toast(`${action === "promote" ? "Promoted" : "Rolled back"}: production is ${to} now.`);
   } catch (err) {
-    if (err.kind === "stale" || (err.status === 409 && /expect|stale/i.test(err.message))) {
+    if (err.kind === "stale") {
       toast(`Refused: production moved since this page loaded (${err.message}). `
         + "The table is refreshed: check it and try again.", true);
     } else {
@@ -309,7 +307,9 @@ async function classify(file) {
   $("try-result").hidden = true;
   $("try-error").hidden = true;
   try {
-    const r = await api("/classify", { method: "POST", body: file });
+    const form = new FormData();
+    form.append("image", file, file.name);  // multipart, so any file reaches the decoder
+    const r = await api("/classify", { method: "POST", body: form });
     const limit = await threshold(r.model_version);
     $("try-label").textContent = r.label;
     $("try-review").textContent = r.needs_review ? "needs review" : "confident";
