@@ -28,7 +28,7 @@ def make_engine(registry_dir: Path, version: str | None) -> Engine:
     registry = open_registry(registry_dir)
     if version:
         registry.promote(version, reason="test", force=True)
-    engine = Engine(ModelFollower(registry), Limits(1_000_000, 8, 16), service_metrics(), 0.2)
+    engine = Engine(ModelFollower(registry), Limits(1_000_000, 8), service_metrics(), 0.2)
     engine.refresh()
     return engine
 
