@@ -14,7 +14,7 @@ import json
 import uuid
 from typing import Any
 
-from piston.errors import PistonError
+from piston.errors import JobQueueUnavailable, UnknownJob
 
 SCORE_TASK = "piston.score"
 SHARD_TASK = "piston.score_shard"
@@ -31,14 +31,6 @@ if state == ARGV[1] or state == ARGV[2] or state == ARGV[3] then return 0 end
 for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 """
-
-
-class UnknownJob(PistonError):
-    """A job id that no job has (or whose record has expired)."""
-
-
-class JobQueueUnavailable(PistonError):
-    """Redis (the broker and job records) cannot be reached."""
 
 
 def _reaching_redis(fn: Any) -> Any:

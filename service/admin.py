@@ -21,10 +21,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from piston import jobs
-from piston.errors import PistonError
+from piston.errors import AccessDenied, PistonError, RegistryError
 from piston.registry import Registry
 from service.engine import Engine
-from service.errors import ServiceError, as_service_error, error_response
+from service.errors import error_response
 from service.schemas import PromoteBody, RetrainBody, RollbackBody, ScoreJobBody
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
@@ -41,12 +41,11 @@ class AdminConfig:
 
 def check_token(request: Request, config: AdminConfig) -> None:
     if not config.token:
-        raise ServiceError("admin_disabled", "admin endpoints are disabled: set"
-                           " PISTON_ADMIN_TOKEN to enable them", 403)
+        raise AccessDenied("admin endpoints are disabled: set PISTON_ADMIN_TOKEN to enable them",
+                           kind="forbidden")
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip(), config.token):
-        raise ServiceError("unauthorized",
-                           "send the admin token as 'Authorization: Bearer <token>'", 401)
+        raise AccessDenied("send the admin token as 'Authorization: Bearer <token>'")
 
 
 async def read_body(request: Request, model: type[BodyT]) -> BodyT:
@@ -56,13 +55,12 @@ async def read_body(request: Request, model: type[BodyT]) -> BodyT:
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise ServiceError("invalid_body", f"bad request body: {where}: {first['msg']}",
-                           422) from None
+        raise PistonError(f"bad request body: {where}: {first['msg']}", "invalid_body") from None
 
 
 def registry_of(engine: Engine) -> Registry:
     if engine.follower.registry is None:
-        raise ServiceError("no_registry", "this service has no registry (a pinned bento)", 409)
+        raise RegistryError("this service has no registry (a pinned bento)")
     return engine.follower.registry
 
 
@@ -84,8 +82,8 @@ def score_source(src: str) -> str:
         return src
     path = Path(src)
     if not path.is_absolute() or not path.is_dir():
-        raise ServiceError("invalid_body", f"src {src!r}: give an s3:// prefix or an absolute"
-                           " folder that exists on the server", 422)
+        raise PistonError(f"src {src!r}: give an s3:// prefix or an absolute folder that exists"
+                          " on the server", "invalid_body")
     return src
 
 
@@ -101,7 +99,7 @@ def admin_routes(get_engine: Callable[[], Engine], get_config: Callable[[], Admi
                 check_token(request, config)
                 return JSONResponse(await handler(request, get_engine()))
             except PistonError as err:
-                return error_response(as_service_error(err))
+                return error_response(err)
         return endpoint
 
     routes = {**registry_handlers(), **job_handlers(get_config)}
@@ -129,16 +127,18 @@ def registry_handlers() -> dict[tuple[str, str], Handler]:
     async def promote(request: Request, engine: Engine) -> dict[str, Any]:
         """Put a bundle in production (as `piston models promote`); this worker swaps at once."""
         body = await read_body(request, PromoteBody)
-        move = await asyncio.to_thread(registry_of(engine).promote, body.version, body.reason,
-                                       "admin-api", body.force)
+        move = await asyncio.to_thread(
+            functools.partial(registry_of(engine).promote, body.version, body.reason,
+                              by="admin-api", force=body.force, expected=body.expected))
         await asyncio.to_thread(engine.refresh)
         return {"move": move.model_dump(), "serving": engine.follower.status.version}
 
     async def rollback(request: Request, engine: Engine) -> dict[str, Any]:
         """Return production to the previous bundle, or to `to` (as `piston models rollback`)."""
         body = await read_body(request, RollbackBody)
-        move = await asyncio.to_thread(registry_of(engine).rollback, body.reason, body.to,
-                                       "admin-api")
+        move = await asyncio.to_thread(
+            functools.partial(registry_of(engine).rollback, body.reason, to=body.to,
+                              by="admin-api", expected=body.expected))
         await asyncio.to_thread(engine.refresh)
         return {"move": move.model_dump(), "serving": engine.follower.status.version}
 

@@ -18,13 +18,14 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
 from piston.bundle import MODEL_NAME, local_model
+from piston.errors import NotReady, PistonError, status_of
 from piston.follow import ModelFollower
-from piston.registry import Registry
+from piston.registry import open_registry
+from piston.scoring import ImageFailure, Outcome
 from piston.settings import Settings, load_settings
-from piston.storage import open_storage
 from service.admin import AdminConfig
 from service.engine import Engine, Limits
-from service.errors import ServiceError, error_response
+from service.errors import error_response
 from service.inputs import ClassifyBatchInput, ClassifyInput, Upload
 from service.limits import RequestSizeLimit
 from service.metrics import service_metrics
@@ -62,8 +63,7 @@ def make_engine(settings: Settings, pinned: str | None) -> Engine:
     if pinned:
         follower = ModelFollower(None, pinned=pinned, model_dir=local_model(pinned).path)
     else:
-        storage = open_storage(settings.registry, settings.s3_endpoint_url)
-        follower = ModelFollower(Registry(storage))
+        follower = ModelFollower(open_registry(settings))
     limits = Limits(settings.max_image_pixels, settings.max_batch_images,
                     settings.decode_threads, settings.decode_queue)
     return Engine(follower, limits, service_metrics(), settings.poll_interval_s,
@@ -104,8 +104,9 @@ class Inspector:
         `image/*` content type (`curl --data-binary @part.jpg -H 'Content-Type: image/jpeg'`).
         """
         try:
-            return JSONResponse(await self.engine.classify(await image.one()))
-        except ServiceError as err:
+            decision = await self.engine.classify(await image.one())
+            return Response(decision.model_dump_json(), media_type="application/json")
+        except PistonError as err:
             return self.refuse(err)
         except ClientDisconnect:  # gone, or cut off by the size limit (which answered)
             return Response(status_code=400)
@@ -120,8 +121,9 @@ class Inspector:
         """
         try:
             files = await images.many(self.engine.limits.max_batch_images)
-            return JSONResponse({"results": await self.engine.classify_many(files)})
-        except ServiceError as err:
+            outcomes = await self.engine.classify_many(files)
+            return JSONResponse({"results": [slot_answer(o) for o in outcomes]})
+        except PistonError as err:
             return self.refuse(err)
         except ClientDisconnect:
             return Response(status_code=400)
@@ -140,15 +142,22 @@ class Inspector:
                 f"expected arrays of shape (N, 3, {c.height}, {c.width}), got {batch.shape}")
         return predictor.probabilities(np.ascontiguousarray(batch, dtype=np.float32))
 
-    def refuse(self, err: ServiceError) -> Response:
+    def refuse(self, err: PistonError) -> Response:
         self.engine.metrics.error(err.kind)
         return error_response(err)
+
+
+def slot_answer(outcome: Outcome) -> dict[str, Any]:
+    """A batch slot: the decision, or the failure with the status this image alone would get."""
+    if isinstance(outcome, ImageFailure):
+        return {**outcome.model_dump(), "status": status_of(outcome.kind)}
+    return outcome.model_dump()
 
 
 def _instance() -> Inspector:
     svc = bentoml.get_current_service()
     if svc is None:
-        raise ServiceError("not_ready", "not ready: the service is starting", 503, 1)
+        raise NotReady("not ready: the service is starting")
     return svc
 
 

@@ -13,17 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from piston.errors import ImageError
+from piston.errors import Overloaded
 from piston.imaging import Contract, open_image, prepare
-from service.errors import ServiceError
-from service.inputs import InputError
-
-
-class Overloaded(ServiceError):
-    """Every decode thread is busy and the queue is full: come back in a moment."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__("overloaded", reason, 503, retry_after_s=1)
 
 
 class Decoder:
@@ -37,22 +28,19 @@ class Decoder:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
 
     async def __call__(self, data: bytes, contract: Contract) -> np.ndarray:
-        """The CHW float32 array for `data`; `InputError` for a bad image."""
+        """The CHW float32 array: `ImageError` for a bad image, `Overloaded` when full."""
+        img = open_image(data, self.max_pixels)
+        if img.width * img.height <= self.inline_pixels:
+            return prepare(img, contract)
+        if self.pending >= self.capacity:
+            raise Overloaded(f"{self.pending} large images are being decoded on this worker;"
+                             " retry shortly")
+        self.pending += 1
         try:
-            img = open_image(data, self.max_pixels)
-            if img.width * img.height <= self.inline_pixels:
-                return prepare(img, contract)
-            if self.pending >= self.capacity:
-                raise Overloaded(f"{self.pending} large images are being decoded on this"
-                                 " worker; retry shortly")
-            self.pending += 1
-            try:
-                loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._pool, prepare, img, contract)
-            finally:
-                self.pending -= 1
-        except ImageError as err:
-            raise InputError.from_image_error(err) from None
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, prepare, img, contract)
+        finally:
+            self.pending -= 1
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

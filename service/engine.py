@@ -15,23 +15,17 @@ from typing import Any
 import numpy as np
 
 from piston.bundle import Predictor
+from piston.errors import InputError, NotReady, Overloaded
 from piston.follow import ModelFollower
+from piston.scoring import Decision, ImageFailure, Outcome, Prepared, decide
 from service.batching import Batcher, InferFn
 from service.decoding import Decoder
-from service.errors import ServiceError
 from service.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 # Images up to this many pixels decode on the event loop (about 2 ms at most; a thread hop
 # costs more than an 80x80 decode); larger ones go to the decode threads.
 INLINE_DECODE_PIXELS = 512 * 512
-
-
-class NotReady(ServiceError):
-    """No bundle is loaded yet: requests get 503 until the follower has one."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__("not_ready", f"not ready: {reason}", 503, retry_after_s=1)
 
 
 @dataclass(frozen=True)
@@ -100,38 +94,36 @@ class Engine:
     def predictor(self) -> Predictor:
         predictor = self.follower.current
         if predictor is None:
-            raise NotReady(self.follower.status.last_error or "no bundle is loaded yet (is one in"
-                           " production? `piston models promote VERSION --reason ...`)")
+            reason = self.follower.status.last_error or ("no bundle is loaded yet (is one in"
+                                                         " production? `piston models promote`)")
+            raise NotReady(f"not ready: {reason}")
         return predictor
 
     # -- scoring ----------------------------------------------------------------------------
 
-    async def classify(self, data: bytes) -> dict[str, Any]:
-        """One image -> its decision; raises InputError for a bad image."""
+    async def classify(self, data: bytes) -> Decision:
+        """One image -> its decision; `InputError` for a bad image, `Overloaded` when busy."""
         predictor = self.predictor()  # the model this request finishes on, even across a swap
-        array = await self.decode(data, predictor.contract)  # a bad image: InputError
-        decision = predictor.decide(await self.batcher.score(predictor, [array]))[0]
+        array = await self.decode(data, predictor.contract)
+        decision = decide(predictor, await self.batcher.score(predictor, [array]))[0]
         self.metrics.record([decision])
         return decision
 
-    async def classify_many(self, images: list[bytes]) -> list[dict[str, Any]]:
-        """Many images -> one entry each, in order; a bad image gets an error entry."""
+    async def classify_many(self, images: list[bytes]) -> list[Outcome]:
+        """Many images -> a `Decision` or an `ImageFailure` each, in order."""
         predictor = self.predictor()
-        results: list[dict[str, Any]] = [{} for _ in images]
-        arrays, slots = [], []
-        for i, data in enumerate(images):
+        prepared: list[Prepared] = []
+        for data in images:  # one at a time: a batch never holds more than one decode thread
             try:
-                arrays.append(await self.decode(data, predictor.contract))
-                slots.append(i)
-            except ServiceError as err:
+                prepared.append(await self.decode(data, predictor.contract))
+            except (InputError, Overloaded) as err:
                 self.metrics.error(err.kind)
-                results[i] = {"error": err.reason, "kind": err.kind, "status": err.status}
-        if arrays:
-            decisions = predictor.decide(await self.batcher.score(predictor, arrays))
-            self.metrics.record(decisions)
-            for slot, decision in zip(slots, decisions, strict=True):
-                results[slot] = decision
-        return results
+                prepared.append(ImageFailure(error=str(err), kind=err.kind))
+        arrays = [p for p in prepared if not isinstance(p, ImageFailure)]
+        decisions = decide(predictor, await self.batcher.score(predictor, arrays)) if arrays else []
+        self.metrics.record(decisions)
+        rows = iter(decisions)
+        return [p if isinstance(p, ImageFailure) else next(rows) for p in prepared]
 
     # -- reporting --------------------------------------------------------------------------
 

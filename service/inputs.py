@@ -19,35 +19,10 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
-from piston.errors import ImageError
-from service.errors import ServiceError
+from piston.errors import InputError
 
-# HTTP status for each way an input can be wrong (ImageError kinds plus request-level ones).
-STATUS_BY_KIND = {
-    "empty": 400,
-    "missing_field": 400,
-    "bad_request": 400,
-    "too_large": 413,
-    "too_many_images": 413,
-    "too_many_pixels": 413,
-    "unsupported_media_type": 415,
-    "unsupported_format": 415,
-    "not_an_image": 415,
-    "truncated": 422,
-}
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 ImageFile = Annotated[Path, ContentType("image/*")]
-
-
-class InputError(ServiceError):
-    """A request the service cannot score; `kind` picks the status and the metrics label."""
-
-    def __init__(self, kind: str, reason: str) -> None:
-        super().__init__(kind, reason, STATUS_BY_KIND.get(kind, 400))
-
-    @classmethod
-    def from_image_error(cls, err: ImageError) -> InputError:
-        return cls(err.kind, err.reason)
 
 
 class Upload:

@@ -15,9 +15,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from piston.errors import PistonError
 from service.admin import AdminConfig, admin_routes
 from service.engine import Engine
-from service.errors import ServiceError, error_response
+from service.errors import error_response
 from service.openapi import service_spec
 
 
@@ -30,7 +31,7 @@ def build_app(get_engine: Callable[[], Engine], get_admin: Callable[[], AdminCon
     async def model(request: Request) -> JSONResponse:
         try:
             return JSONResponse(get_engine().model_info())
-        except ServiceError as err:
+        except PistonError as err:
             return error_response(err)
 
     async def docs(request: Request) -> JSONResponse:

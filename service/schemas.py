@@ -9,17 +9,22 @@ from pydantic import BaseModel, ConfigDict, Field
 from piston.bundle import Gate
 from piston.registry import Move
 
+EXPECTED = Field(description="the version production is at now, as you last saw it ('none'"
+                 " before the first promote); a stale one is refused with 409, kind 'stale'")
+
 
 class PromoteBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: str
     reason: str = Field(min_length=1)
+    expected: str = EXPECTED
     force: bool = False
 
 
 class RollbackBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reason: str = Field(min_length=1)
+    expected: str = EXPECTED
     to: str | None = None
 
 

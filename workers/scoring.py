@@ -23,12 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePosixPath
 from typing import Any
 
-import numpy as np
-
 from piston.bundle import Predictor
-from piston.errors import ImageError, StorageError, StorageUnavailable
-from piston.imaging import preprocess
+from piston.errors import StorageError, StorageUnavailable
 from piston.jobs import now
+from piston.scoring import Decision, ImageFailure, score_blobs
 from piston.storage import ObjectInfo, Storage
 from training.dataset import IMAGE_SUFFIXES
 
@@ -75,25 +73,15 @@ def shards(items: list[Item], size: int) -> list[list[Item]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def _fetch(src: Storage, item: Item, predictor: Predictor,
-           max_pixels: int) -> tuple[dict[str, str], np.ndarray | None, str | None]:
-    """Read and preprocess one image: (user metadata, array or None, error or None)."""
-    from piston.s3 import S3Storage
-
-    metadata: dict[str, str] = {}
+def _fetch(src: Storage, item: Item, max_bytes: int) -> tuple[dict[str, str], bytes | ImageFailure]:
+    """Read one image: (user metadata, bytes or why not). One GET brings the metadata along."""
     try:
-        if isinstance(src, S3Storage):
-            data, info = src.get(item[0])  # one GET brings the user metadata along
-            metadata = info.metadata
-        else:
-            data = src.read(item[0])
-        return metadata, preprocess(data, predictor.contract, max_pixels), None
-    except ImageError as err:
-        return metadata, None, f"{err.kind}: {err.reason}"
+        data, info = src.get(item[0], max_bytes)
+        return info.metadata, data
     except StorageUnavailable:
         raise  # the store is down: the whole shard is retried later
     except StorageError as err:
-        return metadata, None, str(err)
+        return {}, ImageFailure(error=str(err), kind=err.kind)
 
 
 def score_items(
@@ -105,32 +93,32 @@ def score_items(
     on_batch: Callable[[list[dict[str, Any]]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     max_per_second: float = 0.0,
+    max_bytes: int = 20 * 1024 * 1024,
 ) -> list[dict[str, Any]] | None:
     """Score images; None when stopped early.
 
-    Reads and decoding run ahead in a thread pool while the model scores the batch before,
-    so a worker process keeps both the network and its cores busy.
+    Reads run ahead in a thread pool while the model scores the batch before, so a worker
+    process keeps both the network and its cores busy.
     """
     items = list(items)
     records: list[dict[str, Any]] = []
     start = time.perf_counter()
     with ThreadPoolExecutor(READ_THREADS) as pool:
-        pending = [pool.submit(_fetch, src, it, predictor, max_pixels) for it in items]
+        pending = [pool.submit(_fetch, src, it, max_bytes) for it in items]
         for begin in range(0, len(items), BATCH):
             if should_stop and should_stop():
                 pool.shutdown(wait=True, cancel_futures=True)
                 return None
             chunk = items[begin:begin + BATCH]
             fetched = [f.result() for f in pending[begin:begin + BATCH]]
-            arrays = [a for _, a, _ in fetched if a is not None]
-            decisions = iter(predictor.decide(predictor.probabilities(np.stack(arrays))) if arrays
-                             else [])
-            for item, (metadata, array, error) in zip(chunk, fetched, strict=True):
-                decision = next(decisions) if array is not None else {
+            outcomes = score_blobs(predictor, [b for _, b in fetched], max_pixels)
+            for item, (metadata, _), outcome in zip(chunk, fetched, outcomes, strict=True):
+                decision = outcome.model_dump() if isinstance(outcome, Decision) else {
                     "label": None, "confidence": None, "probabilities": None,
-                    "needs_review": True, "model_version": predictor.meta.version}
-                records.append({"key": item[0], "etag": item[1], "size": item[2], **decision,
-                                "metadata": metadata, "error": error, "scored_at": now(),
+                    "needs_review": True, "model_version": predictor.meta.version,
+                    "error": f"{outcome.kind}: {outcome.error}"}
+                records.append({"key": item[0], "etag": item[1], "size": item[2], "error": None,
+                                **decision, "metadata": metadata, "scored_at": now(),
                                 "job_id": job_id})
             if max_per_second:
                 time.sleep(max(0.0, len(records) / max_per_second - (time.perf_counter() - start)))

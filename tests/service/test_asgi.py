@@ -127,25 +127,33 @@ def test_admin_needs_the_token_and_moves_the_pointer(
     registry = open_registry(registry_dir)
     registry.promote(bundles.good, reason="first", force=True)
     wait_ready(client)
-    body = {"version": bundles.other, "reason": "try the other", "force": True}
+    body = {"version": bundles.other, "reason": "try the other", "force": True,
+            "expected": bundles.good}
     assert client.post("/admin/promote", json=body).status_code == 401
     assert client.post("/admin/promote", json=body,
                        headers={"Authorization": "Bearer wrong"}).status_code == 401
-    refused = client.post("/admin/promote", json={"version": bundles.other, "reason": "x"},
-                          headers=AUTH)
+    refused = client.post("/admin/promote", json={"version": bundles.other, "reason": "x",
+                                                   "expected": bundles.good}, headers=AUTH)
     if not registry.meta(bundles.other).gates_passed:
         assert refused.status_code == 409 and "gates" in refused.json()["error"]
-    assert client.post("/admin/promote", json={"reason": "no version"},
+    assert client.post("/admin/promote", json={"reason": "no version", "expected": "none"},
                        headers=AUTH).status_code == 422
+    no_expected = client.post("/admin/promote", json={**body, "expected": None}, headers=AUTH)
+    assert no_expected.status_code == 422 and "expected" in no_expected.json()["error"]
     unknown = client.post("/admin/promote", json={"version": "20990101-000000-000",
-                                                  "reason": "typo"}, headers=AUTH)
+                                                  "reason": "typo", "expected": bundles.good},
+                          headers=AUTH)
     assert unknown.status_code == 404 and "no bundle" in unknown.json()["error"]
+    stale = client.post("/admin/promote", json={**body, "expected": bundles.other}, headers=AUTH)
+    assert stale.status_code == 409 and stale.json()["kind"] == "stale"
+    assert registry.current() == bundles.good  # a stale move changes nothing
     promoted = client.post("/admin/promote", json=body, headers=AUTH)
     assert promoted.status_code == 200, promoted.text
     assert promoted.json()["serving"] == bundles.other  # this worker swapped at once
     image = {"image": ("a.jpg", image_bytes(), "image/jpeg")}
     assert client.post("/classify", files=image).json()["model_version"] == bundles.other
-    rolled = client.post("/admin/rollback", json={"reason": "worse"}, headers=AUTH)
+    rolled = client.post("/admin/rollback", json={"reason": "worse", "expected": bundles.other},
+                         headers=AUTH)
     assert rolled.status_code == 200 and rolled.json()["serving"] == bundles.good
     assert registry.history()[-1].reason == "worse" and registry.history()[-1].by == "admin-api"
     reload = client.post("/admin/reload", headers=AUTH).json()
@@ -210,19 +218,23 @@ def test_admin_lists_bundles_and_history_with_kinds_on_errors(
     assert rows[bundles.good]["gates"] and "accuracy" in rows[bundles.good]["metrics"]
     assert rows[bundles.good]["gates_passed"] == registry.meta(bundles.good).gates_passed
     moved = client.post("/admin/promote", json={"version": bundles.other, "reason": "try",
-                                                 "force": True}, headers=AUTH)
+                                                 "force": True, "expected": bundles.good},
+                        headers=AUTH)
     assert moved.status_code == 200, moved.text
     history = client.get("/admin/history", headers=AUTH).json()
     assert history["production"] == bundles.other
     assert [(m["action"], m["version"]) for m in history["moves"]] == [
         ("promote", bundles.good), ("promote", bundles.other)]
     unknown = client.post("/admin/promote", json={"version": "20990101-000000-000",
-                                                  "reason": "typo"}, headers=AUTH)
-    assert unknown.status_code == 404 and unknown.json()["kind"] == "unknown_bundle"
+                                                  "reason": "typo", "expected": bundles.other},
+                          headers=AUTH)
+    assert unknown.status_code == 404 and unknown.json()["kind"] == "not_found"
     again = client.post("/admin/promote", json={"version": bundles.other, "reason": "twice",
-                                                "force": True}, headers=AUTH)
+                                                "force": True, "expected": bundles.other},
+                        headers=AUTH)
     assert again.status_code == 409 and again.json()["kind"] == "conflict"
-    invalid = client.post("/admin/rollback", json={"reason": ""}, headers=AUTH)
+    invalid = client.post("/admin/rollback", json={"reason": "", "expected": bundles.other},
+                          headers=AUTH)
     assert invalid.status_code == 422 and invalid.json()["kind"] == "invalid_body"
 
 

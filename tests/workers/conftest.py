@@ -71,7 +71,7 @@ class MotoServer:
             self.proc.wait(10)
 
     def client(self) -> Any:
-        from piston.s3 import s3_client
+        from piston.storage.s3 import s3_client
 
         return s3_client(self.url)
 

@@ -71,7 +71,7 @@ def test_every_command_is_a_piston_command(compose: dict[str, Any]) -> None:
         command = services[name]["command"]
         assert command[0] == "piston"
         assert parser.parse_args(command[1:]).handler is handler, name
-    assert services["bucket-init"]["command"][:3] == ["python", "-m", "piston.s3"]
+    assert services["bucket-init"]["command"][:3] == ["python", "-m", "piston.storage.s3"]
 
 
 def test_environment_matches_the_settings(compose: dict[str, Any]) -> None:
