@@ -17,10 +17,12 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from piston.errors import InputError
+from service.admin import registry_of
 from service.console import recent
 from service.console.bundles import Reports, details
-from service.console.http import Host, error, guarded, registry_of
+from service.console.http import Host, guarded
 from service.console.queue import review_routes
+from service.errors import error_response
 
 STATIC = Path(__file__).parent / "static"
 ASSETS = {"console.css": "text/css; charset=utf-8",
@@ -45,17 +47,17 @@ def console_app(get_host: Callable[[], Host]) -> Starlette:
     async def asset(request: Request) -> Response:
         name = request.path_params["name"]
         if name not in ASSETS:
-            return error(InputError("not_found", f"no console asset {name!r}"))
+            return error_response(InputError("not_found", f"no console asset {name!r}"))
         return Response((STATIC / name).read_bytes(), media_type=ASSETS[name],
                         headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
 
     async def report(request: Request, host: Host) -> Response:
-        html = await asyncio.to_thread(reports.page, registry_of(host),
+        html = await asyncio.to_thread(reports.page, registry_of(host.engine),
                                        request.path_params["version"])
         return HTMLResponse(html, headers={"Cache-Control": "private, max-age=3600"})
 
     async def bundles(request: Request, host: Host) -> Response:
-        return JSONResponse({"bundles": await asyncio.to_thread(details, registry_of(host))})
+        return JSONResponse({"bundles": await asyncio.to_thread(details, registry_of(host.engine))})
 
     async def jobs(request: Request, host: Host) -> Response:
         found = await asyncio.to_thread(recent.recent_jobs, host.admin.redis_url)

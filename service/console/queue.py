@@ -18,8 +18,9 @@ from starlette.routing import Route
 from piston import jobs
 from piston.errors import InputError
 from piston.storage import Storage, open_storage
+from service.admin import read_body, registry_of
 from service.console import recent, review
-from service.console.http import Body, Host, guarded, parse, registry_of
+from service.console.http import Body, Host, guarded
 from service.console.retrain import build_training_set, stamp
 
 
@@ -58,7 +59,7 @@ class ScoringJob:
         """The classes of the model that scored the job (the answers must be one of them)."""
         version = self.status.get("model_version")
         if version:
-            return list(registry_of(host).meta(str(version)).classes)
+            return list(registry_of(host.engine).meta(str(version)).classes)
         return list(host.engine.predictor().meta.classes)
 
 
@@ -88,7 +89,7 @@ async def picture(request: Request, host: Host) -> Response:
 
 
 async def answer(request: Request, host: Host) -> Response:
-    body = await parse(request, Answer)
+    body = await read_body(request, Answer)
 
     def write() -> dict[str, Any]:
         job = _open(host, request)
@@ -105,7 +106,7 @@ async def answer(request: Request, host: Host) -> Response:
 
 
 async def retrain(request: Request, host: Host) -> Response:
-    body = await parse(request, RetrainWithReviewed)
+    body = await read_body(request, RetrainWithReviewed)
 
     def start() -> dict[str, Any]:
         job = _open(host, request)
