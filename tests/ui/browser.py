@@ -41,8 +41,14 @@ def chromium() -> Iterator[Any]:
 
 def wait_for(driver: Any, condition: Callable[[Any], Any], timeout: float = 30.0,
              what: str = "the page") -> Any:
-    """Wait until `condition(driver)` is truthy (generous: the machine may be busy)."""
+    """Wait until `condition(driver)` is truthy (generous: the machine may be busy).
+
+    An element replaced while the condition read it (the page re-renders live views) is
+    just read again at the next poll.
+    """
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(
+    return WebDriverWait(driver, timeout, poll_frequency=0.2,
+                         ignored_exceptions=[StaleElementReferenceException]).until(
         condition, message=f"timed out waiting for {what}")

@@ -83,7 +83,6 @@ def test_models_table_shows_both_bundles_and_marks_production(browser: Any,
     assert other.find_elements(By.CSS_SELECTOR, 'button[data-action="promote"]')
     assert "input 80\u00d780 px" in marked.text and "pass" in marked.text
     assert "console tests: start" in browser.find_element(By.ID, "history").text
-    screenshot(browser, "models")
 
 
 def test_promote_and_roll_back_from_the_page(browser: Any, console: Console) -> None:
@@ -123,6 +122,9 @@ def test_a_stale_move_is_refused(browser: Any, console: Console) -> None:
     assert len(store.history()) == moves
     wait_for(browser, lambda d: production_row(d) == console.second, what="the refreshed table")
     store.rollback("back to the start", expected=console.second)
+    open_view(browser, console, "models")
+    wait_for(browser, lambda d: production_row(d) == console.first, what="the table")
+    screenshot(browser, "models")
 
 
 def drop(driver: Any, data: bytes, name: str, mime: str) -> None:
@@ -161,9 +163,10 @@ def test_a_dropped_image_shows_its_label(browser: Any, console: Console,
     assert not browser.find_element(By.ID, "try-result").is_displayed()
 
 
-def job_card(driver: Any) -> Any:
-    cards = driver.find_elements(By.CSS_SELECTOR, "#jobs-list .job")
-    return cards[0] if cards else None
+def newest_job(driver: Any) -> str:
+    """The newest job card's text, read in one go (the list re-renders every 2 s)."""
+    return str(driver.execute_script("const card = document.querySelector('#jobs-list .job');"
+                                     " return card ? card.innerText : '';"))
 
 
 def test_a_scoring_job_started_from_the_page_runs_to_the_end(browser: Any,
@@ -174,11 +177,10 @@ def test_a_scoring_job_started_from_the_page_runs_to_the_end(browser: Any,
     form.find_element(By.NAME, "out").send_keys(str(console.results))
     form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     assert "queued" in toast(browser)
-    wait_for(browser, lambda d: job_card(d) is not None and "SUCCESS" in job_card(d).text,
-             timeout=120, what="the job to succeed")
-    card = job_card(browser)
-    assert "scored 14 / 14" in card.text, card.text
-    assert f"{console.batch} → {console.results}" in card.text
+    card = wait_for(browser, lambda d: "SUCCESS" in newest_job(d) and newest_job(d),
+                    timeout=120, what="the job to succeed")
+    assert "scored 14 / 14" in card, card
+    assert f"{console.batch} \u2192 {console.results}" in card
     screenshot(browser, "jobs")
 
 
