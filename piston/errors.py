@@ -31,6 +31,7 @@ STATUS_BY_KIND: dict[str, int] = {
     "invalid_body": 422,
     "unavailable": 503,
     "not_ready": 503,
+    "overloaded": 503,
 }
 
 
@@ -76,6 +77,12 @@ class NotReady(PistonError):
     """No model is loaded yet: answer 503 until one is."""
 
     kind = "not_ready"
+
+
+class Overloaded(PistonError):
+    """Every decode thread is busy and the queue is full: answer 503, come back shortly."""
+
+    kind = "overloaded"
 
 
 class AccessDenied(PistonError):

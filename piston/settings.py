@@ -35,13 +35,19 @@ class Settings(BaseSettings):
     gate_min_class_recall: float = 0.80
 
     # Input safety, shared by training, serving and batch scoring.
-    max_image_pixels: int = 40_000_000
+    # 70 MP fits the largest common area-scan inspection cameras (65 MP, 9344x7000); bigger
+    # frames are refused from their header, before any pixel is decoded.
+    max_image_pixels: int = 70_000_000
     max_upload_bytes: int = Field(
         default=20 * 1024 * 1024, ge=1, description="largest image: upload or stored object")
     max_batch_images: int = 64
 
     # Serving.
     admin_token: SecretStr | None = None
+    decode_threads: int = Field(default=1, ge=1, description="per worker, for large images")
+    decode_queue: int = Field(
+        default=4, ge=0, description="large images that may wait for a decode thread; then 503"
+    )
     # Read only to refuse a placeholder at start-up; boto3 reads the credentials itself.
     aws_secret_access_key: SecretStr | None = Field(None, validation_alias="AWS_SECRET_ACCESS_KEY")
     poll_interval_s: float = 3.0

@@ -46,7 +46,7 @@ def decode_dataset(
 
     def load(key: str) -> tuple[np.ndarray, ImageInfo, str]:
         data = dataset.storage.read(key)
-        img, info = decode_image(data, max_pixels)
+        img, info = decode_image(data, max_pixels, contract)
         return to_uint8(img, contract), info, hashlib.sha256(data).hexdigest()
 
     class_index = {c: i for i, c in enumerate(dataset.classes)}
