@@ -88,8 +88,8 @@ def run(args: argparse.Namespace, tmp: Path, endpoint: str,
     from piston.imaging import preprocess
     from piston.jobs import client, enqueue_score, job_status
     from piston.registry import Registry
-    from piston.s3 import s3_client
     from piston.storage import open_storage
+    from piston.storage.s3 import s3_client
     from training.config import load_config
     from training.pipeline import GateBar, train_bundle
 

@@ -80,7 +80,8 @@ def plain_server(port: int, registry: str) -> None:
                     service_metrics(), 3.0, thread_init=torch_threads)
     engine.refresh()
     admin = AdminConfig(None, "redis://127.0.0.1:6379/0", "")
-    app = RequestSizeLimit(build_app(lambda: engine, lambda: admin), max_bytes=lambda: 20 << 20)
+    app = RequestSizeLimit(build_app(lambda: engine, lambda: admin, lambda: None),
+                           max_bytes=lambda: 20 << 20)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 

@@ -1,11 +1,7 @@
-"""What every command needs from the settings: read once here, passed down as plain values."""
+"""What every command needs from the settings: read once at the command, passed down."""
 
 from __future__ import annotations
 
-from piston.registry import Registry
-from piston.settings import Settings
-from piston.storage import open_storage
+from piston.registry import open_registry
 
-
-def open_registry(settings: Settings) -> Registry:
-    return Registry(open_storage(settings.registry, settings.s3_endpoint_url))
+__all__ = ["open_registry"]

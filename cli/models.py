@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from cli.context import open_registry
 from cli.output import emit, table
+from piston.registry import open_registry
 from piston.settings import load_settings
+
+EXPECT_HELP = ("refuse unless production is at this version now ('none': nothing in"
+               " production yet); guards against a stale or repeated move")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -28,11 +31,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     promote.add_argument("version")
     promote.add_argument("--reason", required=True, help="why (kept in the history)")
     promote.add_argument("--force", action="store_true", help="promote despite failed gates")
+    promote.add_argument("--expect", metavar="VERSION", help=EXPECT_HELP)
     promote.add_argument("--json", action="store_true")
     promote.set_defaults(handler=run_promote)
     rollback = sub.add_parser("rollback", help="return production to the previous bundle")
     rollback.add_argument("--to", help="a named version instead of the previous one")
     rollback.add_argument("--reason", required=True, help="why (kept in the history)")
+    rollback.add_argument("--expect", metavar="VERSION", help=EXPECT_HELP)
     rollback.add_argument("--json", action="store_true")
     rollback.set_defaults(handler=run_rollback)
 
@@ -64,12 +69,14 @@ def run_history(args: argparse.Namespace) -> int:
 
 
 def run_promote(args: argparse.Namespace) -> int:
-    move = open_registry(load_settings()).promote(args.version, args.reason, force=args.force)
+    move = open_registry(load_settings()).promote(
+        args.version, args.reason, force=args.force, expected=args.expect)
     emit(move.model_dump(), args.json, f"production: {move.previous} -> {move.version}")
     return 0
 
 
 def run_rollback(args: argparse.Namespace) -> int:
-    move = open_registry(load_settings()).rollback(args.reason, to=args.to)
+    move = open_registry(load_settings()).rollback(
+        args.reason, to=args.to, expected=args.expect)
     emit(move.model_dump(), args.json, f"production rolled back: {move.previous} -> {move.version}")
     return 0

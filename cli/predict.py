@@ -6,13 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from cli.context import open_registry
 from cli.output import emit
 from piston.bundle import Predictor
-from piston.errors import ImageError
-from piston.imaging import preprocess
+from piston.registry import open_registry
+from piston.scoring import ImageFailure, score_blobs
 from piston.settings import load_settings
 
 
@@ -24,32 +21,31 @@ def register(commands: argparse._SubParsersAction) -> None:
     predict.set_defaults(handler=run)
 
 
+def _read(name: str, max_bytes: int) -> bytes | ImageFailure:
+    path = Path(name)
+    try:
+        if path.stat().st_size > max_bytes:
+            return ImageFailure(error=f"over the {max_bytes}-byte limit", kind="too_large")
+        return path.read_bytes()
+    except OSError as err:
+        return ImageFailure(error=err.strerror or str(err), kind="unreadable")
+
+
 def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     registry = open_registry(settings)
     version = args.version or registry.production("run `piston train --promote` first")
     predictor = Predictor.load(registry.fetch(version))
-    results: list[dict[str, Any]] = []
-    arrays, slots = [], []
-    for name in args.images:
-        try:
-            data = Path(name).read_bytes()
-            arrays.append(preprocess(data, predictor.contract, settings.max_image_pixels))
-            slots.append(len(results))
-            results.append({"image": name})
-        except (OSError, ImageError) as err:
-            reason = err.strerror if isinstance(err, OSError) else str(err)
-            results.append({"image": name, "error": reason})
-    if arrays:
-        decisions = predictor.decide(predictor.probabilities(np.stack(arrays)))
-        for slot, decision in zip(slots, decisions, strict=True):
-            results[slot].update(decision)
+    blobs = [_read(name, settings.max_upload_bytes) for name in args.images]
+    outcomes = score_blobs(predictor, blobs, settings.max_image_pixels)
+    results: list[dict[str, Any]] = [
+        {"image": name, **outcome.model_dump()} for name, outcome in zip(args.images, outcomes,
+                                                                       strict=True)
+    ]
     lines = [
-        f"{r['image']}: error: {r['error']}"
-        if "error" in r
-        else f"{r['image']}: {r['label']} ({r['confidence']:.3f})"
-        f"{'  needs review' if r['needs_review'] else ''}"
-        for r in results
+        f"{name}: error: {o.error}" if isinstance(o, ImageFailure)
+        else f"{name}: {o.label} ({o.confidence:.3f}){'  needs review' if o.needs_review else ''}"
+        for name, o in zip(args.images, outcomes, strict=True)
     ]
     emit(results, args.json, "\n".join(lines))
-    return 1 if any("error" in r for r in results) else 0
+    return 1 if any(isinstance(o, ImageFailure) for o in outcomes) else 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,15 @@ class Gate(BaseModel):
     passed: bool
 
 
+def gates_passed(gates: Sequence[Gate]) -> bool:
+    """The one definition: every gate passed, and there was at least one.
+
+    An empty list means the bundle was never measured against a bar, so it is not
+    production-ready: promoting it needs `force` and a reason, like a failed gate.
+    """
+    return bool(gates) and all(g.passed for g in gates)
+
+
 class BundleMeta(BaseModel):
     """Everything about a bundle except its weights; stored as `bundle.json`."""
 
@@ -54,9 +64,11 @@ class BundleMeta(BaseModel):
     code_version: str = ""
     created_at: str = ""
 
+    archive_sha256: str | None = None  # set on the registry's copy only (see Registry.publish)
+
     @property
     def gates_passed(self) -> bool:
-        return bool(self.gates) and all(g.passed for g in self.gates)
+        return gates_passed(self.gates)
 
     @property
     def input_contract(self) -> Contract:
@@ -168,20 +180,7 @@ class Predictor:
             return torch.softmax(logits, dim=1).numpy()
 
     def decide(self, probs: np.ndarray) -> list[dict[str, Any]]:
-        """Label, confidence, all probabilities and the needs-review flag, one dict per row."""
-        results = []
-        for row in probs:
-            best = int(row.argmax())
-            confidence = float(row[best])
-            results.append(
-                {
-                    "label": self.meta.classes[best],
-                    "confidence": confidence,
-                    "probabilities": {
-                        c: float(p) for c, p in zip(self.meta.classes, row, strict=True)
-                    },
-                    "needs_review": confidence < self.meta.threshold,
-                    "model_version": self.meta.version,
-                }
-            )
-        return results
+        """Decisions as dicts, for callers not yet on `piston.scoring.decide` (to be removed)."""
+        from piston.scoring import decide
+
+        return [d.model_dump() for d in decide(self, probs)]

@@ -3,13 +3,18 @@
 Layout under the registry location (a folder or an S3 prefix):
 
     bundles/<version>.bentomodel   the exported BentoML model (tar), immutable once written
-    bundles/<version>.json         its metadata, for listing without downloading weights
+    bundles/<version>.json         its metadata and the archive's SHA-256 (checked on import)
     history/<seq>.json             one immutable entry per promote or rollback
+    decisions/<version>.json       why a retrained bundle was (not) promoted
 
 The history *is* the pointer: production is the version named by the newest entry. Each
 move creates exactly one new object with an exclusive create (a hard link on disk, a
 conditional PUT on S3), so a crash mid-move leaves the old pointer intact, and two ops
-moving it at once cannot both win the same sequence number.
+moving it at once cannot both win the same sequence number. A move may name the version it
+expects production to be at (`expected`): checked against the entry it builds on, so a stale
+or repeated move is refused and changes nothing.
+
+Versions are checked (`piston.names`) before they touch a key.
 """
 
 from __future__ import annotations
@@ -18,19 +23,30 @@ import contextlib
 import datetime as dt
 import fcntl
 import getpass
+import hashlib
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from piston.bundle import MODEL_NAME, BundleMeta, local_model, read_meta
-from piston.errors import RegistryError, StorageError, UnknownBundle
-from piston.storage import Storage
+from piston.errors import (
+    RegistryError,
+    StaleProduction,
+    StorageError,
+    StorageUnavailable,
+    UnknownBundle,
+)
+from piston.names import NOTHING, check_version
+from piston.storage import Storage, open_storage
+
+if TYPE_CHECKING:
+    from piston.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +62,12 @@ class Move(BaseModel):
     by: str
     reason: str
     forced: bool = False
+    sha256: str | None = None  # the archive's digest, as recorded when it was published
+
+
+def open_registry(settings: Settings) -> Registry:
+    """The registry named by the settings: the one place it is built from them."""
+    return Registry(open_storage(settings.registry, settings.s3_endpoint_url))
 
 
 class Registry:
@@ -60,6 +82,7 @@ class Registry:
         """Copy a bundle from the local BentoML store into the registry (once; never replaced)."""
         import bentoml
 
+        check_version(version)
         model = local_model(version)
         meta = read_meta(model.path)
         with tempfile.TemporaryDirectory() as tmp:
@@ -68,13 +91,15 @@ class Registry:
             exported = bentoml.models.export_model(
                 str(model.tag), str(archive), output_format="tar"
             )
-            archive_key = f"bundles/{version}.bentomodel"
-            created = self.storage.create(archive_key, Path(exported).read_bytes())
-            if not created and self.storage.head(f"bundles/{version}.json") is not None:
-                raise RegistryError(f"bundle {version} is already in the registry")
+            data = Path(exported).read_bytes()
+            if not self.storage.create(_archive_key(version), data):
+                if self.storage.head(_meta_key(version)) is not None:
+                    raise RegistryError(f"bundle {version} is already in the registry")
+                data = self.storage.read(_archive_key(version))  # a half publish: finish it
         # Metadata last: a bundle is listed once its archive is whole, and a publish that died
         # between the two writes is finished by the next attempt instead of refused forever.
-        self.storage.write(f"bundles/{version}.json", meta.model_dump_json(indent=2).encode())
+        meta = meta.model_copy(update={"archive_sha256": hashlib.sha256(data).hexdigest()})
+        self.storage.write(_meta_key(version), meta.model_dump_json(indent=2).encode())
         log.info("published bundle %s to %s", version, self.storage.uri)
 
     def versions(self) -> list[str]:
@@ -82,8 +107,11 @@ class Registry:
         return sorted(n.removesuffix(".json") for n in names if n.endswith(".json"))
 
     def meta(self, version: str) -> BundleMeta:
+        check_version(version)
         try:
-            raw = self.storage.read(f"bundles/{version}.json")
+            raw = self.storage.read(_meta_key(version))
+        except StorageUnavailable:
+            raise  # passing: the bundle may well exist
         except StorageError:
             raise UnknownBundle(
                 f"no bundle {version!r} in the registry (see `piston models list`)"
@@ -101,20 +129,37 @@ class Registry:
         return rows
 
     def fetch(self, version: str) -> Path:
-        """The bundle's folder in the local BentoML store, importing it from the registry if new."""
-        import bentoml
+        """The bundle's folder in the local BentoML store, importing it from the registry if new.
 
+        The archive must match the SHA-256 recorded when it was published, and the model it
+        holds must be the version asked for; otherwise nothing is imported.
+        """
         with _local_store_lock():  # BentoML's import copies over a concurrent one
             try:
-                return Path(local_model(version).path)
+                return Path(local_model(check_version(version)).path)
             except RegistryError:
                 pass
-            self.meta(version)  # a clear error for an unknown version
-            with tempfile.TemporaryDirectory() as tmp:
-                archive = Path(tmp) / f"{version}.bentomodel"
-                archive.write_bytes(self.storage.read(f"bundles/{version}.bentomodel"))
-                bentoml.models.import_model(str(archive), input_format="tar")
-            return Path(bentoml.models.get(f"{MODEL_NAME}:{version}").path)
+            meta = self.meta(version)
+            data = self.storage.read(_archive_key(version))
+            digest = hashlib.sha256(data).hexdigest()
+            if meta.archive_sha256 is None:
+                log.warning("bundle %s has no recorded digest (published before digests)", version)
+            elif digest != meta.archive_sha256:
+                raise RegistryError(
+                    f"the archive of bundle {version} does not match its recorded SHA-256"
+                    f" ({digest[:12]} != {meta.archive_sha256[:12]}): refused; publish it again"
+                )
+            return _import(version, data)
+
+    def split(self, version: str) -> dict[str, list[str]]:
+        """The bundle's split lists (train/val/test keys), fetched into the local store."""
+        raw = (self.fetch(version) / "split.json").read_text()
+        return {k: list(v) for k, v in json.loads(raw).items()}
+
+    def record_decision(self, version: str, decision: dict[str, Any]) -> None:
+        """Store why a retrained bundle was (or was not) promoted, beside it."""
+        body = json.dumps(decision, indent=2).encode()
+        self.storage.write(f"decisions/{check_version(version)}.json", body)
 
     # -- the production pointer ------------------------------------------------------------
 
@@ -139,10 +184,13 @@ class Registry:
             raise RegistryError(f"no bundle is in production: {hint}")
         return current
 
-    def promote(
-        self, version: str, reason: str, by: str | None = None, force: bool = False
-    ) -> Move:
-        """Put `version` in production; a bundle whose gates failed needs `force`."""
+    def promote(self, version: str, reason: str, *, by: str | None = None, force: bool = False,
+                expected: str | None = None) -> Move:
+        """Put `version` in production; a bundle whose gates failed needs `force`.
+
+        `expected`: the version production must be at now ("none": nothing in production
+        yet); None skips the check. A stale one raises `StaleProduction`.
+        """
         meta = self.meta(version)
         if not meta.gates_passed and not force:
             failed = ", ".join(
@@ -154,11 +202,15 @@ class Registry:
             )
         if force and not reason.strip():
             raise RegistryError("a forced promote needs a --reason")
-        return self._move("promote", version, reason, by, force)
+        return self._move("promote", lambda _: meta, reason, by, force, expected)
 
-    def rollback(self, reason: str, to: str | None = None, by: str | None = None) -> Move:
-        """Return production to the version it had before (or to `to`)."""
-        last = self._last_move()
+    def rollback(self, reason: str, *, to: str | None = None, by: str | None = None,
+                 expected: str | None = None) -> Move:
+        """Return production to the version it had before (or to `to`); `expected` as promote."""
+        return self._move("rollback", lambda last: self._rollback_target(last, to), reason, by,
+                          False, expected)
+
+    def _rollback_target(self, last: Move | None, to: str | None) -> BundleMeta:
         if last is None:
             raise RegistryError("nothing is in production yet: there is nothing to roll back")
         target = to or last.previous
@@ -173,29 +225,60 @@ class Registry:
                 f"bundle {target} failed its quality gates and was never in production:"
                 " promote it with --force and a --reason instead"
             )
-        return self._move("rollback", target, reason, by, force=False)
+        return meta
 
-    def _move(self, action: str, version: str, reason: str, by: str | None, force: bool) -> Move:
+    def _move(self, action: str, target: Callable[[Move | None], BundleMeta], reason: str,
+              by: str | None, force: bool, expected: str | None) -> Move:
+        """Create the next history entry, built on the newest one and checked against it."""
         for _ in range(20):
             last = self._last_move()
             previous = last.version if last else None
-            if previous == version:
-                raise RegistryError(f"bundle {version} is already in production")
+            if expected is not None and expected != (previous or NOTHING):
+                raise StaleProduction(
+                    f"production is at {previous or NOTHING}, not {expected}: nothing changed;"
+                    " check `piston models current` and try again"
+                )
+            meta = target(last)
+            if previous == meta.version:
+                raise RegistryError(f"bundle {meta.version} is already in production")
             move = Move(
-                seq=(last.seq + 1) if last else 1,
-                action=action,
-                version=version,
-                previous=previous,
-                at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                by=by or _who(),
-                reason=reason,
-                forced=force,
+                seq=(last.seq + 1) if last else 1, action=action, version=meta.version,
+                previous=previous, at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                by=by or _who(), reason=reason, forced=force, sha256=meta.archive_sha256,
             )
             body = json.dumps(move.model_dump(), indent=2).encode()
             if self.storage.create(f"history/{move.seq:08d}.json", body):
-                log.info("%s: production %s -> %s (%s)", action, previous, version, reason)
+                log.info("%s: production %s -> %s (%s)", action, previous, move.version, reason)
                 return move
         raise RegistryError("the production pointer kept moving under us; try again")
+
+
+def _archive_key(version: str) -> str:
+    return f"bundles/{check_version(version)}.bentomodel"
+
+
+def _meta_key(version: str) -> str:
+    return f"bundles/{check_version(version)}.json"
+
+
+def _import(version: str, data: bytes) -> Path:
+    """Import an archive into the local store; refused (and removed) unless it holds `version`."""
+    import bentoml
+
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = Path(tmp) / f"{version}.bentomodel"
+        archive.write_bytes(data)
+        try:
+            model = bentoml.models.import_model(str(archive), input_format="tar")
+        except bentoml.exceptions.BentoMLException as err:
+            raise RegistryError(f"bundle {version} cannot be imported: {err}") from None
+    if str(model.tag) != f"{MODEL_NAME}:{version}":
+        bentoml.models.delete(str(model.tag))
+        raise RegistryError(
+            f"the archive of bundle {version} holds {model.tag}, not {MODEL_NAME}:{version}:"
+            " refused"
+        )
+    return Path(model.path)
 
 
 @contextlib.contextmanager

@@ -1,28 +1,35 @@
-"""Admin endpoints: promote, roll back, reload, retrain, job status; Bearer token required.
+"""Admin and job endpoints: bundles, history, promote, roll back, reload, jobs; Bearer token.
 
 No token configured means admin is off: every admin call is refused (403), so a deployment
-never runs with an open admin API by accident.
+never runs with an open admin API by accident. Every answer, refusals included, is JSON;
+an error is `{"error", "kind"}` like the public routes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from piston import jobs
-from piston.errors import PistonError, StorageUnavailable, UnknownBundle
-from piston.jobs import JobQueueUnavailable
+from piston.errors import AccessDenied, PistonError, RegistryError
+from piston.registry import Registry
 from service.engine import Engine
+from service.errors import error_response
+from service.schemas import PromoteBody, RetrainBody, RollbackBody, ScoreJobBody
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
+Handler = Callable[[Request, Engine], Awaitable[Any]]
+HEADLINE_METRICS = ("accuracy", "macro_f1", "val_accuracy", "split", "best_epoch")
 
 
 @dataclass(frozen=True)
@@ -32,119 +39,143 @@ class AdminConfig:
     default_dataset: str
 
 
-class PromoteBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    version: str
-    reason: str = Field(min_length=1)
-    force: bool = False
-
-
-class RollbackBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    reason: str = Field(min_length=1)
-    to: str | None = None
-
-
-class RetrainBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    dataset: str | None = None
-    overrides: dict[str, Any] = Field(default_factory=dict)
-    promote_if_better: bool = False
-
-
-class AdminError(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
 def check_token(request: Request, config: AdminConfig) -> None:
     if not config.token:
-        raise AdminError(403, "admin endpoints are disabled: set PISTON_ADMIN_TOKEN to enable them")
+        raise AccessDenied("admin endpoints are disabled: set PISTON_ADMIN_TOKEN to enable them",
+                           kind="forbidden")
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip(), config.token):
-        raise AdminError(401, "send the admin token as 'Authorization: Bearer <token>'")
+        raise AccessDenied("send the admin token as 'Authorization: Bearer <token>'")
 
 
-async def _body(request: Request, model: type[BodyT]) -> BodyT:
+async def read_body(request: Request, model: type[BodyT]) -> BodyT:
     raw = await request.body()
     try:
         return model.model_validate_json(raw or b"{}")
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise AdminError(422, f"bad request body: {where}: {first['msg']}") from None
+        raise PistonError(f"bad request body: {where}: {first['msg']}", "invalid_body") from None
+
+
+def registry_of(engine: Engine) -> Registry:
+    if engine.follower.registry is None:
+        raise RegistryError("this service has no registry (a pinned bento)")
+    return engine.follower.registry
+
+
+def bundle_rows(registry: Registry) -> list[dict[str, Any]]:
+    """Every bundle, oldest first: summary, gates, headline metrics, production marked."""
+    current = registry.current()
+    rows = []
+    for version in registry.versions():
+        meta = registry.meta(version)
+        headline = {k: meta.metrics[k] for k in HEADLINE_METRICS if k in meta.metrics}
+        rows.append({**meta.summary(), "production": version == current,
+                     "gates": [g.model_dump() for g in meta.gates], "metrics": headline})
+    return rows
+
+
+def score_source(src: str) -> str:
+    """An s3:// prefix as given; a folder must be absolute and exist on this server."""
+    if src.startswith("s3://"):
+        return src
+    path = Path(src)
+    if not path.is_absolute() or not path.is_dir():
+        raise PistonError(f"src {src!r}: give an s3:// prefix or an absolute folder that exists"
+                          " on the server", "invalid_body")
+    return src
 
 
 def admin_routes(get_engine: Callable[[], Engine], get_config: Callable[[], AdminConfig],
                  ) -> list[Route]:
-    """The admin routes, each behind the token check and mapping our errors to 4xx."""
+    """The admin and job routes, each behind the token check."""
 
-    def guarded(handler: Callable[[Request, Engine], Any]) -> Callable[[Request], Any]:
+    def guarded(handler: Handler) -> Callable[[Request], Awaitable[JSONResponse]]:
+        @functools.wraps(handler)  # its docstring documents the route in /docs.json
         async def endpoint(request: Request) -> JSONResponse:
             try:
-                check_token(request, get_config())
+                config = get_config()
+                check_token(request, config)
                 return JSONResponse(await handler(request, get_engine()))
-            except AdminError as err:
-                return JSONResponse({"error": err.reason}, status_code=err.status)
-            except UnknownBundle as err:
-                return JSONResponse({"error": str(err)}, status_code=404)
-            except (StorageUnavailable, JobQueueUnavailable) as err:  # passing: try again
-                return JSONResponse({"error": str(err)}, status_code=503,
-                                    headers={"Retry-After": "5"})
             except PistonError as err:
-                return JSONResponse({"error": str(err)}, status_code=409)
+                return error_response(err)
         return endpoint
 
-    def registry(engine: Engine) -> Any:
-        if engine.follower.registry is None:
-            raise AdminError(409, "this service has no registry (a pinned bento)")
-        return engine.follower.registry
+    routes = {**registry_handlers(), **job_handlers(get_config)}
+    return [Route(path, guarded(handler), methods=[method])
+            for (method, path), handler in routes.items()]
+
+
+def registry_handlers() -> dict[tuple[str, str], Handler]:
+    """Reading and moving the production pointer."""
+
+    async def models(request: Request, engine: Engine) -> dict[str, Any]:
+        """Every bundle (oldest first) with gates, headline metrics, `production` marked."""
+        registry = registry_of(engine)
+        rows = await asyncio.to_thread(bundle_rows, registry)
+        current = next((r["version"] for r in rows if r["production"]), None)
+        return {"production": current, "serving": engine.follower.status.version,
+                "bundles": rows}
+
+    async def history(request: Request, engine: Engine) -> dict[str, Any]:
+        """Every promote and rollback, oldest first, and the version now in production."""
+        moves = await asyncio.to_thread(registry_of(engine).history)
+        return {"production": moves[-1].version if moves else None,
+                "moves": [m.model_dump() for m in moves]}
 
     async def promote(request: Request, engine: Engine) -> dict[str, Any]:
-        body = await _body(request, PromoteBody)
-        move = await asyncio.to_thread(registry(engine).promote, body.version, body.reason,
-                                       "admin-api", body.force)
+        """Put a bundle in production (as `piston models promote`); this worker swaps at once."""
+        body = await read_body(request, PromoteBody)
+        move = await asyncio.to_thread(
+            functools.partial(registry_of(engine).promote, body.version, body.reason,
+                              by="admin-api", force=body.force, expected=body.expected))
         await asyncio.to_thread(engine.refresh)
         return {"move": move.model_dump(), "serving": engine.follower.status.version}
 
     async def rollback(request: Request, engine: Engine) -> dict[str, Any]:
-        body = await _body(request, RollbackBody)
-        move = await asyncio.to_thread(registry(engine).rollback, body.reason, body.to,
-                                       "admin-api")
+        """Return production to the previous bundle, or to `to` (as `piston models rollback`)."""
+        body = await read_body(request, RollbackBody)
+        move = await asyncio.to_thread(
+            functools.partial(registry_of(engine).rollback, body.reason, to=body.to,
+                              by="admin-api", expected=body.expected))
         await asyncio.to_thread(engine.refresh)
         return {"move": move.model_dump(), "serving": engine.follower.status.version}
 
     async def reload(request: Request, engine: Engine) -> dict[str, Any]:
+        """Re-read the production pointer now instead of at the next poll."""
         swapped = await asyncio.to_thread(engine.refresh)
         return {"swapped": swapped, "serving": engine.follower.status.version,
                 "last_error": engine.follower.status.last_error}
 
+    return {("GET", "/admin/models"): models, ("GET", "/admin/history"): history,
+            ("POST", "/admin/promote"): promote, ("POST", "/admin/rollback"): rollback,
+            ("POST", "/admin/reload"): reload}
+
+
+def job_handlers(get_config: Callable[[], AdminConfig]) -> dict[tuple[str, str], Handler]:
+    """Queueing jobs on the workers and reading their status."""
+
     async def retrain(request: Request, engine: Engine) -> dict[str, Any]:
-        body = await _body(request, RetrainBody)
-        try:
-            config = get_config()
-            job_id = await asyncio.to_thread(
-                jobs.enqueue_retrain, config.redis_url, body.dataset or config.default_dataset,
-                body.overrides, body.promote_if_better)
-        except Exception as err:  # broker down: the client can retry
-            raise AdminError(503, f"the job queue is unavailable: {err}") from None
+        """Queue a retraining job on the workers (as `piston jobs retrain`)."""
+        body = await read_body(request, RetrainBody)
+        config = get_config()
+        job_id = await asyncio.to_thread(
+            jobs.enqueue_retrain, config.redis_url, body.dataset or config.default_dataset,
+            body.overrides, body.promote_if_better)
+        return {"job_id": job_id, "state": "PENDING"}
+
+    async def score(request: Request, engine: Engine) -> dict[str, Any]:
+        """Queue a batch-scoring job of every image under `src` (as `piston jobs score`)."""
+        body = await read_body(request, ScoreJobBody)
+        job_id = await asyncio.to_thread(jobs.enqueue_score, get_config().redis_url,
+                                         score_source(body.src), body.out, body.only_new)
         return {"job_id": job_id, "state": "PENDING"}
 
     async def job(request: Request, engine: Engine) -> dict[str, Any]:
-        try:
-            return await asyncio.to_thread(jobs.job_status, get_config().redis_url,
-                                           request.path_params["job_id"])
-        except jobs.UnknownJob as err:
-            raise AdminError(404, str(err)) from None
-        except Exception as err:
-            raise AdminError(503, f"the job queue is unavailable: {err}") from None
+        """A job's state and progress, or its summary once it ended."""
+        return await asyncio.to_thread(jobs.job_status, get_config().redis_url,
+                                       request.path_params["job_id"])
 
-    return [
-        Route("/admin/promote", guarded(promote), methods=["POST"]),
-        Route("/admin/rollback", guarded(rollback), methods=["POST"]),
-        Route("/admin/reload", guarded(reload), methods=["POST"]),
-        Route("/admin/retrain", guarded(retrain), methods=["POST"]),
-        Route("/jobs/{job_id}", guarded(job), methods=["GET"]),
-    ]
+    return {("POST", "/admin/retrain"): retrain, ("POST", "/jobs/score"): score,
+            ("GET", "/jobs/{job_id}"): job}

@@ -1,9 +1,10 @@
 """The BentoML service: `bentoml serve service.app:PistonInspector` (or `piston serve`).
 
-BentoML provides the server, workers, `/livez`, `/readyz` and `/metrics`; the piston routes
-are a Starlette app mounted on it (multipart and raw-body uploads with our own 4xx
-mapping), in front of one batchable inference method. No torch at import: the arbiter
-process imports this module and never runs the model.
+`/classify` and `/classify_batch` are BentoML APIs (in `/docs.json`, the Swagger page and
+`bentoml.SyncHTTPClient`); their inputs are read by `service.inputs` so raw-body uploads
+and our JSON errors keep working. The GET, admin and job routes are a Starlette app mounted
+beside them. No torch at import: the arbiter process imports this module and never runs
+the model.
 """
 
 from __future__ import annotations
@@ -13,37 +14,33 @@ from typing import Any
 
 import bentoml
 import numpy as np
+from starlette.requests import ClientDisconnect
+from starlette.responses import JSONResponse, Response
 
 from piston.bundle import MODEL_NAME, local_model
+from piston.errors import NotReady, PistonError, status_of
 from piston.follow import ModelFollower
-from piston.registry import Registry
+from piston.registry import open_registry
+from piston.scoring import ImageFailure, Outcome
 from piston.settings import Settings, load_settings
-from piston.storage import open_storage
 from service.admin import AdminConfig
-from service.engine import Engine, Limits, NotReady
+from service.console import console_app
+from service.engine import Engine, Limits
+from service.errors import error_response
+from service.inputs import ClassifyBatchInput, ClassifyInput, Upload
 from service.limits import RequestSizeLimit
 from service.metrics import service_metrics
 from service.routes import build_app
+from service.schemas import BatchAnswer, DecisionAnswer
 
 log = logging.getLogger(__name__)
-MAX_BATCH_SIZE = 64
 # One intra-op thread per worker: torch's default (one per core) spin-waits against the event
 # loop and the other workers; measured 17 vs 271 images/s at batch 1 on 2 busy cores.
 # Scale with `--workers` instead.
 TORCH_THREADS = 1
-DEFAULT_MAX_UPLOAD = Settings.model_fields["max_upload_bytes"].default
-
-
-def _instance() -> Inspector:
-    svc = bentoml.get_current_service()
-    if svc is None:
-        raise NotReady("the service is starting")
-    return svc
-
-
-def _max_request_bytes() -> int:
-    svc = bentoml.get_current_service()
-    return int(svc.settings.max_upload_bytes) if svc is not None else int(DEFAULT_MAX_UPLOAD)
+# Routes that skip BentoML's OpenTelemetry middleware (a span per request, ~1 ms of CPU);
+# our own counters and BentoML's request metrics still see them.
+UNTRACED = "classify,classify_batch,livez,readyz,metrics"
 
 
 def set_torch_threads() -> None:
@@ -63,24 +60,32 @@ def pinned_bundle(bento: Any) -> str | None:
     return None
 
 
+def make_engine(settings: Settings, pinned: str | None) -> Engine:
+    if pinned:
+        follower = ModelFollower(None, pinned=pinned, model_dir=local_model(pinned).path)
+    else:
+        follower = ModelFollower(open_registry(settings))
+    limits = Limits(settings.max_image_pixels, settings.max_batch_images,
+                    settings.decode_threads, settings.decode_queue)
+    return Engine(follower, limits, service_metrics(), settings.poll_interval_s,
+                  thread_init=set_torch_threads)
+
+
 class Inspector:
-    """Serves the registry's production bundle, or the bundle a bento was built with."""
+    """Classifies photos of parts with the registry's production bundle (or a bento's own).
+
+    Every answer names the bundle version that made it; every refusal is JSON
+    `{"error", "kind"}` with a 4xx (or 503 with `Retry-After`).
+    """
 
     def __init__(self) -> None:
         set_torch_threads()
         self.settings = load_settings()
         pinned = pinned_bundle(PistonInspector.bento)  # set by BentoML when run from a bento
-        if pinned:
-            follower = ModelFollower(None, pinned=pinned, model_dir=local_model(pinned).path)
-        else:
-            storage = open_storage(self.settings.registry, self.settings.s3_endpoint_url)
-            follower = ModelFollower(Registry(storage))
-        limits = Limits(self.settings.max_image_pixels, self.settings.max_batch_images,
-                        MAX_BATCH_SIZE)
-        self.engine = Engine(follower, limits, service_metrics(), self.settings.poll_interval_s,
-                             thread_init=set_torch_threads)
-        token = self.settings.admin_token.get_secret_value() if self.settings.admin_token else None
-        self.admin = AdminConfig(token or None, self.settings.redis_url, self.settings.data_dir)
+        self.engine = make_engine(self.settings, pinned)
+        token = self.settings.admin_token
+        self.admin = AdminConfig(token.get_secret_value() or None if token else None,
+                                 self.settings.redis_url, self.settings.data_dir)
         self.engine.start_following()
         log.info("piston-inspector worker up (%s)", f"pinned to {pinned}" if pinned
                  else f"following {self.settings.registry}")
@@ -92,12 +97,44 @@ class Inspector:
     def shutdown(self) -> None:
         self.engine.stop()
 
-    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=1000)
+    @bentoml.api(route="/classify", input_spec=ClassifyInput, output_spec=DecisionAnswer)
+    async def classify(self, image: Upload) -> Response:
+        """Classify one image: label, confidence, every class's probability, needs_review.
+
+        Send a multipart file field `image`, or the image itself as the body with an
+        `image/*` content type (`curl --data-binary @part.jpg -H 'Content-Type: image/jpeg'`).
+        """
+        try:
+            decision = await self.engine.classify(await image.one())
+            return Response(decision.model_dump_json(), media_type="application/json")
+        except PistonError as err:
+            return self.refuse(err)
+        except ClientDisconnect:  # gone, or cut off by the size limit (which answered)
+            return Response(status_code=400)
+
+    @bentoml.api(route="/classify_batch", input_spec=ClassifyBatchInput,
+                 output_spec=BatchAnswer)
+    async def classify_batch(self, images: Upload) -> Response:
+        """Classify up to PISTON_MAX_BATCH_IMAGES images (repeated multipart fields `images`).
+
+        Results come back in order; an image that cannot be scored gets `{"error", "kind",
+        "status"}` in its slot and the others are still scored.
+        """
+        try:
+            files = await images.many(self.engine.limits.max_batch_images)
+            outcomes = await self.engine.classify_many(files)
+            return JSONResponse({"results": [slot_answer(o) for o in outcomes]})
+        except PistonError as err:
+            return self.refuse(err)
+        except ClientDisconnect:
+            return Response(status_code=400)
+
+    @bentoml.api(batchable=True, max_batch_size=64, max_latency_ms=1000)
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities for preprocessed (N, 3, H, W) float32 arrays.
 
-        The same scoring the routes use (they batch in-process, see service/batching.py);
-        exposed for clients that preprocess themselves.
+        The same scoring `/classify` uses, for clients that preprocess themselves
+        (BentoML's dispatcher batches these calls).
         """
         predictor = self.engine.predictor()
         c = predictor.contract
@@ -106,12 +143,37 @@ class Inspector:
                 f"expected arrays of shape (N, 3, {c.height}, {c.width}), got {batch.shape}")
         return predictor.probabilities(np.ascontiguousarray(batch, dtype=np.float32))
 
+    def refuse(self, err: PistonError) -> Response:
+        self.engine.metrics.error(err.kind)
+        return error_response(err)
+
+
+def slot_answer(outcome: Outcome) -> dict[str, Any]:
+    """A batch slot: the decision, or the failure with the status this image alone would get."""
+    if isinstance(outcome, ImageFailure):
+        return {**outcome.model_dump(), "status": status_of(outcome.kind)}
+    return outcome.model_dump()
+
+
+def _instance() -> Inspector:
+    svc = bentoml.get_current_service()
+    if svc is None:
+        raise NotReady("not ready: the service is starting")
+    return svc
+
+
+def _max_request_bytes() -> int:
+    svc = bentoml.get_current_service()
+    return int((svc.settings if svc is not None else Settings()).max_upload_bytes)
+
 
 # `bentoml.service` as a call (not a decorator) keeps the class and the Service typed apart.
 # BentoML's access log (a formatted line per request) is off: /metrics counts every request.
 PistonInspector: bentoml.Service[Inspector] = bentoml.service(
     name="piston-inspector", workers=1, traffic={"timeout": 60},
-    logging={"access": {"enabled": False}})(Inspector)
+    logging={"access": {"enabled": False}}, tracing={"excluded_urls": UNTRACED})(Inspector)
 PistonInspector.mount_asgi_app(
-    build_app(lambda: _instance().engine, lambda: _instance().admin), path="/")
+    build_app(lambda: _instance().engine, lambda: _instance().admin,
+              lambda: PistonInspector), path="/")
+PistonInspector.mount_asgi_app(console_app(_instance), path="/ui")  # after: /classify never sees it
 PistonInspector.add_asgi_middleware(RequestSizeLimit, max_bytes=_max_request_bytes)

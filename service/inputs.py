@@ -1,43 +1,76 @@
-"""Reading images out of requests, and the 4xx every bad input maps to."""
+"""Reading images out of requests, and the 4xx every bad input maps to.
+
+The BentoML APIs declare their inputs as image files (so `/docs.json`, the Swagger page and
+`bentoml.SyncHTTPClient` send multipart), but parse the request here: raw-body uploads
+work too, and a bad request reaches the API method as an `InputError` it answers with our
+JSON shape instead of BentoML's.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Any
+
+import bentoml
+from bentoml.validators import ContentType
+from pydantic import Field
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
-from piston.errors import ImageError, PistonError
+from piston.errors import InputError
 
-# HTTP status for each way an input can be wrong (ImageError kinds plus request-level ones).
-STATUS_BY_KIND = {
-    "empty": 400,
-    "missing_field": 400,
-    "bad_request": 400,
-    "too_large": 413,
-    "too_many_images": 413,
-    "too_many_pixels": 413,
-    "unsupported_media_type": 415,
-    "unsupported_format": 415,
-    "not_an_image": 415,
-    "truncated": 422,
-}
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+ImageFile = Annotated[Path, ContentType("image/*")]
 
 
-class InputError(PistonError):
-    """A request the service cannot score; `kind` picks the status and the metrics label."""
+class Upload:
+    """A request's images, read when the API method asks (so its errors reach the method)."""
 
-    def __init__(self, kind: str, reason: str) -> None:
-        super().__init__(reason)
-        self.kind = kind
-        self.reason = reason
+    def __init__(self, request: Request) -> None:
+        self.request = request
 
-    @property
-    def status(self) -> int:
-        return STATUS_BY_KIND.get(self.kind, 400)
+    async def one(self) -> bytes:
+        """`/classify`: multipart field `image`, or the raw body with an image content type."""
+        media = _media_type(self.request)
+        if media in FORM_TYPES:
+            return (await _form_files(self.request, "image", 1))[0]
+        if media.startswith("image/") or media == "application/octet-stream":
+            return await self.request.body()
+        raise InputError(
+            "unsupported_media_type",
+            f"content type {media or 'none'!r}: send multipart/form-data with a file field"
+            " 'image', or the image itself with an image/* content type",
+        )
+
+    async def many(self, max_images: int) -> list[bytes]:
+        """`/classify_batch`: the repeated multipart field `images`."""
+        media = _media_type(self.request)
+        if media not in FORM_TYPES:
+            raise InputError(
+                "unsupported_media_type",
+                f"content type {media or 'none'!r}: send multipart/form-data with repeated"
+                " file fields 'images'",
+            )
+        return await _form_files(self.request, "images", max_images)
+
+
+class _UploadInput(bentoml.IODescriptor):
+    """Declares file fields for the schema; the request itself is read by `Upload`."""
 
     @classmethod
-    def from_image_error(cls, err: ImageError) -> InputError:
-        return cls(err.kind, err.reason)
+    async def from_http_request(cls, request: Request, serde: Any) -> Any:
+        return cls.model_construct(**dict.fromkeys(cls.model_fields, Upload(request)))
+
+
+class ClassifyInput(_UploadInput):
+    image: ImageFile = Field(description="the image (JPEG, PNG, BMP, TIFF, WEBP, GIF, MPO);"
+                             " or send it as the raw body with an image/* content type")
+
+
+class ClassifyBatchInput(_UploadInput):
+    images: list[ImageFile] = Field(description="the images, as repeated multipart fields")
 
 
 def _media_type(request: Request) -> str:
@@ -47,8 +80,9 @@ def _media_type(request: Request) -> str:
 async def _form_files(request: Request, field: str, max_files: int) -> list[bytes]:
     try:
         form = await request.form(max_files=max_files + 1, max_fields=max_files + 16)
-    except Exception as err:  # malformed multipart, too many parts
-        raise InputError("bad_request", f"the form could not be read: {err}") from None
+    except (MultiPartException, HTTPException) as err:  # malformed multipart, too many parts
+        detail = err.message if isinstance(err, MultiPartException) else err.detail
+        raise InputError("bad_request", f"the form could not be read: {detail}") from None
     try:
         values = form.getlist(field)
         if not values:
@@ -68,29 +102,3 @@ async def _form_files(request: Request, field: str, max_files: int) -> list[byte
         return files
     finally:
         await form.close()
-
-
-async def read_one_image(request: Request) -> bytes:
-    """The image of a `/classify` request: multipart field `image`, or the raw body."""
-    media = _media_type(request)
-    if media in FORM_TYPES:
-        return (await _form_files(request, "image", 1))[0]
-    if media.startswith("image/") or media == "application/octet-stream":
-        return await request.body()
-    raise InputError(
-        "unsupported_media_type",
-        f"content type {media or 'none'!r}: send multipart/form-data with a file field"
-        " 'image', or the image itself with an image/* content type",
-    )
-
-
-async def read_images(request: Request, max_images: int) -> list[bytes]:
-    """The images of a `/classify_batch` request: the repeated multipart field `images`."""
-    media = _media_type(request)
-    if media not in FORM_TYPES:
-        raise InputError(
-            "unsupported_media_type",
-            f"content type {media or 'none'!r}: send multipart/form-data with repeated"
-            " file fields 'images'",
-        )
-    return await _form_files(request, "images", max_images)

@@ -1,7 +1,11 @@
 """ASGI middleware capping request bodies (BentoML has no limit of its own).
 
-It rejects a declared `Content-Length` over the limit before reading anything, and cuts off
-a streamed (chunked) body as soon as it passes the limit, both with a JSON 413.
+A declared `Content-Length` over the limit is refused before the app sees the request; a
+streamed (chunked) body is cut off as soon as it passes the limit. Both get a JSON 413 —
+after reading and dropping the rest of the body (up to `DRAIN_BYTES`), because a server
+that closes a connection with unread data makes the client's kernel reset it, and clients
+such as Python's `urllib` then report a reset instead of the 413. A client that sent
+`Expect: 100-continue` has not sent its body yet and is answered at once.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Any]
 Send = Callable[[Message], Any]
+DRAIN_BYTES = 64 * 1024 * 1024  # beyond this a sender is not worth waiting for: just close
 
 
 class RequestSizeLimit:
@@ -28,7 +33,9 @@ class RequestSizeLimit:
             await self.app(scope, receive, send)
             return
         limit = self.max_bytes()
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        waits = headers.get(b"expect", b"").lower() == b"100-continue"
         if declared is not None:
             try:
                 too_big = int(declared) > limit
@@ -36,9 +43,14 @@ class RequestSizeLimit:
                 await _reject(send, 400, "bad_request", "the Content-Length header is not a number")
                 return
             if too_big:
+                if not waits:
+                    await _drain(receive, DRAIN_BYTES)
                 await _reject(send, 413, "too_large",
                               f"the request body is {int(declared)} bytes, over the {limit} limit")
                 return
+        await self._streamed(scope, receive, send, limit)
+
+    async def _streamed(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         seen = 0
         rejected = False
 
@@ -51,6 +63,8 @@ class RequestSizeLimit:
                 seen += len(message.get("body", b""))
                 if seen > limit:  # answer now; the app sees a client that went away
                     rejected = True
+                    if message.get("more_body", False):
+                        await _drain(receive, DRAIN_BYTES)
                     await _reject(send, 413, "too_large",
                                   f"the request body is over the {limit} byte limit")
                     return {"type": "http.disconnect"}
@@ -67,9 +81,21 @@ class RequestSizeLimit:
                 raise
 
 
+async def _drain(receive: Receive, budget: int) -> None:
+    """Read and drop the rest of a request body, at most `budget` bytes."""
+    while budget > 0:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        budget -= len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
 async def _reject(send: Send, status: int, kind: str, reason: str) -> None:
     body = json.dumps({"error": reason, "kind": kind}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+                            (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})

@@ -10,6 +10,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from piston.scoring import Decision
+
 _lock = threading.Lock()
 _metrics: ServiceMetrics | None = None
 
@@ -22,11 +24,11 @@ class ServiceMetrics:
     serving: Any  # Gauge: version -> 1 for the serving version, per worker
     _serving_version: str | None = None
 
-    def record(self, decisions: list[dict[str, Any]]) -> None:
+    def record(self, decisions: list[Decision]) -> None:
         for d in decisions:
-            self.predictions.labels(label=d["label"], model_version=d["model_version"]).inc()
-            if d["needs_review"]:
-                self.needs_review.labels(model_version=d["model_version"]).inc()
+            self.predictions.labels(label=d.label, model_version=d.model_version).inc()
+            if d.needs_review:
+                self.needs_review.labels(model_version=d.model_version).inc()
 
     def error(self, kind: str) -> None:
         self.errors.labels(kind=kind).inc()

@@ -1,71 +1,44 @@
-"""The public HTTP routes (a Starlette app BentoML mounts): classify, classify_batch, model.
+"""The routes BentoML APIs cannot express (GET, path parameters), as a mounted Starlette app.
 
-Every bad input becomes a 4xx JSON `{"error", "kind"}`; anything unexpected is logged and
-answered with a JSON 500, and the server keeps serving.
+`/model`, the admin and job routes, and `/docs.json` (BentoML's spec completed with these
+routes, the product's name, description and version). Mounted passively, so BentoML's
+own routes (`/classify`, `/livez`, `/metrics`, ...) still answer first.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from piston.errors import PistonError
 from service.admin import AdminConfig, admin_routes
-from service.engine import Engine, NotReady
-from service.inputs import InputError, read_images, read_one_image
-
-log = logging.getLogger(__name__)
-Handler = Callable[[Request, Engine], Awaitable[Any]]
+from service.engine import Engine
+from service.errors import error_response
+from service.openapi import service_spec
 
 
-def build_app(get_engine: Callable[[], Engine], get_admin: Callable[[], AdminConfig]) -> Starlette:
-    """The ASGI app with every piston route; `get_engine` gives the worker's engine."""
+def build_app(get_engine: Callable[[], Engine], get_admin: Callable[[], AdminConfig],
+              get_service: Callable[[], Any]) -> Starlette:
+    """The mounted app; the getters give this worker's engine, admin config and Service."""
+    admin = admin_routes(get_engine, get_admin)
+    spec: dict[str, Any] = {}
 
-    def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-        async def run(request: Request) -> Response:
-            try:
-                engine = get_engine()
-            except NotReady as err:
-                return JSONResponse({"error": f"not ready: {err}", "kind": "not_ready"},
-                                    status_code=503, headers={"Retry-After": "1"})
-            try:
-                return JSONResponse(await handler(request, engine))
-            except InputError as err:
-                engine.metrics.error(err.kind)
-                return JSONResponse({"error": err.reason, "kind": err.kind},
-                                    status_code=err.status)
-            except NotReady as err:
-                engine.metrics.error("not_ready")
-                return JSONResponse({"error": f"not ready: {err}", "kind": "not_ready"},
-                                    status_code=503, headers={"Retry-After": "1"})
-            except ClientDisconnect:  # gone (or cut off by the size limit): nobody to answer
-                return Response(status_code=400)
-            except Exception:
-                log.exception("unexpected failure on %s", request.url.path)
-                engine.metrics.error("internal")
-                return JSONResponse({"error": "internal error, see the server log",
-                                     "kind": "internal"}, status_code=500)
-        return run
+    async def model(request: Request) -> JSONResponse:
+        try:
+            return JSONResponse(get_engine().model_info())
+        except PistonError as err:
+            return error_response(err)
 
-    async def classify(request: Request, engine: Engine) -> dict[str, Any]:
-        return await engine.classify(await read_one_image(request))
+    async def docs(request: Request) -> JSONResponse:
+        if not spec:  # built once per worker, on first use
+            spec.update(service_spec(get_service(), admin))
+        return JSONResponse(spec)
 
-    async def classify_batch(request: Request, engine: Engine) -> dict[str, Any]:
-        images = await read_images(request, engine.limits.max_batch_images)
-        return {"results": await engine.classify_many(images)}
-
-    async def model(request: Request, engine: Engine) -> dict[str, Any]:
-        return engine.model_info()
-
-    routes = [
-        Route("/classify", endpoint(classify), methods=["POST"]),
-        Route("/classify_batch", endpoint(classify_batch), methods=["POST"]),
-        Route("/model", endpoint(model), methods=["GET"]),
-        *admin_routes(get_engine, get_admin),
-    ]
+    routes = [Route("/model", model, methods=["GET"]),
+              Route("/docs.json", docs, methods=["GET"]), *admin]
     return Starlette(routes=routes)

@@ -57,7 +57,7 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
     try:
         with Image.open(io.BytesIO(data)) as img:
             return img.size
-    except Exception:  # not an image: decoding says why, later
+    except (OSError, ValueError, Image.DecompressionBombError):  # decoding says why, later
         return None
 
 
@@ -80,7 +80,7 @@ def decode_dataset(
         def load(blob: bytes | StorageError) -> tuple[np.ndarray, ImageInfo, str]:
             if isinstance(blob, StorageError):
                 raise blob
-            img, info = decode_image(blob, max_pixels)
+            img, info = decode_image(blob, max_pixels, contract)
             return to_uint8(img, contract), info, hashlib.sha256(blob).hexdigest()
 
         futures = [pool.submit(load, blob) for blob in blobs]

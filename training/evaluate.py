@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from piston.bundle import Gate
+from piston.bundle import Gate, gates_passed
 from piston.imaging import Contract
 from piston.settings import Settings
 from training.calibrate import calibrate
@@ -55,7 +55,7 @@ class Evaluation:
 
     @property
     def gates_passed(self) -> bool:
-        return bool(self.gates) and all(g.passed for g in self.gates)
+        return gates_passed(self.gates)
 
 
 def evaluate_model(

@@ -8,7 +8,6 @@ Otherwise it stays registered and the reason is stored beside it (`decisions/<ve
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,10 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from piston.bundle import Predictor, local_model
-from piston.errors import ImageError
-from piston.imaging import preprocess
+from piston.bundle import Predictor
+from piston.errors import StaleProduction
+from piston.names import NOTHING
 from piston.registry import Registry
+from piston.scoring import Decision, score_blobs
+from piston.settings import Settings
 from training.config import load_config
 from training.dataset import load_dataset
 from training.evaluate import classification_metrics
@@ -28,6 +29,12 @@ from training.pipeline import GateBar, train_bundle
 from training.train import Epoch
 
 log = logging.getLogger(__name__)
+
+
+def gate_bar(settings: Settings, min_accuracy: float | None) -> GateBar:
+    """The settings' quality bar; a request may raise the accuracy bar, never lower it."""
+    return GateBar(max(settings.gate_min_accuracy, min_accuracy or 0.0),
+                   settings.gate_min_class_f1, settings.gate_min_class_recall)
 
 
 @dataclass(frozen=True)
@@ -64,17 +71,21 @@ def retrain(
     on_progress({"stage": "comparing", "epoch": config.epochs, "epochs": config.epochs,
                  "version": challenger})
     champion = registry.current()
-    test_keys = json.loads((Path(local_model(challenger).path) / "split.json").read_text())["test"]
+    test_keys = registry.split(challenger)["test"]
     scored = compare(request.dataset, test_keys, registry, challenger, champion, max_pixels,
                      s3_endpoint_url)
-    gates_passed = all(g["passed"] for g in outcome.metrics["gates"])
-    promoted, reason = decide(challenger, champion, gates_passed, scored, outcome.metrics,
+    passed = registry.meta(challenger).gates_passed
+    promoted, reason = decide(challenger, champion, passed, scored, outcome.metrics,
                               request.promote_if_better)
     if promoted:
-        registry.promote(challenger, reason=f"retrain job {request.job_id}: {reason}", by="worker")
+        try:  # compared with `champion`: only promoted over it, never over a newer move
+            registry.promote(challenger, reason=f"retrain job {request.job_id}: {reason}",
+                             by="worker", expected=champion or NOTHING)
+        except StaleProduction as err:
+            promoted, reason = False, f"{reason}, but production moved meanwhile: {err}"
     decision = {"version": challenger, "champion": champion, "promoted": promoted,
                 "reason": reason, "job_id": request.job_id, "comparison": scored}
-    registry.storage.write(f"decisions/{challenger}.json", json.dumps(decision, indent=2).encode())
+    registry.record_decision(challenger, decision)
     log.info("retrain %s: %s", challenger, reason)
     result = outcome.to_json()
     result.update(decision, production=registry.current())
@@ -100,25 +111,19 @@ def compare(dataset: str, keys: list[str], registry: Registry, challenger: str,
 def _score(predictor: Predictor, contents: dict[str, bytes], truth: dict[str, str],
            max_pixels: int) -> dict[str, Any]:
     classes = predictor.meta.classes
-    keys, arrays = [], []
-    for key, data in contents.items():
-        try:
-            arrays.append(preprocess(data, predictor.contract, max_pixels))
-            keys.append(key)
-        except ImageError:
-            continue
-    if not arrays:
+    outcomes = score_blobs(predictor, list(contents.values()), max_pixels)
+    scored = [(truth[k], o.label) for k, o in zip(contents, outcomes, strict=True)
+              if isinstance(o, Decision)]
+    if not scored:
         return {"accuracy": 0.0, "macro_f1": 0.0, "images": 0}
-    predicted = [classes[int(i)] for i in predictor.probabilities(np.stack(arrays)).argmax(1)]
-    known = [truth[k] in classes for k in keys]
-    if all(known):
+    if all(t in classes for t, _ in scored):
         metrics = classification_metrics(
-            np.array([classes.index(truth[k]) for k in keys]),
-            np.array([classes.index(p) for p in predicted]), classes)
+            np.array([classes.index(t) for t, _ in scored]),
+            np.array([classes.index(p) for _, p in scored]), classes)
         return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
-                "images": len(keys)}
-    accuracy = float(np.mean([truth[k] == p for k, p in zip(keys, predicted, strict=True)]))
-    return {"accuracy": accuracy, "macro_f1": None, "images": len(keys)}  # classes differ
+                "images": len(scored)}
+    accuracy = float(np.mean([t == p for t, p in scored]))
+    return {"accuracy": accuracy, "macro_f1": None, "images": len(scored)}  # classes differ
 
 
 def decide(challenger: str, champion: str | None, gates_passed: bool,

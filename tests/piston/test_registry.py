@@ -10,7 +10,7 @@ import pytest
 
 from piston import arch
 from piston.bundle import BundleMeta, Gate, Predictor, create_bundle, new_version
-from piston.errors import RegistryError, StorageUnavailable
+from piston.errors import InvalidName, RegistryError, StaleProduction, StorageUnavailable
 from piston.follow import ModelFollower
 from piston.registry import Registry
 from piston.storage import LocalStorage
@@ -175,3 +175,67 @@ def test_a_storage_outage_does_not_refuse_a_bundle_for_good(
     assert follower.status.refused == {} and "timed out" in (follower.status.last_error or "")
     flaky.down = False
     assert follower.refresh() and follower.status.version == version
+
+
+def test_a_stale_expected_version_is_refused_and_changes_nothing(registry: Registry) -> None:
+    first, second = make_bundle(registry), make_bundle(registry)
+    registry.promote(first, "first", expected="none")
+    registry.promote(second, "second", expected=first)
+    registry.rollback("regression", expected=second)
+    before = registry.history()
+    with pytest.raises(StaleProduction, match=f"production is at {first}, not {second}"):
+        registry.rollback("regression", expected=second)  # the same request, sent again
+    with pytest.raises(StaleProduction):
+        registry.promote(second, "late", expected="none")
+    assert registry.history() == before and registry.current() == first
+    assert StaleProduction("x").status == 409
+
+
+@pytest.mark.parametrize("name", ["../x", "../../outside/evil", "/etc/passwd", "a/../b", "none"])
+def test_names_that_would_leave_the_registry_are_refused(registry: Registry, tmp_path: Path,
+                                                         name: str) -> None:
+    (tmp_path / "x.json").write_text('{"version": "x"}')
+    with pytest.raises(InvalidName):
+        registry.promote(name, "sneaky", force=True)
+    assert registry.history() == []
+    with pytest.raises(InvalidName):
+        registry.storage.read("../x.json")
+
+
+def test_a_tampered_archive_is_refused(registry: Registry) -> None:
+    import bentoml
+
+    version = make_bundle(registry)
+    assert registry.meta(version).archive_sha256
+    key = f"bundles/{version}.bentomodel"
+    data = bytearray(registry.storage.read(key))
+    data[len(data) // 2] ^= 0xFF
+    registry.storage.write(key, bytes(data))
+    bentoml.models.delete(f"piston-classifier:{version}")
+    with pytest.raises(RegistryError, match="does not match its recorded SHA-256"):
+        registry.fetch(version)
+    with pytest.raises(bentoml.exceptions.NotFound):
+        bentoml.models.get(f"piston-classifier:{version}")
+
+
+def test_an_archive_holding_another_version_is_refused(registry: Registry) -> None:
+    import bentoml
+
+    real, other = make_bundle(registry), make_bundle(registry)
+    swapped = registry.storage.read(f"bundles/{other}.bentomodel")
+    registry.storage.write(f"bundles/{real}.bentomodel", swapped)
+    meta = registry.meta(real).model_copy(update={"archive_sha256": None})  # a legacy sidecar
+    registry.storage.write(f"bundles/{real}.json", meta.model_dump_json().encode())
+    bentoml.models.delete(f"piston-classifier:{real}")
+    bentoml.models.delete(f"piston-classifier:{other}")
+    with pytest.raises(RegistryError, match=f"holds piston-classifier:{other}"):
+        registry.fetch(real)
+    with pytest.raises(bentoml.exceptions.NotFound):
+        bentoml.models.get(f"piston-classifier:{other}")
+
+
+def test_history_entries_carry_the_archive_digest(registry: Registry) -> None:
+    version = make_bundle(registry)
+    move = registry.promote(version, "first")
+    assert move.sha256 == registry.meta(version).archive_sha256
+    assert registry.history()[-1].sha256 == move.sha256

@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 from tests.conftest import image_bytes
 from tests.service.conftest import Bundles, open_registry
 
-TOKEN = "test-admin-token"
+TOKEN = "test-admin-token-of-24-chars-or-more"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -127,25 +127,33 @@ def test_admin_needs_the_token_and_moves_the_pointer(
     registry = open_registry(registry_dir)
     registry.promote(bundles.good, reason="first", force=True)
     wait_ready(client)
-    body = {"version": bundles.other, "reason": "try the other", "force": True}
+    body = {"version": bundles.other, "reason": "try the other", "force": True,
+            "expected": bundles.good}
     assert client.post("/admin/promote", json=body).status_code == 401
     assert client.post("/admin/promote", json=body,
                        headers={"Authorization": "Bearer wrong"}).status_code == 401
-    refused = client.post("/admin/promote", json={"version": bundles.other, "reason": "x"},
-                          headers=AUTH)
+    refused = client.post("/admin/promote", json={"version": bundles.other, "reason": "x",
+                                                   "expected": bundles.good}, headers=AUTH)
     if not registry.meta(bundles.other).gates_passed:
         assert refused.status_code == 409 and "gates" in refused.json()["error"]
-    assert client.post("/admin/promote", json={"reason": "no version"},
+    assert client.post("/admin/promote", json={"reason": "no version", "expected": "none"},
                        headers=AUTH).status_code == 422
+    no_expected = client.post("/admin/promote", json={**body, "expected": None}, headers=AUTH)
+    assert no_expected.status_code == 422 and "expected" in no_expected.json()["error"]
     unknown = client.post("/admin/promote", json={"version": "20990101-000000-000",
-                                                  "reason": "typo"}, headers=AUTH)
+                                                  "reason": "typo", "expected": bundles.good},
+                          headers=AUTH)
     assert unknown.status_code == 404 and "no bundle" in unknown.json()["error"]
+    stale = client.post("/admin/promote", json={**body, "expected": bundles.other}, headers=AUTH)
+    assert stale.status_code == 409 and stale.json()["kind"] == "stale"
+    assert registry.current() == bundles.good  # a stale move changes nothing
     promoted = client.post("/admin/promote", json=body, headers=AUTH)
     assert promoted.status_code == 200, promoted.text
     assert promoted.json()["serving"] == bundles.other  # this worker swapped at once
     image = {"image": ("a.jpg", image_bytes(), "image/jpeg")}
     assert client.post("/classify", files=image).json()["model_version"] == bundles.other
-    rolled = client.post("/admin/rollback", json={"reason": "worse"}, headers=AUTH)
+    rolled = client.post("/admin/rollback", json={"reason": "worse", "expected": bundles.other},
+                         headers=AUTH)
     assert rolled.status_code == 200 and rolled.json()["serving"] == bundles.good
     assert registry.history()[-1].reason == "worse" and registry.history()[-1].by == "admin-api"
     reload = client.post("/admin/reload", headers=AUTH).json()
@@ -194,3 +202,77 @@ def test_batchable_infer_api_scores_preprocessed_arrays(
     assert len(probs) == 2 and all(abs(sum(row) - 1) < 1e-4 for row in probs)
     wrong = client.post("/infer", json={"batch": [[[[0.5] * 10] * 10] * 3]})
     assert wrong.status_code == 400 and "shape" in wrong.text
+
+
+def test_admin_lists_bundles_and_history_with_kinds_on_errors(
+        client: TestClient, bundles: Bundles, registry_dir: Path) -> None:
+    registry = open_registry(registry_dir)
+    registry.promote(bundles.good, reason="first", force=True)
+    refused = client.get("/admin/models")
+    assert refused.status_code == 401 and refused.json()["kind"] == "unauthorized"
+    listing = client.get("/admin/models", headers=AUTH).json()
+    assert listing["production"] == bundles.good
+    rows = {row["version"]: row for row in listing["bundles"]}
+    assert set(rows) == {bundles.good, bundles.other}
+    assert rows[bundles.good]["production"] and not rows[bundles.other]["production"]
+    assert rows[bundles.good]["gates"] and "accuracy" in rows[bundles.good]["metrics"]
+    assert rows[bundles.good]["gates_passed"] == registry.meta(bundles.good).gates_passed
+    moved = client.post("/admin/promote", json={"version": bundles.other, "reason": "try",
+                                                 "force": True, "expected": bundles.good},
+                        headers=AUTH)
+    assert moved.status_code == 200, moved.text
+    history = client.get("/admin/history", headers=AUTH).json()
+    assert history["production"] == bundles.other
+    assert [(m["action"], m["version"]) for m in history["moves"]] == [
+        ("promote", bundles.good), ("promote", bundles.other)]
+    unknown = client.post("/admin/promote", json={"version": "20990101-000000-000",
+                                                  "reason": "typo", "expected": bundles.other},
+                          headers=AUTH)
+    assert unknown.status_code == 404 and unknown.json()["kind"] == "not_found"
+    again = client.post("/admin/promote", json={"version": bundles.other, "reason": "twice",
+                                                "force": True, "expected": bundles.other},
+                        headers=AUTH)
+    assert again.status_code == 409 and again.json()["kind"] == "conflict"
+    invalid = client.post("/admin/rollback", json={"reason": "", "expected": bundles.other},
+                          headers=AUTH)
+    assert invalid.status_code == 422 and invalid.json()["kind"] == "invalid_body"
+
+
+def test_score_job_is_queued_like_the_cli(client: TestClient, tmp_path: Path) -> None:
+    body = {"src": str(tmp_path), "out": str(tmp_path / "out"), "only_new": True}
+    assert client.post("/jobs/score", json=body).status_code == 401
+    relative = client.post("/jobs/score", json={**body, "src": "images"}, headers=AUTH)
+    assert relative.status_code == 422 and relative.json()["kind"] == "invalid_body"
+    queued = client.post("/jobs/score", json=body, headers=AUTH)
+    assert queued.status_code == 200, queued.text
+    job_id = queued.json()["job_id"]
+    status = client.get(f"/jobs/{job_id}", headers=AUTH).json()
+    assert status["kind"] == "score" and status["src"] == str(tmp_path)
+    import redis
+
+    queue = redis.Redis.from_url("redis://127.0.0.1:6379/14")
+    try:
+        sent = [m for m in queue.lrange("celery", 0, -1) if job_id.encode() in m]
+        assert sent and b"only_new" in sent[0]
+    finally:
+        queue.delete("celery")
+
+
+def test_docs_json_documents_every_route(client: TestClient) -> None:
+    spec = client.get("/docs.json").json()
+    assert spec["info"]["title"] == "piston-inspector" and spec["info"]["version"] != "None"
+    assert "curl" in spec["info"]["description"]
+    paths = spec["paths"]
+    classify = paths["/classify"]["post"]
+    assert {"multipart/form-data", "image/*"} <= set(classify["requestBody"]["content"])
+    assert {"200", "413", "415", "503"} <= set(classify["responses"])
+    assert "multipart/form-data" in paths["/classify_batch"]["post"]["requestBody"]["content"]
+    assert "get" in paths["/model"]
+    for path in ("/admin/models", "/admin/history", "/admin/promote", "/jobs/score",
+                 "/jobs/{job_id}"):
+        operation = next(iter(paths[path].values()))
+        assert operation["security"] == [{"adminToken": []}], path
+    answer = classify["responses"]["200"]["content"]["application/json"]["schema"]
+    assert {"label", "probabilities", "model_version"} <= set(answer["properties"])
+    schemas = spec["components"]["schemas"]
+    assert {"ClassifyInput", "ModelsAnswer", "HistoryAnswer", "ErrorAnswer"} <= set(schemas)

@@ -16,8 +16,9 @@ from starlette.testclient import TestClient
 from piston.bundle import Predictor
 from piston.follow import ModelFollower
 from service.batching import Batcher
-from service.engine import Engine, Limits, NotReady
-from service.inputs import InputError
+from piston.errors import InputError, NotReady
+from piston.scoring import Decision, ImageFailure
+from service.engine import Engine, Limits
 from service.limits import RequestSizeLimit
 from service.metrics import service_metrics
 from tests.conftest import image_bytes
@@ -28,7 +29,7 @@ def make_engine(registry_dir: Path, version: str | None) -> Engine:
     registry = open_registry(registry_dir)
     if version:
         registry.promote(version, reason="test", force=True)
-    engine = Engine(ModelFollower(registry), Limits(1_000_000, 8, 16), service_metrics(), 0.2)
+    engine = Engine(ModelFollower(registry), Limits(1_000_000, 8), service_metrics(), 0.2)
     engine.refresh()
     return engine
 
@@ -38,14 +39,14 @@ def test_classify_real_images_matches_in_process_scoring(
     engine = make_engine(registry_dir, bundles.good)
     samples = sample_images(piston_data, 6)
     decisions = [asyncio.run(engine.classify(path.read_bytes())) for _, path in samples]
-    correct = sum(d["label"] == label for (label, _), d in zip(samples, decisions, strict=True))
+    correct = sum(d.label == label for (label, _), d in zip(samples, decisions, strict=True))
     assert correct >= 0.8 * len(samples)
-    assert {d["model_version"] for d in decisions} == {bundles.good}
+    assert {d.model_version for d in decisions} == {bundles.good}
     reference = Predictor.load(open_registry(registry_dir).fetch(bundles.good))
     first = decisions[0]
-    assert set(first["probabilities"]) == set(reference.meta.classes)
-    assert abs(sum(first["probabilities"].values()) - 1) < 1e-5
-    assert first["needs_review"] == (first["confidence"] < reference.meta.threshold)
+    assert set(first.probabilities) == set(reference.meta.classes)
+    assert abs(sum(first.probabilities.values()) - 1) < 1e-5
+    assert first.needs_review == (first.confidence < reference.meta.threshold)
 
 
 def test_batch_keeps_slots_and_reports_the_corrupt_image(
@@ -54,11 +55,12 @@ def test_batch_keeps_slots_and_reports_the_corrupt_image(
     good = [p.read_bytes() for _, p in sample_images(piston_data, 1)]
     truncated = good[0][: len(good[0]) // 2]
     results = asyncio.run(engine.classify_many([good[0], truncated, b"", good[1], good[2]]))
-    assert [("error" in r) for r in results] == [False, True, True, False, False]
-    assert results[1]["kind"] == "truncated" and results[1]["status"] == 422
-    assert results[2]["kind"] == "empty" and results[2]["status"] == 400
+    assert [isinstance(r, ImageFailure) for r in results] == [False, True, True, False, False]
+    assert results[1] == ImageFailure(error=results[1].error, kind="truncated")  # type: ignore[union-attr]
+    assert results[2].kind == "empty"  # type: ignore[union-attr]
     alone = asyncio.run(engine.classify(good[1]))
-    assert results[3]["probabilities"] == pytest.approx(alone["probabilities"], abs=1e-5)
+    assert isinstance(results[3], Decision)
+    assert results[3].probabilities == pytest.approx(alone.probabilities, abs=1e-5)
 
 
 def test_not_ready_until_a_bundle_is_in_production(bundles: Bundles, registry_dir: Path) -> None:
@@ -153,6 +155,6 @@ def test_a_broken_bundle_is_refused_and_the_old_one_keeps_serving(
     info = engine.model_info()
     assert info["version"] == bundles.good and broken in info["refused"]
     assert broken in (info["last_error"] or "")
-    assert asyncio.run(engine.classify(image_bytes()))["model_version"] == bundles.good
+    assert asyncio.run(engine.classify(image_bytes())).model_version == bundles.good
     registry.rollback(reason="back to good")
     assert engine.refresh() is False and engine.model_info()["version"] == bundles.good

@@ -6,10 +6,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from piston.errors import RegistryError, StorageError, StorageUnavailable
+from piston.bundle import BundleMeta, Gate
+from piston.errors import (
+    ObjectTooLarge,
+    RegistryError,
+    StaleProduction,
+    StorageError,
+    StorageUnavailable,
+)
 from piston.registry import Move, Registry
-from piston.s3 import S3Storage
 from piston.storage import open_storage
+from piston.storage.s3 import S3Storage
 from tests.workers.conftest import MotoServer, free_port
 
 
@@ -55,7 +62,9 @@ def test_create_is_exclusive_even_under_a_race(moto: MotoServer, bucket: str) ->
 def test_the_registry_pointer_on_s3(moto: MotoServer, bucket: str) -> None:
     storage = open_storage(f"s3://{bucket}/registry", moto.url)
     registry = Registry(storage)
-    storage.write("bundles/v1.json", b"{}")
+    meta = BundleMeta(version="v1", classes=["a"], arch="seed_cnn", contract={},
+                      gates=[Gate(name="accuracy", value=1.0, threshold=0.9, passed=True)])
+    storage.write("bundles/v1.json", meta.model_dump_json().encode())
     # two ops moving the pointer at once cannot both take the same sequence number
     storage.create("history/00000001.json", Move(
         seq=1, action="promote", version="v1", previous=None, at="t", by="a",
@@ -63,7 +72,9 @@ def test_the_registry_pointer_on_s3(moto: MotoServer, bucket: str) -> None:
     assert not storage.create("history/00000001.json", b"torn")
     assert registry.current() == "v1"
     with pytest.raises(RegistryError, match="already in production"):
-        registry._move("promote", "v1", "again", None, False)
+        registry.promote("v1", "again")
+    with pytest.raises(StaleProduction):
+        registry.promote("v1", "again", expected="none")
 
 
 def test_clear_errors(moto: MotoServer) -> None:
@@ -76,9 +87,27 @@ def test_clear_errors(moto: MotoServer) -> None:
         S3Storage.from_uri("s3:///prefix")
 
 
+def test_a_bug_is_not_retried_as_an_outage(moto: MotoServer, bucket: str) -> None:
+    """Only connection failures and 5xx are `StorageUnavailable`; a bad call propagates as is."""
+    from botocore.exceptions import ParamValidationError
+
+    storage = open_storage(f"s3://{bucket}/bugs", moto.url)
+    with pytest.raises(ParamValidationError):
+        storage.write("k", 123)  # type: ignore[arg-type]
+
+
+def test_an_object_over_the_cap_is_refused_before_it_is_read(moto: MotoServer,
+                                                             bucket: str) -> None:
+    storage = open_storage(f"s3://{bucket}/big", moto.url)
+    storage.write("big.jpg", b"x" * 5000)
+    with pytest.raises(ObjectTooLarge, match="5000 bytes, over the 4096 limit"):
+        storage.get("big.jpg", max_bytes=4096)
+    assert storage.get("big.jpg", max_bytes=5000)[1].size == 5000
+
+
 def test_bucket_init_step(moto: MotoServer, monkeypatch: pytest.MonkeyPatch,
                           capsys: pytest.CaptureFixture[str]) -> None:
-    from piston.s3 import ensure_buckets, main
+    from piston.storage.s3 import ensure_buckets, main
 
     assert ensure_buckets(["s3://made-here/x", "s3://made-here/y"], moto.url) == ["made-here"]
     assert ensure_buckets(["s3://made-here"], moto.url) == []  # idempotent

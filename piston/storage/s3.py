@@ -9,13 +9,15 @@ MinIO and moto honour atomically, so the registry's history can never hold a tor
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from piston.errors import StorageError, StorageUnavailable
-from piston.storage import ObjectInfo
+from piston.errors import ObjectTooLarge, StorageError, StorageUnavailable
+from piston.storage.base import ObjectInfo
 
 _CLIENTS: dict[tuple[str | None, int], Any] = {}
 _CLIENTS_LOCK = threading.Lock()
@@ -78,82 +80,108 @@ class S3Storage:
             return key
         return f"{self.prefix}/{key}" if key else self.prefix
 
-    def _error(self, err: Exception, key: str, action: str) -> StorageError:
-        """Translate a boto3 failure into our error, with what to fix."""
+    @contextlib.contextmanager
+    def _errors(self, key: str, action: str) -> Iterator[None]:
+        """Translate boto3's failures into ours; anything else (a bug) propagates as it is."""
         from botocore.exceptions import (
             ClientError,
-            ConnectionClosedError,
-            EndpointConnectionError,
             NoCredentialsError,
-            ReadTimeoutError,
+            ResponseStreamingError,
         )
+        from botocore.exceptions import ConnectionError as BotoConnectionError
 
-        where = f"s3://{self.bucket}/{self._key(key)}"
-        if isinstance(err, NoCredentialsError):
-            return StorageError(
+        try:
+            yield
+        except NoCredentialsError:
+            raise StorageError(
                 "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-            )
-        if isinstance(err, EndpointConnectionError | ConnectionClosedError | ReadTimeoutError):
+            ) from None
+        except (BotoConnectionError, ResponseStreamingError):
             endpoint = self.endpoint_url or "the default AWS endpoint"
-            return StorageUnavailable(
-                f"cannot reach S3 at {endpoint} to {action} {where}: is the server up"
+            raise StorageUnavailable(
+                f"cannot reach S3 at {endpoint} to {action} {self._where(key)}: is the server up"
                 " (PISTON_S3_ENDPOINT_URL)?"
+            ) from None
+        except ClientError as err:
+            raise self._client_error(err, key, action) from None
+
+    def _where(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def _client_error(self, err: Any, key: str, action: str) -> StorageError:
+        """An error answer from the server: 5xx is worth retrying, 4xx is for the user to fix."""
+        where = self._where(key)
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        if code == "NoSuchBucket":
+            return StorageError(f"bucket {self.bucket} does not exist: create it first")
+        if code in _MISSING:
+            return StorageError(f"{where} does not exist")
+        if code in _DENIED:
+            return StorageError(
+                f"access to {where} denied ({code}): check AWS_ACCESS_KEY_ID and"
+                " AWS_SECRET_ACCESS_KEY"
             )
-        if isinstance(err, ClientError):
-            code = str(err.response.get("Error", {}).get("Code", ""))
-            if code == "NoSuchBucket":
-                return StorageError(f"bucket {self.bucket} does not exist: create it first")
-            if code in _MISSING:
-                return StorageError(f"{where} does not exist")
-            if code in _DENIED:
-                return StorageError(
-                    f"access to {where} denied ({code}): check AWS_ACCESS_KEY_ID and"
-                    " AWS_SECRET_ACCESS_KEY"
-                )
-            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if int(status or 0) >= 500:
-                return StorageUnavailable(f"S3 failed to {action} {where}: {code or status}")
-            return StorageError(f"cannot {action} {where}: {code or err}")
-        return StorageUnavailable(f"cannot {action} {where}: {type(err).__name__}: {err}")
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if int(status or 0) >= 500 or code in ("SlowDown", "ServiceUnavailable"):
+            return StorageUnavailable(f"S3 failed to {action} {where}: {code or status}")
+        return StorageError(f"cannot {action} {where}: {code or err}")
 
     # -- the Storage protocol ---------------------------------------------------------------
 
     def read(self, key: str) -> bytes:
         return self.get(key)[0]
 
-    def get(self, key: str) -> tuple[bytes, ObjectInfo]:
-        """Content and info (size, ETag, user metadata) in one GET."""
-        try:
+    def get(self, key: str, max_bytes: int | None = None) -> tuple[bytes, ObjectInfo]:
+        """Content and info (size, ETag, user metadata) in one GET; the size is checked first."""
+        with self._errors(key, "read"):
             response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            size = int(response.get("ContentLength", 0))
+            if max_bytes is not None and size > max_bytes:
+                response["Body"].close()
+                raise ObjectTooLarge(
+                    f"{self._where(key)} is {size} bytes, over the {max_bytes} limit")
             data = response["Body"].read()
-        except Exception as err:
-            raise self._error(err, key, "read") from None
         return data, ObjectInfo(key, len(data), _etag(response), dict(response.get("Metadata", {})))
 
     def write(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
         """One PUT: S3 replaces an object atomically, readers never see a mix."""
-        try:
+        with self._errors(key, "write"):
             self.client.put_object(
                 Bucket=self.bucket, Key=self._key(key), Body=data, Metadata=metadata or {}
             )
-        except Exception as err:
-            raise self._error(err, key, "write") from None
 
     def create(self, key: str, data: bytes) -> bool:
         """A conditional PUT that fails when the key exists; False when it already did."""
         from botocore.exceptions import ClientError
 
-        try:
-            self.client.put_object(
-                Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*"
-            )
-        except ClientError as err:
-            code = str(err.response.get("Error", {}).get("Code", ""))
-            if code in ("PreconditionFailed", "ConditionalRequestConflict"):
-                return False  # exists, or a concurrent create of the same key is winning
-            raise self._error(err, key, "create") from None
-        except Exception as err:
-            raise self._error(err, key, "create") from None
+        with self._errors(key, "create"):
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*"
+                )
+            except ClientError as err:
+                code = str(err.response.get("Error", {}).get("Code", ""))
+                if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    return False  # exists, or a concurrent create of the same key is winning
+                raise
+        return True
+
+    def replace(self, key: str, data: bytes, etag: str | None) -> bool:
+        """A conditional PUT on the ETag (`If-Match`), or an exclusive create without one."""
+        from botocore.exceptions import ClientError
+
+        if etag is None:
+            return self.create(key, data)
+        with self._errors(key, "replace"):
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket, Key=self._key(key), Body=data, IfMatch=etag
+                )
+            except ClientError as err:
+                code = str(err.response.get("Error", {}).get("Code", ""))
+                if code in ("PreconditionFailed", "ConditionalRequestConflict", *_MISSING):
+                    return False
+                raise
         return True
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
@@ -163,7 +191,7 @@ class S3Storage:
             full = root + "/"
         strip = len(root) + 1 if root else 0
         found = []
-        try:
+        with self._errors(prefix, "list"):
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=full
             )
@@ -172,30 +200,25 @@ class S3Storage:
                     rel = item["Key"][strip:]
                     if rel and not rel.endswith("/"):
                         found.append(ObjectInfo(rel, int(item["Size"]), _etag(item)))
-        except Exception as err:
-            raise self._error(err, prefix, "list") from None
         return sorted(found, key=lambda o: o.key)
 
     def head(self, key: str) -> ObjectInfo | None:
         from botocore.exceptions import ClientError
 
-        try:
-            response = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError as err:
-            if str(err.response.get("Error", {}).get("Code", "")) in _MISSING:
-                return None
-            raise self._error(err, key, "inspect") from None
-        except Exception as err:
-            raise self._error(err, key, "inspect") from None
+        with self._errors(key, "inspect"):
+            try:
+                response = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            except ClientError as err:
+                if str(err.response.get("Error", {}).get("Code", "")) in _MISSING:
+                    return None
+                raise
         return ObjectInfo(
             key, int(response["ContentLength"]), _etag(response), dict(response.get("Metadata", {}))
         )
 
     def delete(self, key: str) -> None:
-        try:
+        with self._errors(key, "delete"):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
-        except Exception as err:
-            raise self._error(err, key, "delete") from None
 
     def child(self, prefix: str) -> S3Storage:
         return S3Storage(self.bucket, self._key(prefix), self.endpoint_url)
@@ -215,23 +238,19 @@ def ensure_buckets(uris: list[str], endpoint_url: str | None) -> list[str]:
     client = s3_client(endpoint_url)
     made = []
     for bucket in sorted({S3Storage.from_uri(u).bucket for u in uris}):
-        try:
-            client.head_bucket(Bucket=bucket)
-            continue
-        except ClientError:
-            pass
-        except Exception as err:
-            raise S3Storage(bucket, "", endpoint_url)._error(err, "", "create") from None
-        try:
+        with S3Storage(bucket, "", endpoint_url)._errors("", "create"):
+            try:
+                client.head_bucket(Bucket=bucket)
+                continue
+            except ClientError:
+                pass
             client.create_bucket(Bucket=bucket)
-        except Exception as err:
-            raise S3Storage(bucket, "", endpoint_url)._error(err, "", "create") from None
         made.append(bucket)
     return made
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m piston.s3 s3://bucket ...`: the bucket-init step of the stack."""
+    """`python -m piston.storage.s3 s3://bucket ...`: the bucket-init step of the stack."""
     import logging
     import sys
 

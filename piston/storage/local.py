@@ -1,74 +1,51 @@
-"""One small interface over local folders and S3 prefixes.
-
-Data sets, batch inputs, results and the bundle registry all go through `Storage`, so each
-accepts either a local path or an `s3://bucket/prefix` URI.
-"""
+"""`Storage` over a folder on disk; writes go to a temporary file that is renamed into place."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol
+from pathlib import Path, PurePosixPath
 
-from piston.errors import StorageError
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    """One stored object: its key relative to the storage root, size, ETag and user metadata."""
-
-    key: str
-    size: int
-    etag: str = ""
-    metadata: dict[str, str] = field(default_factory=dict)
-
-
-class Storage(Protocol):
-    """Keys are '/'-separated and relative to the storage root."""
-
-    uri: str
-
-    def read(self, key: str) -> bytes: ...
-
-    def write(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
-        """Replace `key` atomically: readers see the old or the new content, never a mix."""
-
-    def create(self, key: str, data: bytes) -> bool:
-        """Write `key` only if it does not exist yet; False when it already did."""
-
-    def list(self, prefix: str = "") -> list[ObjectInfo]: ...
-
-    def head(self, key: str) -> ObjectInfo | None: ...
-
-    def delete(self, key: str) -> None: ...
-
-    def child(self, prefix: str) -> Storage: ...
-
-    def local_path(self, key: str) -> Path | None:
-        """The file behind `key` when the storage is local (lets PIL and torch read in place)."""
+from piston.errors import InvalidName, ObjectTooLarge, StorageError
+from piston.storage.base import ObjectInfo
 
 
 class LocalStorage:
-    """A folder on disk; writes go to a temporary file that is renamed into place."""
+    """A folder; keys never leave it (absolute keys and '..' are refused)."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+        self.root = Path(os.path.abspath(root))
         self.uri = str(self.root)
 
     def _path(self, key: str) -> Path:
-        return self.root / key if key else self.root
+        if not key:
+            return self.root
+        parts = PurePosixPath(key).parts
+        if key.startswith(("/", "\\")) or ".." in parts or "\\" in key:
+            raise InvalidName(f"{key!r} is not a key inside {self.uri}")
+        return self.root / key
 
     def read(self, key: str) -> bytes:
+        return self.get(key)[0]
+
+    def get(self, key: str, max_bytes: int | None = None) -> tuple[bytes, ObjectInfo]:
+        path = self._path(key)
         try:
-            return self._path(key).read_bytes()
+            with path.open("rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                if max_bytes is not None and size > max_bytes:
+                    raise ObjectTooLarge(f"{path} is {size} bytes, over the {max_bytes} limit")
+                data = fh.read()
         except FileNotFoundError:
-            raise StorageError(f"{self._path(key)} does not exist") from None
+            raise StorageError(f"{path} does not exist") from None
+        except IsADirectoryError:
+            raise StorageError(f"{path} is a folder, not a file") from None
         except OSError as err:
-            raise StorageError(f"cannot read {self._path(key)}: {err.strerror}") from None
+            raise StorageError(f"cannot read {path}: {err.strerror}") from None
+        return data, _info(key, path)
 
     @contextlib.contextmanager
     def _staged(self, key: str, data: bytes) -> Iterator[tuple[Path, Path]]:
@@ -94,6 +71,17 @@ class LocalStorage:
                 os.link(tmp, target)  # atomic, and fails if the target exists
             except FileExistsError:
                 return False
+        return True
+
+    def replace(self, key: str, data: bytes, etag: str | None) -> bool:
+        if etag is None:
+            return self.create(key, data)
+        target = self._path(key)
+        with self._staged(key, data) as (tmp, _), _flocked(target):
+            current = self.head(key)
+            if current is None or current.etag != etag:
+                return False
+            os.replace(tmp, target)
         return True
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
@@ -123,17 +111,18 @@ class LocalStorage:
         return self._path(key)
 
 
+@contextlib.contextmanager
+def _flocked(target: Path) -> Iterator[None]:
+    """An exclusive lock beside `target`: compare and replace as one step, across processes."""
+    with (target.parent / f".{target.name}.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _info(key: str, path: Path) -> ObjectInfo:
     """A local file's ETag is its modification time and size: a replaced file is a new object."""
     stat = path.stat()
     return ObjectInfo(key, stat.st_size, etag=f"{stat.st_mtime_ns:x}-{stat.st_size:x}")
-
-
-def open_storage(location: str | Path, s3_endpoint_url: str | None = None) -> Storage:
-    """Storage for a local path or an `s3://bucket/prefix` URI."""
-    text = str(location)
-    if text.startswith("s3://"):
-        from piston.s3 import S3Storage  # boto3 only where S3 is used
-
-        return S3Storage.from_uri(text, endpoint_url=s3_endpoint_url)
-    return LocalStorage(text)

@@ -1,0 +1,144 @@
+"""The shapes of request bodies and answers, once: validation, `/docs.json` and the README."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from piston.bundle import Gate
+from piston.registry import Move
+
+EXPECTED = Field(description="the version production is at now, as you last saw it ('none'"
+                 " before the first promote); a stale one is refused with 409, kind 'stale'")
+
+
+class PromoteBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: str
+    reason: str = Field(min_length=1)
+    expected: str = EXPECTED
+    force: bool = False
+
+
+class RollbackBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1)
+    expected: str = EXPECTED
+    to: str | None = None
+
+
+class RetrainBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dataset: str | None = None
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    promote_if_better: bool = False
+
+
+class ScoreJobBody(BaseModel):
+    """Like `piston jobs score SRC --out DST [--only-new]`."""
+
+    model_config = ConfigDict(extra="forbid")
+    src: str = Field(min_length=1, description="s3://bucket/prefix, or a folder on the server")
+    out: str = Field(min_length=1, description="where results.jsonl and the summary go")
+    only_new: bool = False
+
+
+class ErrorAnswer(BaseModel):
+    """Every refusal: a reason a person can act on, and a machine-readable kind."""
+
+    error: str
+    kind: str = Field(description="empty, too_large, too_many_pixels, not_an_image, truncated,"
+                      " unsupported_media_type, overloaded, not_ready, unauthorized, ...")
+
+
+class DecisionAnswer(BaseModel):
+    """The decision for one image, and the bundle version that made it."""
+
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    needs_review: bool = Field(description="confidence under the bundle's review threshold")
+    model_version: str
+
+
+class SlotAnswer(BaseModel):
+    """One slot of a batch: a decision, or why this image could not be scored."""
+
+    label: str | None = None
+    confidence: float | None = None
+    probabilities: dict[str, float] | None = None
+    needs_review: bool | None = None
+    model_version: str | None = None
+    error: str | None = None
+    kind: str | None = None
+    status: int | None = Field(None, description="the status this image alone would get")
+
+
+class BatchAnswer(BaseModel):
+    results: list[SlotAnswer] = Field(description="one entry per image, in the order sent")
+
+
+class ModelAnswer(BaseModel):
+    """What this worker serves: version, classes, threshold, metrics, gates, batching."""
+
+    model_config = ConfigDict(extra="allow")
+    ready: bool
+    version: str | None = None
+    classes: list[str] | None = None
+    threshold: float | None = None
+    follows_registry: bool
+    pinned: str | None = None
+    refused: list[str] = Field(default_factory=list)
+    last_error: str | None = None
+
+
+class BundleRow(BaseModel):
+    """One bundle in `GET /admin/models`."""
+
+    version: str
+    created_at: str
+    arch: str
+    classes: list[str]
+    test_accuracy: float | None
+    macro_f1: float | None
+    gates_passed: bool
+    parent: str | None
+    production: bool = Field(description="true for the bundle the pointer names")
+    gates: list[Gate]
+    metrics: dict[str, Any] = Field(description="headline metrics: accuracy, macro_f1,"
+                                    " val_accuracy, split, best_epoch")
+
+
+class ModelsAnswer(BaseModel):
+    production: str | None = Field(description="the version the pointer names")
+    serving: str | None = Field(description="the version the answering worker serves")
+    bundles: list[BundleRow]
+
+
+class HistoryAnswer(BaseModel):
+    production: str | None
+    moves: list[Move] = Field(description="every promote and rollback, oldest first")
+
+
+class MoveAnswer(BaseModel):
+    move: Move
+    serving: str | None = Field(description="the version this worker serves after the move")
+
+
+class JobQueued(BaseModel):
+    job_id: str
+    state: str = "PENDING"
+
+
+# The request body and the answer of each admin and job route, for /docs.json.
+ADMIN_SHAPES: dict[str, tuple[type[BaseModel] | None, type[BaseModel] | None]] = {
+    "/admin/models": (None, ModelsAnswer),
+    "/admin/history": (None, HistoryAnswer),
+    "/admin/promote": (PromoteBody, MoveAnswer),
+    "/admin/rollback": (RollbackBody, MoveAnswer),
+    "/admin/reload": (None, None),
+    "/admin/retrain": (RetrainBody, JobQueued),
+    "/jobs/score": (ScoreJobBody, JobQueued),
+    "/jobs/{job_id}": (None, None),
+}
