@@ -98,7 +98,7 @@ def test_too_little_data_is_refused_and_leaves_no_bundle(
 ) -> None:
     root = synthetic_dataset(tmp_path / "tiny", {"a": 1, "b": 1})
     before = {str(m.tag) for m in bentoml.models.list(MODEL_NAME)}
-    with pytest.raises(DataError, match="too few"):
+    with pytest.raises(DataError, match="fewer than 3 images"):
         train_bundle(
             str(root),
             load_config("seed", overrides={"epochs": 1}),
