@@ -63,25 +63,35 @@ def naive_server(port: int, model_dir: str) -> None:
 
 
 def plain_server(port: int, registry: str) -> None:
-    """Our piston routes, engine and batcher on plain uvicorn: the same code minus BentoML."""
+    """Our engine and request reading on plain uvicorn: the same work minus BentoML."""
     import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
 
+    from piston.errors import PistonError
     from piston.follow import ModelFollower
     from piston.registry import Registry
     from piston.storage import open_storage
-    from service.admin import AdminConfig
     from service.engine import Engine, Limits
-    from service.limits import RequestSizeLimit
+    from service.errors import error_response
+    from service.inputs import Upload
     from service.metrics import service_metrics
-    from service.routes import build_app
 
     torch_threads()
-    engine = Engine(ModelFollower(Registry(open_storage(registry))), Limits(40_000_000, 64),
+    engine = Engine(ModelFollower(Registry(open_storage(registry))), Limits(70_000_000, 64),
                     service_metrics(), 3.0, thread_init=torch_threads)
     engine.refresh()
-    admin = AdminConfig(None, "redis://127.0.0.1:6379/0", "")
-    app = RequestSizeLimit(build_app(lambda: engine, lambda: admin, lambda: None),
-                           max_bytes=lambda: 20 << 20)
+
+    async def classify(request: Request) -> Response:
+        try:
+            decision = await engine.classify(await Upload(request).one())
+        except PistonError as err:
+            return error_response(err)
+        return Response(decision.model_dump_json(), media_type="application/json")
+
+    app = Starlette(routes=[Route("/classify", classify, methods=["POST"])])
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
@@ -255,7 +265,7 @@ def main() -> None:
     try:
         wait_up(ours_port, "/readyz", ours)
         wait_up(naive_port, "/nothing", naive)
-        wait_up(plain_port, "/model", plain)
+        wait_up(plain_port, "/nothing", plain)
         payload_ours = request_bytes("/classify", images[0], "image/jpeg")
         payload_naive = request_bytes("/classify", images[0], "image/jpeg")
         rows = {}
