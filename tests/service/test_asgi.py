@@ -259,6 +259,8 @@ def test_score_job_is_queued_like_the_cli(client: TestClient, tmp_path: Path) ->
 
 
 def test_docs_json_documents_every_route(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and "<title>piston-inspector</title>" in page.text
     spec = client.get("/docs.json").json()
     assert spec["info"]["title"] == "piston-inspector" and spec["info"]["version"] != "None"
     assert "curl" in spec["info"]["description"]
