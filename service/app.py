@@ -24,6 +24,7 @@ from piston.registry import open_registry
 from piston.scoring import ImageFailure, Outcome
 from piston.settings import Settings, load_settings
 from service.admin import AdminConfig
+from service.console import console_app
 from service.engine import Engine, Limits
 from service.errors import error_response
 from service.inputs import ClassifyBatchInput, ClassifyInput, Upload
@@ -174,4 +175,5 @@ PistonInspector: bentoml.Service[Inspector] = bentoml.service(
 PistonInspector.mount_asgi_app(
     build_app(lambda: _instance().engine, lambda: _instance().admin,
               lambda: PistonInspector), path="/")
+PistonInspector.mount_asgi_app(console_app(_instance), path="/ui")  # after: /classify never sees it
 PistonInspector.add_asgi_middleware(RequestSizeLimit, max_bytes=_max_request_bytes)

@@ -1,8 +1,8 @@
 """The routes BentoML APIs cannot express (GET, path parameters), as a mounted Starlette app.
 
 `/model`, the admin and job routes, `/docs.json` (BentoML's spec completed with these
-routes, the product's name, description and version) and the Swagger page at `/`. Mounted passively, so BentoML's
-own routes (`/classify`, `/livez`, `/metrics`, ...) still answer first.
+routes, the product's name, description and version) and the Swagger page at `/`. Mounted
+passively, so BentoML's own routes (`/classify`, `/livez`, `/metrics`, ...) answer first.
 """
 
 from __future__ import annotations

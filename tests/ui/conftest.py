@@ -1,0 +1,114 @@
+"""Real parts for the console tests: two tiny bundles, a scoring job's outputs, `bentoml serve`.
+
+One server (and one worker) for the whole module: the tests drive a real Chromium against it
+in order, each starting from wherever production is.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.service.conftest import running_server
+from tests.ui.browser import chromium
+from tests.workers.conftest import start_worker
+
+REDIS_URL = "redis://127.0.0.1:6379/10"
+TOKEN = "console-test-token-0123456789"
+POLL_S = "0.5"
+
+
+@dataclass(frozen=True)
+class Console:
+    url: str  # the service's base URL; the console is at {url}/ui/
+    registry: Path
+    first: str  # in production when the module starts
+    second: str
+    batch: Path  # a folder of images for scoring jobs
+    results: Path  # where the scoring job writes
+    redis_url: str = REDIS_URL
+    token: str = TOKEN
+
+
+def train_tiny(registry: Path, runs: Path, data: Path) -> list[str]:
+    """Two small seed-recipe bundles (seconds each; accuracy 0.86 and 0.91) that pass a low bar."""
+    from piston.registry import Registry
+    from piston.storage import open_storage
+    from training.config import load_config
+    from training.pipeline import GateBar, train_bundle
+
+    store = Registry(open_storage(registry))
+    bar = GateBar(0.5, 0.3, 0.3)
+    return [train_bundle(str(data), load_config("seed", None, overrides), store, bar, runs,
+                         40_000_000).version
+            for overrides in ({"epochs": 6, "seed": 1}, {"epochs": 4, "seed": 2})]
+
+
+def batch_folder(root: Path, data: Path) -> Path:
+    """Real piston photos to score, plus two files that are not images (always flagged)."""
+    folder = root / "batch" / "line-2"
+    folder.mkdir(parents=True)
+    for cls in ("normal", "defect_1", "defect_2"):
+        for path in sorted((data / cls).glob("*.jp*g"))[:4]:
+            shutil.copy(path, folder / path.name)
+    for name in ("scan_0.jpeg", "scan_1.jpeg"):
+        (folder / name).write_bytes(b"\xff\xd8 not really a jpeg")
+    return root / "batch"
+
+
+@pytest.fixture(scope="module")
+def console(piston_data: Path) -> Iterator[Console]:
+    import redis
+
+    root = Path(tempfile.mkdtemp(prefix="piston-console-"))
+    try:
+        first, second = train_tiny(root / "registry", root / "runs", piston_data)
+        from piston.registry import Registry
+        from piston.storage import open_storage
+
+        Registry(open_storage(root / "registry")).promote(first, "console tests: start")
+        redis.Redis.from_url(REDIS_URL).flushdb()
+        env = {"PISTON_REGISTRY": str(root / "registry"), "PISTON_POLL_INTERVAL_S": POLL_S,
+               "PISTON_ADMIN_TOKEN": TOKEN, "PISTON_REDIS_URL": REDIS_URL,
+               "PISTON_DATA_DIR": str(piston_data)}
+        worker_env = {**os.environ, **env, "BENTOML_HOME": str(root / "worker-home"),
+                      "PISTON_RUNS_DIR": str(root / "worker-runs")}
+        worker = start_worker(worker_env, root / "worker.log", concurrency=1, name="console")
+        try:
+            with running_server("source", env, root / "server.log") as url:
+                yield Console(url, root / "registry", first, second,
+                              batch_folder(root, piston_data), root / "results")
+        finally:
+            worker.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser(console: Console) -> Iterator[Any]:
+    """One Chromium for the module, the admin token already in the tab's session storage."""
+    with chromium() as driver:
+        driver.get(f"{console.url}/ui/")
+        driver.execute_script("sessionStorage.setItem('piston-admin-token', arguments[0])",
+                              console.token)
+        yield driver
+
+
+def screenshot(driver: Any, name: str) -> None:
+    """Save the view for the README when PISTON_UI_SCREENSHOTS names a folder (e.g. docs)."""
+    folder = os.environ.get("PISTON_UI_SCREENSHOTS")
+    if not folder:
+        return
+    from PIL import Image
+
+    path = Path(folder) / f"console-{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(path))
+    Image.open(path).convert("RGB").quantize(colors=128).save(path, optimize=True)
