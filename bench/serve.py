@@ -8,7 +8,8 @@ load generator (raw HTTP/1.1 keep-alive sockets, so the client costs little CPU)
 concurrency 1, 8 and 32, then measures decode + forward in-process at batch 32. Prints
 requests/s, p50/p99, stalls (requests over 50 ms), ratios and resident memory. A third
 server, "plain", runs our own routes, engine and batcher on uvicorn without BentoML, to
-separate BentoML's per-request cost from ours.
+separate BentoML's per-request cost from ours. The machine's load average is printed
+before and after: compare ratios within one run, never figures across runs.
 """
 
 from __future__ import annotations
@@ -251,6 +252,7 @@ def main() -> None:
     env.setdefault("PISTON_REGISTRY", str(work / "registry"))
     os.environ.update(env)
     model_dir = ensure_bundle(env["PISTON_REGISTRY"], data)
+    load_before = os.getloadavg()
     images = [p.read_bytes() for p in sorted(Path(data).glob("*/*.jp*g"))[:64]]
 
     ours_port, naive_port, plain_port = free_port(), free_port(), free_port()
@@ -291,6 +293,7 @@ def main() -> None:
             proc.wait(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
 
+    print(f"\nload average before/after: {load_before} / {os.getloadavg()}")
     print(f"\nin-process ceiling (decode + forward, batch 32): {top:.0f} images/s")
     for c, r in batch.items():
         print(f"/classify_batch 32 images, c={c}: {r['rps'] * 32:.0f} images/s"
@@ -303,7 +306,8 @@ def main() -> None:
         print(f"  c={level:<3d} req/s {o['rps'] / n['rps']:.2f}x  p50 {o['p50'] / n['p50']:.2f}x"
               f"  p99 {o['p99'] / n['p99']:.2f}x  ours/ceiling {o['rps'] / top:.0%}"
               f"  | without BentoML (plain/naive): req/s {p['rps'] / n['rps']:.2f}x"
-              f"  p50 {p['p50'] / n['p50']:.2f}x")
+              f"  p50 {p['p50'] / n['p50']:.2f}x"
+              f"  | BentoML/plain: req/s {o['rps'] / p['rps']:.2f}x")
     print("\nresident memory:")
     for label, rss in (("ours", rss_ours), ("naive", rss_naive)):
         for proc_name, mb in rss:
