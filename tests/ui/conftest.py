@@ -20,7 +20,7 @@ from tests.service.conftest import running_server
 from tests.ui.browser import chromium
 from tests.workers.conftest import start_worker
 
-REDIS_URL = "redis://127.0.0.1:6379/10"
+REDIS_URL = "redis://127.0.0.1:6379/15"  # its own database: the fixture empties it
 TOKEN = "console-test-token-0123456789"
 POLL_S = "0.5"
 
