@@ -56,6 +56,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     worker.add_argument("-c", "--concurrency", type=int, default=os.cpu_count() or 1,
                         help="worker processes (default: one per core)")
     worker.add_argument("-n", "--hostname", default="piston@%h")
+    worker.add_argument("-Q", "--queues", default="score,retrain",
+                        help="queues to consume: score, retrain or both (default)")
     worker.add_argument("--loglevel", default="INFO")
     worker.set_defaults(handler=run_worker)
     beat = commands.add_parser("beat", help="start the scheduler (run exactly one)")
@@ -161,14 +163,21 @@ def _human(s: dict[str, Any]) -> str:
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from workers.app import create_app
+    from workers.app import QUEUES, create_app, start_watchdog
 
     if args.concurrency < 1:
         raise PistonError("--concurrency must be at least 1")
-    app = create_app(load_settings())
+    queues = tuple(q.strip() for q in args.queues.split(",") if q.strip())
+    if not queues or set(queues) - set(QUEUES):
+        raise PistonError(f"--queues takes {' and/or '.join(QUEUES)}, comma-separated")
+    settings = load_settings()
+    app = create_app(settings, queues)
     app.conf.piston_threads = max(1, (os.cpu_count() or 1) // args.concurrency)
+    if "score" in queues:
+        start_watchdog(settings)
     app.worker_main(["worker", f"--concurrency={args.concurrency}", "--pool=prefork",
-                     f"--hostname={args.hostname}", f"--loglevel={args.loglevel}"])
+                     f"--queues={','.join(queues)}", f"--hostname={args.hostname}",
+                     f"--loglevel={args.loglevel}"])
     return 0
 
 

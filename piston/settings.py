@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from piston.errors import ConfigError
+
+# Values shipped as examples or defaults somewhere: never accepted as a real secret.
+PLACEHOLDERS = frozenset({
+    "change-me", "change-me-too", "changeme", "change-me-to-a-long-random-secret", "secret",
+    "password", "minioadmin", "admin", "redis", "piston", "token", "xxx", "todo",
+})
+MIN_TOKEN_CHARS = 24
 
 
 class Settings(BaseSettings):
@@ -28,7 +38,8 @@ class Settings(BaseSettings):
     # 70 MP fits the largest common area-scan inspection cameras (65 MP, 9344x7000); bigger
     # frames are refused from their header, before any pixel is decoded.
     max_image_pixels: int = 70_000_000
-    max_upload_bytes: int = 20 * 1024 * 1024
+    max_upload_bytes: int = Field(
+        default=20 * 1024 * 1024, ge=1, description="largest image: upload or stored object")
     max_batch_images: int = 64
 
     # Serving.
@@ -37,6 +48,8 @@ class Settings(BaseSettings):
     decode_queue: int = Field(
         default=4, ge=0, description="large images that may wait for a decode thread; then 503"
     )
+    # Read only to refuse a placeholder at start-up; boto3 reads the credentials itself.
+    aws_secret_access_key: SecretStr | None = Field(None, validation_alias="AWS_SECRET_ACCESS_KEY")
     poll_interval_s: float = 3.0
 
     # Distributed jobs.
@@ -52,8 +65,25 @@ class Settings(BaseSettings):
     score_schedule_every_s: float = Field(default=300.0, gt=0)
     score_time_limit_s: int = Field(default=900, ge=10, description="hard limit of one shard")
     retrain_time_limit_s: int = Field(default=3600, ge=60, description="hard limit of a retrain")
+    score_decode_threads: int = Field(default=2, ge=1, description="decodes at once per process")
     job_retries: int = Field(default=3, ge=0, description="retries while the store is unreachable")
     job_retry_delay_s: float = Field(default=5.0, ge=0)
+    job_redis_wait_s: float = Field(
+        default=300.0, ge=0, description="how long a running task waits out a Redis outage")
+    job_max_worker_lost: int = Field(
+        default=2, ge=0, description="a task whose process died more often than this fails")
+    job_watch_every_s: float = Field(
+        default=15.0, gt=0, description="how often workers look for shards lost in transit")
+    job_stale_after_s: float = Field(
+        default=60.0, gt=0, description="a job quiet this long with nothing queued is re-sent")
+
+    # Retraining requests (API and queue): bounds on what one request may ask for.
+    retrain_dataset_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="data set prefixes a retrain may read (JSON list);"
+        " empty: only data_dir")
+    retrain_max_epochs: int = Field(default=200, ge=1)
+    retrain_max_batch_size: int = Field(default=512, ge=1)
+    retrain_max_input_pixels: int = Field(default=512 * 512, ge=1)
 
     @field_validator("score_schedule", mode="before")
     @classmethod
@@ -63,7 +93,58 @@ class Settings(BaseSettings):
             return json.loads(value) if value.strip() else {}
         return value
 
+    @field_validator("retrain_dataset_roots", mode="before")
+    @classmethod
+    def _roots_json(cls, value: object) -> object:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else []
+        return value
 
-def load_settings() -> Settings:
-    """Read the settings from the environment; call once at an entry point."""
-    return Settings()
+    @model_validator(mode="after")
+    def _no_placeholder_secrets(self) -> Settings:
+        """Refuse example secrets and short admin tokens at start-up, saying what to set."""
+        if self.admin_token is not None:
+            token = self.admin_token.get_secret_value()
+            if _placeholder(token) or len(token) < MIN_TOKEN_CHARS:
+                raise ValueError(
+                    f"PISTON_ADMIN_TOKEN is a placeholder or shorter than {MIN_TOKEN_CHARS}"
+                    " characters: set a random one (e.g. `openssl rand -hex 24`)")
+        password = _url_password(self.redis_url)
+        if password is not None and _placeholder(password):
+            raise ValueError("the password in PISTON_REDIS_URL is a placeholder: set a real one")
+        aws = self.aws_secret_access_key
+        if aws is not None and _placeholder(aws.get_secret_value()):
+            raise ValueError("AWS_SECRET_ACCESS_KEY is a placeholder: set the services' real one")
+        return self
+
+    def dataset_roots(self) -> list[str]:
+        return self.retrain_dataset_roots or [self.data_dir]
+
+
+def _placeholder(secret: str) -> bool:
+    return secret.strip().lower() in PLACEHOLDERS or "change-me" in secret.lower()
+
+
+def _url_password(url: str) -> str | None:
+    match = re.match(r"[a-z0-9+]+://[^:@/]*:([^@/]*)@", url)
+    return match.group(1) if match else None
+
+
+def redact(text: str) -> str:
+    """`text` with the password of any URL in it replaced by `***`."""
+    return re.sub(r"([a-z0-9+]+://[^:@/\s]*:)[^@/\s]+@", r"\1***@", text)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings from the environment; call once at an entry point.
+
+    A bad value is a `ConfigError` with one line naming the variable and what to set.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        name = "_".join(str(p) for p in first["loc"]).upper()
+        where = f"PISTON_{name}: " if name else ""
+        raise ConfigError(f"bad setting: {where}{first['msg'].removeprefix('Value error, ')}") \
+            from None

@@ -21,6 +21,7 @@ from piston.errors import StaleProduction
 from piston.names import NOTHING
 from piston.registry import Registry
 from piston.scoring import Decision, score_blobs
+from piston.settings import Settings
 from training.config import load_config
 from training.dataset import load_dataset
 from training.evaluate import classification_metrics
@@ -28,6 +29,12 @@ from training.pipeline import GateBar, train_bundle
 from training.train import Epoch
 
 log = logging.getLogger(__name__)
+
+
+def gate_bar(settings: Settings, min_accuracy: float | None) -> GateBar:
+    """The settings' quality bar; a request may raise the accuracy bar, never lower it."""
+    return GateBar(max(settings.gate_min_accuracy, min_accuracy or 0.0),
+                   settings.gate_min_class_f1, settings.gate_min_class_recall)
 
 
 @dataclass(frozen=True)

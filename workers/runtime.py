@@ -15,7 +15,7 @@ from piston.bundle import Predictor
 from piston.errors import PistonError
 from piston.follow import ModelFollower
 from piston.jobs import JobRecord
-from piston.registry import Registry
+from piston.registry import open_registry
 from piston.settings import Settings
 from piston.storage import Storage, open_storage
 
@@ -32,16 +32,18 @@ class Runtime:
 
         torch.set_num_threads(threads or 1)
         self.settings = settings
-        self.registry = Registry(open_storage(settings.registry, settings.s3_endpoint_url))
+        self.registry = open_registry(settings)
         self.follower = ModelFollower(self.registry)
-        self.redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        self.redis = redis.Redis.from_url(settings.redis_url, decode_responses=True,
+                                          socket_connect_timeout=5, socket_timeout=30)
         self._pinned: dict[str, Predictor] = {}
 
     def storage(self, location: str) -> Storage:
         return open_storage(location, self.settings.s3_endpoint_url)
 
     def record(self, job_id: str) -> JobRecord:
-        return JobRecord(self.redis, job_id)
+        """The job's record; its calls wait out a Redis outage (`job_redis_wait_s`)."""
+        return JobRecord(self.redis, job_id, wait_s=self.settings.job_redis_wait_s)
 
     def production(self) -> Predictor:
         """The production model, swapping in a newer one when the pointer has moved."""

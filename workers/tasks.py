@@ -1,29 +1,59 @@
-"""Thin Celery tasks: parse arguments, report progress, retry when the store is down.
+"""The Celery tasks: they own a job's state changes, progress, retries and fan-out.
 
-The logic lives in `workers.batch`, `workers.scoring` and `workers.retrain`, which the CLI,
-the benchmark and the tests call directly.
+The logic is in plain functions (`workers.scoring`, `workers.results`, `workers.retrain`)
+that take plain arguments; a task reads its job's record, calls them and writes back.
+Every task is idempotent, so a redelivered or re-sent one (a worker died, Redis restarted,
+the watchdog found a shard lost in transit) redoes its work without duplicating anything.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import os
+import socket
+import time
+from typing import Any, NoReturn
 
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from piston.errors import PistonError, StorageUnavailable
-from piston.jobs import FINALIZE_TASK, RETRAIN_TASK, SCORE_TASK, SHARD_TASK, JobRecord
-from training.pipeline import GateBar
-from workers import batch
-from workers.retrain import RetrainRequest, retrain
+from piston.errors import PistonError, StorageError, StorageUnavailable
+from piston.jobs import (
+    FINALIZE_TASK,
+    RETRAIN_TASK,
+    SCORE_TASK,
+    SHARD_TASK,
+    TERMINAL,
+    JobRecord,
+    now,
+)
+from piston.limits import check_retrain
+from piston.records import JobSummary, ShardCounts
+from workers import results
+from workers.retrain import RetrainRequest, gate_bar, retrain
 from workers.runtime import Runtime, runtime
+from workers.scoring import plan_job, score_shard
 
 log = logging.getLogger(__name__)
 
 
-def _retry_or_fail(task: Task, rt: Runtime, record: JobRecord, err: Exception) -> None:
-    """Retry a task whose store is unreachable; after the last retry, fail the job with why."""
+class JobEnded(PistonError):
+    """The job this task belongs to has failed or was cancelled: the task fails too."""
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _fail(rt: Runtime, record: JobRecord, reason: str) -> None:
+    """End the job as failed, with why, and remove its staged parts (best effort)."""
+    log.error("job %s failed: %s", record.job_id, reason)
+    record.set_state("FAILURE", reason)
+    _discard(rt, record)
+
+
+def _retry_or_fail(task: Task, rt: Runtime, record: JobRecord, err: Exception) -> NoReturn:
+    """Retry a task whose store is unreachable; otherwise fail the job, and the task with it."""
     retries = rt.settings.job_retries
     if isinstance(err, StorageUnavailable) and task.request.retries < retries:
         log.warning("job %s: %s (retry %d of %d)", record.job_id, err, task.request.retries + 1,
@@ -35,88 +65,215 @@ def _retry_or_fail(task: Task, rt: Runtime, record: JobRecord, err: Exception) -
         reason += f" (gave up after {retries} retries)"
     if isinstance(err, SoftTimeLimitExceeded):
         reason = f"{task.name} ran over its time limit"
-    log.error("job %s failed: %s", record.job_id, reason)
-    record.set_state("FAILURE", reason)
-    batch.discard(rt, record)
-    return None
+    _fail(rt, record, reason)
+    raise JobEnded(reason) from err
+
+
+def _begin(task: Task, rt: Runtime, record: JobRecord, name: str) -> None:
+    """Refuse to run for an ended job, or for the (N+1)th time after N worker deaths."""
+    state = record.state
+    if state in ("FAILURE", "REVOKED"):
+        raise JobEnded(f"job {record.job_id} has ended: {state}")
+    starts = record.attempt(name)
+    lost = starts - 1 - task.request.retries  # starts that neither finished nor retried
+    if lost > rt.settings.job_max_worker_lost:
+        reason = (f"{name} was dead-lettered: its worker process died {lost} times while"
+                  " running it (out of memory, or a crash on its input?)")
+        _fail(rt, record, reason)
+        raise JobEnded(reason)
 
 
 @shared_task(name=SCORE_TASK, bind=True)
-def score(self: Task, src: str, out: str, only_new: bool = False) -> dict[str, Any]:
+def score(self: Task, src: str, out: str, only_new: bool = False,
+          job_id: str | None = None) -> dict[str, Any]:
     """Plan a batch-scoring job and fan it out into shard tasks (beat sends this one too)."""
     rt = runtime(self.app)
-    record = rt.record(self.request.id)
+    record = rt.record(job_id or self.request.id)
     if not record.exists():  # sent by beat, not through piston.jobs.enqueue_score
-        record.create("score", src=src, out=out, scheduled=True)
-
-    def send_shard(index: int, items: list[Any], version: str) -> None:
-        score_shard.apply_async(
-            kwargs={"job_id": record.job_id, "shard": index, "items": items,
-                    "version": version, "src": src, "out": out},
-            task_id=f"{record.job_id}-shard-{index}")
-
-    def send_finalize() -> None:
-        score_finalize.apply_async(kwargs={"job_id": record.job_id})
-
+        record.create("score", src=src, out=out, only_new=only_new, scheduled=True)
     try:
-        batch.start(rt, record, src, out, only_new, send_shard, send_finalize)
+        _begin(self, rt, record, "plan")
+        if record.set_state("STARTED"):
+            _plan(rt, record, src, out, only_new)
+    except JobEnded:
+        raise
     except Exception as err:
         _retry_or_fail(self, rt, record, err)
     return record.status()
 
 
+def _plan(rt: Runtime, record: JobRecord, src_uri: str, out_uri: str, only_new: bool) -> None:
+    src, out = rt.storage(src_uri), rt.storage(out_uri)
+    record.set(src=src_uri, out=out_uri, started_at=now(), started_ts=time.time())
+    if only_new:  # scheduled runs: one at a time per output, or two would score the same images
+        holder = record.claim(f"out:{out.uri}", rt.settings.score_time_limit_s * 4)
+        if holder:
+            summary = JobSummary(job_id=record.job_id, src=src_uri, out=out_uri)
+            record.set(shards=0, summary=summary.model_dump())
+            record.set_state("SUCCESS", reason=f"skipped: job {holder} is still scoring {src_uri}")
+            return
+    version = rt.production().meta.version
+    plan = plan_job(src, out, version, only_new, rt.settings.score_shard_size)
+    if not plan.shards and not plan.skipped and not only_new:  # a schedule may find nothing yet
+        raise PistonError(f"{src_uri} holds no images (jpeg, png, bmp, tiff, webp, gif)")
+    record.save_plan(plan.shards)
+    record.set(model_version=version, total=plan.total, skipped=plan.skipped,
+               shards=len(plan.shards), sent_at=time.time())
+    record.set_state("PROGRESS")
+    log.info("job %s: %d images to score in %d shards (%d already scored) with %s",
+             record.job_id, plan.total, len(plan.shards), plan.skipped, version)
+    if not plan.shards:
+        _finish(rt, record)
+    for index, items in enumerate(plan.shards):
+        send_shard(record.job_id, index, items, version, src_uri, out_uri)
+
+
+def send_plan(job_id: str, src: str, out: str, only_new: bool) -> None:
+    score.apply_async(kwargs={"src": src, "out": out, "only_new": only_new, "job_id": job_id})
+
+
+def send_shard(job_id: str, shard: int, items: list[Any], version: str, src: str, out: str,
+               resend: int = 0) -> None:
+    task_id = f"{job_id}-shard-{shard}" + (f"-r{resend}" if resend else "")
+    score_shard_task.apply_async(
+        kwargs={"job_id": job_id, "shard": shard, "items": items, "version": version,
+                "src": src, "out": out}, task_id=task_id)
+
+
+def send_finalize(job_id: str) -> None:
+    score_finalize.apply_async(kwargs={"job_id": job_id})
+
+
 @shared_task(name=SHARD_TASK, bind=True)
-def score_shard(self: Task, job_id: str, shard: int, items: list[Any], version: str, src: str,
-                out: str) -> dict[str, Any]:
+def score_shard_task(self: Task, job_id: str, shard: int, items: list[Any], version: str,
+                     src: str, out: str) -> dict[str, Any]:
+    """Score one shard into its part file; the last shard to finish sends the merge."""
     rt = runtime(self.app)
     record = rt.record(job_id)
+    if record.state == "SUCCESS":
+        return {"job_id": job_id, "shard": shard, "skipped": "the job has already ended"}
     try:
-        if batch.run_shard(rt, record, shard, items, version, src, out):
-            score_finalize.apply_async(kwargs={"job_id": job_id})
+        _begin(self, rt, record, f"shard-{shard}")
+        if _run_shard(rt, record, shard, items, version, src, out):
+            send_finalize(job_id)
+    except JobEnded:
+        _discard(rt, record)  # parts of shards that finished before the job ended
+        raise
     except Exception as err:
         _retry_or_fail(self, rt, record, err)
     return {"job_id": job_id, "shard": shard}
 
 
+def _run_shard(rt: Runtime, record: JobRecord, shard: int, items: list[Any], version: str,
+               src_uri: str, out_uri: str) -> bool:
+    """Score, stage the part, record the shard done; True when it was the last one."""
+    s = rt.settings
+    worker = _worker_id()
+    record.progress(shard, ShardCounts(), worker)
+    records = score_shard(
+        rt.storage(src_uri), rt.predictor(version), [(str(k), str(e), int(n)) for k, e, n in items],
+        job_id=record.job_id, max_pixels=s.max_image_pixels, max_bytes=s.max_upload_bytes,
+        decode_threads=s.score_decode_threads, max_per_second=s.score_max_images_per_second,
+        on_batch=lambda done: record.progress(shard, ShardCounts.of(done), worker),
+        should_stop=lambda: record.state in TERMINAL,
+    )
+    state = record.state
+    if state == "SUCCESS":  # a duplicate of a shard that was merged meanwhile
+        return False
+    if records is None or state in TERMINAL:
+        raise JobEnded(f"job {record.job_id} ended while shard {shard} ran: {record.state}")
+    rt.storage(out_uri).write(results.part_key(record.job_id, shard), results.to_jsonl(records))
+    return record.shard_done(shard, ShardCounts.of(records))
+
+
 @shared_task(name=FINALIZE_TASK, bind=True)
 def score_finalize(self: Task, job_id: str) -> dict[str, Any]:
+    """Merge every shard's part into the outputs and end the job (idempotent)."""
     rt = runtime(self.app)
     record = rt.record(job_id)
     try:
-        return batch.finish(rt, record)
+        _finish(rt, record)
     except Exception as err:
         _retry_or_fail(self, rt, record, err)
     return record.status()
 
 
+def _finish(rt: Runtime, record: JobRecord) -> None:
+    """Under a lock per output (its normalised URI), merge the parts and write the summary.
+
+    The summary is recorded before the parts are deleted and the job ends, so a merge
+    redone after a crash in between keeps it instead of summing parts that are gone.
+    """
+    out = rt.storage(str(record.get("out")))
+    limit = rt.settings.score_time_limit_s
+    with rt.redis.lock(f"piston:lock:{out.uri}", timeout=limit, blocking_timeout=limit):
+        fields = record.fields()  # read under the lock: a concurrent merge may have finished
+        if fields.get("state") in TERMINAL:
+            return
+        if "summary" not in fields:
+            summary = _merge(rt, record, fields)
+            out.write(f"jobs/{record.job_id}.json", summary.model_dump_json(indent=2).encode())
+            record.set(summary=summary.model_dump())
+            log.info("job %s done: %s", record.job_id, summary.model_dump_json())
+        _discard(rt, record, out_uri=out.uri)
+        record.set_state("SUCCESS")
+
+
+def _merge(rt: Runtime, record: JobRecord, fields: dict[str, Any]) -> JobSummary:
+    out = rt.storage(str(fields["out"]))
+    mine = results.read_parts(out, record.job_id, int(fields.get("shards", 0)))
+    results.merge_results(out, mine)
+    seconds = max(time.time() - float(fields.get("started_ts", time.time())), 1e-9)
+    return JobSummary(
+        job_id=record.job_id, src=str(fields.get("src")), out=out.uri,
+        model_version=fields.get("model_version"), total=int(fields.get("total", 0)),
+        skipped=int(fields.get("skipped", 0)),
+        **ShardCounts.of(mine).model_dump(exclude={"done"}),
+        seconds=round(seconds, 3), images_per_second=round(len(mine) / seconds, 2),
+        finished_at=now())
+
+
+def _discard(rt: Runtime, record: JobRecord, out_uri: str | None = None) -> None:
+    """Remove a job's staged parts, if the store lets us (best effort)."""
+    out_uri = out_uri or record.get("out")
+    if not out_uri:
+        return
+    try:
+        out = rt.storage(str(out_uri))
+        for obj in out.list(f"_parts/{record.job_id}/"):
+            out.delete(obj.key)
+    except StorageError as err:
+        log.warning("job %s: staged parts left under %s/_parts: %s", record.job_id, out_uri, err)
+
+
 @shared_task(name=RETRAIN_TASK, bind=True)
 def retrain_task(self: Task, dataset: str, overrides: dict[str, Any] | None = None,
-                 promote_if_better: bool = False,
-                 min_accuracy: float | None = None,
+                 promote_if_better: bool = False, min_accuracy: float | None = None,
                  recipe: str | None = None) -> dict[str, Any]:
     """Retrain, publish, and promote the new bundle only if it beats production (or ties)."""
     rt = runtime(self.app)
     record = rt.record(self.request.id)
     if not record.exists():
         record.create("retrain", dataset=dataset)
-    if not record.set_state("STARTED"):
-        return record.status()
-    s = rt.settings
-    # A request may raise the accuracy bar for its own bundle, never lower it.
-    bar = GateBar(max(s.gate_min_accuracy, min_accuracy or 0.0), s.gate_min_class_f1,
-                  s.gate_min_class_recall)
-
-    def on_progress(info: dict[str, Any]) -> None:
-        record.set(progress=info)
-        self.update_state(state="PROGRESS", meta=info)
-
-    request = RetrainRequest(dataset, overrides or {}, promote_if_better, record.job_id, recipe)
     try:
-        result = retrain(request, rt.registry, bar, s.runs_dir, s.max_image_pixels,
-                         s.s3_endpoint_url, on_progress)
+        _begin(self, rt, record, "retrain")
+        if not record.set_state("STARTED"):
+            return record.status()
+        check_retrain(rt.settings, dataset, overrides or {})
+
+        def on_progress(info: dict[str, Any]) -> None:
+            record.set(progress=info)
+            record.touch()
+
+        request = RetrainRequest(dataset, overrides or {}, promote_if_better, record.job_id,
+                                 recipe)
+        result = retrain(request, rt.registry, gate_bar(rt.settings, min_accuracy),
+                         rt.settings.runs_dir, rt.settings.max_image_pixels,
+                         rt.settings.s3_endpoint_url, on_progress)
+    except JobEnded:
+        raise
     except Exception as err:
         _retry_or_fail(self, rt, record, err)
-        return record.status()
     record.set(summary=result)
     record.set_state("SUCCESS")
     return result

@@ -36,6 +36,12 @@ class Storage(Protocol):
     def create(self, key: str, data: bytes) -> bool:
         """Write `key` only if it does not exist yet; False when it already did."""
 
+    def replace(self, key: str, data: bytes, etag: str | None) -> bool:
+        """Write `key` only if its ETag is still `etag` (None: only if it does not exist).
+
+        False when another writer got there first: read again and retry.
+        """
+
     def list(self, prefix: str = "") -> list[ObjectInfo]: ...
 
     def head(self, key: str) -> ObjectInfo | None: ...

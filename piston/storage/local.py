@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
 from collections.abc import Iterator
@@ -72,6 +73,17 @@ class LocalStorage:
                 return False
         return True
 
+    def replace(self, key: str, data: bytes, etag: str | None) -> bool:
+        if etag is None:
+            return self.create(key, data)
+        target = self._path(key)
+        with self._staged(key, data) as (tmp, _), _flocked(target):
+            current = self.head(key)
+            if current is None or current.etag != etag:
+                return False
+            os.replace(tmp, target)
+        return True
+
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         base = self._path(prefix)
         if base.is_file():
@@ -97,6 +109,17 @@ class LocalStorage:
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
+
+
+@contextlib.contextmanager
+def _flocked(target: Path) -> Iterator[None]:
+    """An exclusive lock beside `target`: compare and replace as one step, across processes."""
+    with (target.parent / f".{target.name}.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _info(key: str, path: Path) -> ObjectInfo:

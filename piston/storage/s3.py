@@ -166,6 +166,24 @@ class S3Storage:
                 raise
         return True
 
+    def replace(self, key: str, data: bytes, etag: str | None) -> bool:
+        """A conditional PUT on the ETag (`If-Match`), or an exclusive create without one."""
+        from botocore.exceptions import ClientError
+
+        if etag is None:
+            return self.create(key, data)
+        with self._errors(key, "replace"):
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket, Key=self._key(key), Body=data, IfMatch=etag
+                )
+            except ClientError as err:
+                code = str(err.response.get("Error", {}).get("Code", ""))
+                if code in ("PreconditionFailed", "ConditionalRequestConflict", *_MISSING):
+                    return False
+                raise
+        return True
+
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         root = self._key("")
         full = self._key(prefix)

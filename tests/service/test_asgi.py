@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 from tests.conftest import image_bytes
 from tests.service.conftest import Bundles, open_registry
 
-TOKEN = "test-admin-token"
+TOKEN = "test-admin-token-of-24-chars-or-more"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 

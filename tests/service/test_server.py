@@ -21,7 +21,7 @@ from tests.conftest import image_bytes
 from tests.service.conftest import Bundles, open_registry, running_server, sample_images
 
 POLL_S = 0.5
-TOKEN = "server-token"
+TOKEN = "server-token-of-24-chars-or-more"
 
 
 @pytest.fixture(scope="module")

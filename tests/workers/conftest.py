@@ -230,22 +230,23 @@ def worker_env(work_dir: Path, s3_url: str, registry: str, **extra: str) -> dict
         "PISTON_GATE_MIN_ACCURACY": "0.5",
         "PISTON_GATE_MIN_CLASS_F1": "0.2",
         "PISTON_GATE_MIN_CLASS_RECALL": "0.2",
+        "PISTON_RETRAIN_DATASET_ROOTS": f'["s3://{BUCKET}"]',
     })
     env.update(extra)
     return env
 
 
 def start_worker(env: dict[str, str], log: Path, concurrency: int = 2,
-                 name: str = "test") -> Worker:
+                 name: str = "test", queues: str = "score,retrain") -> Worker:
     from piston.jobs import client
 
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "cli.main", "worker", "-c", str(concurrency),
-             "-n", f"{name}-{os.getpid()}@%h", "--loglevel", "INFO"],
+             "-n", f"{name}-{os.getpid()}@%h", "--loglevel", "INFO", "--queues", queues],
             env=env, stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[2])
     worker = Worker(proc, log, env)
-    app = client(env["PISTON_REDIS_URL"])
+    app = client(env["PISTON_REDIS_URL"])  # answers pings on any queue
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if proc.poll() is not None:

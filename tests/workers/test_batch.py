@@ -99,7 +99,8 @@ def test_a_killed_worker_process_loses_nothing_and_duplicates_nothing(
     deadline = time.monotonic() + 60
     while not killed and time.monotonic() < deadline:
         status = r.hgetall(f"piston:job:{job_id}")
-        running = r.hgetall(f"piston:job:{job_id}:workers")
+        running = {k.removeprefix("worker:"): json.loads(v) for k, v in status.items()
+                   if k.startswith("worker:")}
         done = r.smembers(f"piston:job:{job_id}:done")
         for shard, where in running.items():
             progress = json.loads(status.get(f"progress:{shard}", "{}"))
@@ -117,8 +118,10 @@ def test_a_killed_worker_process_loses_nothing_and_duplicates_nothing(
     keys = [rec["key"] for rec in read_jsonl(outputs(moto, out)["results.jsonl"])]
     assert len(keys) == len(set(keys)) == 286
     # the shard was redelivered and finished by another process
-    assert int(r.hget(f"piston:job:{job_id}:workers", killed["shard"]).rsplit(":", 1)[1]) \
-        != killed["pid"]
+    where = json.loads(r.hget(f"piston:job:{job_id}", f"worker:{killed['shard']}"))
+    assert int(where.rsplit(":", 1)[1]) != killed["pid"]
+    # every key the job made expires
+    assert all(r.ttl(key) > 0 for key in r.scan_iter(f"piston:job:{job_id}*"))
 
 
 def test_cancel_stops_a_running_job(worker: Worker, s3_pistons: dict[str, Any],

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,13 @@ import pytest
 import yaml
 
 from cli.main import build_parser
-from piston.settings import Settings
+from piston.errors import ConfigError
+from piston.settings import Settings, load_settings
 
 ROOT = Path(__file__).parents[2]
 AWS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
 BENTOML = {"BENTOML_HOME", "BENTOML_DO_NOT_TRACK"}
+OTHERS = {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "REDIS_PASSWORD", "FLOWER_BASIC_AUTH"}
 VARIABLE = re.compile(r"\$\{(\w+)(?::([-?])([^}]*))?\}")
 
 
@@ -51,7 +54,8 @@ def setting_names() -> set[str]:
 
 def test_services_and_pinned_images(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"minio", "bucket-init", "redis", "api", "worker", "beat", "flower"}
+    assert set(services) == {"minio", "minio-init", "bucket-init", "redis", "api", "worker",
+                             "trainer", "beat", "flower"}
     minio = services["minio"]["image"]
     assert re.fullmatch(r"[\w./-]*minio/minio:RELEASE\.\d{4}-\d\d-\d\dT[\d-]+Z", minio), minio
     assert all(":" in s["image"] and not s["image"].endswith(":latest")
@@ -66,7 +70,8 @@ def test_every_command_is_a_piston_command(compose: dict[str, Any]) -> None:
 
     services = compose["services"]
     parser = build_parser()
-    expected = {"api": serve.run_serve, "worker": jobs.run_worker, "beat": jobs.run_beat}
+    expected = {"api": serve.run_serve, "worker": jobs.run_worker, "trainer": jobs.run_worker,
+                "beat": jobs.run_beat}
     for name, handler in expected.items():
         command = services[name]["command"]
         assert command[0] == "piston"
@@ -74,17 +79,22 @@ def test_every_command_is_a_piston_command(compose: dict[str, Any]) -> None:
     assert services["bucket-init"]["command"][:3] == ["python", "-m", "piston.storage.s3"]
 
 
+def real_secrets(example: dict[str, str]) -> dict[str, str]:
+    """The example .env with every placeholder replaced, as an operator must."""
+    return {k: (f"{k.lower()}-" + "s3cr3t" * 5 if "change-me" in v else v)
+            for k, v in example.items()}
+
+
 def test_environment_matches_the_settings(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    example = dotenv(ROOT / ".env.example")
-    assert set(example) <= setting_names() | AWS, "unknown names in .env.example"
-    for name in ("bucket-init", "api", "worker", "beat"):
+    example = real_secrets(dotenv(ROOT / ".env.example"))
+    assert set(example) <= setting_names() | AWS | OTHERS, "unknown names in .env.example"
+    for name in ("bucket-init", "api", "worker", "trainer", "beat"):
         raw = services[name]["environment"]
         assert set(raw) <= setting_names() | AWS | BENTOML, name
         env = {k: interpolate(str(v), example) for k, v in raw.items()}
         settings = _settings(env)
-        host = settings.redis_url.split("//")[1].split(":")[0]
-        assert host == "redis" and host in services
+        assert settings.redis_url == f"redis://:{example['REDIS_PASSWORD']}@redis:6379/0"
         assert settings.s3_endpoint_url == "http://minio:9000"
         bucket = services["bucket-init"]["command"][-1]
         assert settings.registry.startswith(bucket + "/")
@@ -95,11 +105,45 @@ def test_environment_matches_the_settings(compose: dict[str, Any]) -> None:
     unset = {k: v for k, v in example.items() if k != "PISTON_SCORE_SCHEDULE"}
     env = {k: interpolate(str(v), unset) for k, v in services["beat"]["environment"].items()}
     assert _settings(env).score_schedule == {}
+    # the services never use MinIO's root user: minio-init makes them their own
     minio_env = {k: interpolate(v, example) for k, v in services["minio"]["environment"].items()}
-    assert minio_env["MINIO_ROOT_USER"] == example["AWS_ACCESS_KEY_ID"]
-    assert minio_env["MINIO_ROOT_PASSWORD"] == example["AWS_SECRET_ACCESS_KEY"]
-    flower = services["flower"]["command"]
-    assert "--broker=redis://redis:6379/0" in flower
+    assert minio_env["MINIO_ROOT_USER"] != example["AWS_ACCESS_KEY_ID"]
+    init = services["minio-init"]
+    assert re.fullmatch(r"[\w./-]*minio/mc:RELEASE\.[\dT-]+Z", init["image"])
+    assert "mc admin policy attach local piston-rw" in init["command"][0]
+
+
+def test_only_the_api_is_published(compose: dict[str, Any]) -> None:
+    published = {name: s.get("ports", []) for name, s in compose["services"].items()}
+    assert published["api"] == ["3000:3000"]
+    others = [p for name, ports in published.items() if name != "api" for p in ports]
+    assert others and all(p.startswith("127.0.0.1:") for p in others)
+    flower = compose["services"]["flower"]["environment"]
+    assert "FLOWER_BASIC_AUTH" in flower and "REDIS_PASSWORD" in flower["CELERY_BROKER_URL"]
+    assert "--requirepass" in " ".join(compose["services"]["redis"]["command"])
+
+
+def test_placeholder_secrets_are_refused_at_start_up(compose: dict[str, Any]) -> None:
+    """The example .env as shipped: every service refuses to start, saying what to set."""
+    example = dotenv(ROOT / ".env.example")
+    raw = compose["services"]["api"]["environment"]
+    env = {k: interpolate(str(v), example) for k, v in raw.items()}
+    with pytest.raises(ConfigError, match="PISTON_ADMIN_TOKEN is a placeholder or shorter than 24"):
+        _settings(env)
+    for name, value, message in (
+        ("PISTON_ADMIN_TOKEN", "short-but-real", "shorter than 24"),
+        ("PISTON_REDIS_URL", "redis://:change-me@redis:6379/0", "PISTON_REDIS_URL is a place"),
+        ("AWS_SECRET_ACCESS_KEY", "minioadmin", "AWS_SECRET_ACCESS_KEY is a placeholder"),
+    ):
+        fixed = {**{k: interpolate(str(v), real_secrets(example)) for k, v in raw.items()},
+                 name: value}
+        with pytest.raises(ConfigError, match=message):
+            _settings(fixed)
+    result = subprocess.run([sys.executable, "-m", "cli.main", "models", "current"],
+                            env={**os.environ, **env}, capture_output=True, text=True,
+                            timeout=120, cwd=ROOT)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: bad setting: PISTON_ADMIN")
 
 
 def _settings(env: dict[str, str]) -> Settings:
@@ -108,7 +152,7 @@ def _settings(env: dict[str, str]) -> Settings:
         for key in [k for k in os.environ if k.startswith("PISTON_")]:
             del os.environ[key]
         os.environ.update(env)
-        return Settings()
+        return load_settings()
     finally:
         os.environ.clear()
         os.environ.update(saved)
