@@ -213,11 +213,13 @@ def fit(
     on_epoch: Callable[[Epoch], None] | None = None,
     deadline: float | None = None,
     max_cycles: int | None = None,
+    whole_cycles: bool = False,
 ) -> FitResult:
     """Train a fresh model of `config.arch` in cycles until it converges or time runs out.
 
     `deadline` (time.monotonic()) bounds the wall clock; `config.budget_s` sets one too.
-    `max_cycles` stops earlier than the config's (the result's `loop` can go on later).
+    `max_cycles` stops earlier than the config's (the result's `loop` can go on later);
+    `whole_cycles` gives up (stopped = "too_slow") when the first cycle would not fit.
     """
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     torch.manual_seed(config.seed)
@@ -240,7 +242,7 @@ def fit(
                    build_augment(config.augment))
     val = (to_inputs(val_images, contract), torch.as_tensor(val_labels))
     loop = Loop(config, step, data, val, cycle, Budget(deadline), generator, on_epoch,
-                steps_per_epoch)
+                steps_per_epoch, whole_cycles=whole_cycles)
     result = loop.run(config.max_cycles if max_cycles is None else max_cycles)
     result.loop = loop
     return result
@@ -264,6 +266,7 @@ class Loop:
     convergence: Convergence = field(init=False)
     cycles: int = 0
     converged: bool = False
+    whole_cycles: bool = False  # give up after one epoch when a whole cycle would not fit
 
     def __post_init__(self) -> None:
         self.result = FitResult(self.step.module)
@@ -311,6 +314,8 @@ class Loop:
                 self.on_epoch(last)
             fits = self.budget.epochs_left(time.perf_counter() - began)
             if index == 1 and fits < epochs - 1:  # shrink the cycle to what the budget holds
+                if self.whole_cycles:
+                    return last, "too_slow"
                 epochs = max(1, fits + 1)
                 self.cycle.steps = self.steps_per_epoch * epochs
             if index >= epochs or fits <= 0:
