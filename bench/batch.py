@@ -115,8 +115,9 @@ def run(args: argparse.Namespace, tmp: Path, endpoint: str,
     for k, data in blobs.items():  # the training set, once
         s3.put_object(Bucket="bench", Key=f"train/{k}", Body=data)
     registry = Registry(open_storage("s3://bench/registry", endpoint))
-    outcome = train_bundle("s3://bench/train", load_config(None, None, {"epochs": 1}), registry,
-                           GateBar(), tmp / "runs", 40_000_000, None, endpoint)
+    outcome = train_bundle("s3://bench/train", load_config("bn_cnn", None, {"epochs": 1}),
+                           registry, GateBar(), tmp / "runs", 40_000_000,
+                           s3_endpoint_url=endpoint)
     registry.promote(outcome.version, "bench", force=True)
     predictor = Predictor.load(registry.fetch(outcome.version))
     n = len(keys)

@@ -8,7 +8,8 @@ load generator (raw HTTP/1.1 keep-alive sockets, so the client costs little CPU)
 concurrency 1, 8 and 32, then measures decode + forward in-process at batch 32. Prints
 requests/s, p50/p99, stalls (requests over 50 ms), ratios and resident memory. A third
 server, "plain", runs our own routes, engine and batcher on uvicorn without BentoML, to
-separate BentoML's per-request cost from ours.
+separate BentoML's per-request cost from ours. The machine's load average is printed
+before and after: compare ratios within one run, never figures across runs.
 """
 
 from __future__ import annotations
@@ -63,25 +64,35 @@ def naive_server(port: int, model_dir: str) -> None:
 
 
 def plain_server(port: int, registry: str) -> None:
-    """Our piston routes, engine and batcher on plain uvicorn: the same code minus BentoML."""
+    """Our engine and request reading on plain uvicorn: the same work minus BentoML."""
     import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
 
+    from piston.errors import PistonError
     from piston.follow import ModelFollower
     from piston.registry import Registry
     from piston.storage import open_storage
-    from service.admin import AdminConfig
     from service.engine import Engine, Limits
-    from service.limits import RequestSizeLimit
+    from service.errors import error_response
+    from service.inputs import Upload
     from service.metrics import service_metrics
-    from service.routes import build_app
 
     torch_threads()
-    engine = Engine(ModelFollower(Registry(open_storage(registry))), Limits(40_000_000, 64),
+    engine = Engine(ModelFollower(Registry(open_storage(registry))), Limits(70_000_000, 64),
                     service_metrics(), 3.0, thread_init=torch_threads)
     engine.refresh()
-    admin = AdminConfig(None, "redis://127.0.0.1:6379/0", "")
-    app = RequestSizeLimit(build_app(lambda: engine, lambda: admin, lambda: None),
-                           max_bytes=lambda: 20 << 20)
+
+    async def classify(request: Request) -> Response:
+        try:
+            decision = await engine.classify(await Upload(request).one())
+        except PistonError as err:
+            return error_response(err)
+        return Response(decision.model_dump_json(), media_type="application/json")
+
+    app = Starlette(routes=[Route("/classify", classify, methods=["POST"])])
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
@@ -182,7 +193,8 @@ def ensure_bundle(registry: str, data: str) -> str:
         from training.pipeline import GateBar, train_bundle
 
         print(f"no bundle in {registry}: training one (12 epochs) on {data}", flush=True)
-        outcome = train_bundle(data, load_config(overrides={"epochs": 12}), reg, GateBar(),
+        config = load_config("bn_cnn", overrides={"epochs": 12})
+        outcome = train_bundle(data, config, reg, GateBar(),
                                Path(registry).parent / "runs", 40_000_000)
         reg.promote(outcome.version, reason="bench", force=True)
     version = reg.current()
@@ -241,6 +253,7 @@ def main() -> None:
     env.setdefault("PISTON_REGISTRY", str(work / "registry"))
     os.environ.update(env)
     model_dir = ensure_bundle(env["PISTON_REGISTRY"], data)
+    load_before = os.getloadavg()
     images = [p.read_bytes() for p in sorted(Path(data).glob("*/*.jp*g"))[:64]]
 
     ours_port, naive_port, plain_port = free_port(), free_port(), free_port()
@@ -255,7 +268,7 @@ def main() -> None:
     try:
         wait_up(ours_port, "/readyz", ours)
         wait_up(naive_port, "/nothing", naive)
-        wait_up(plain_port, "/model", plain)
+        wait_up(plain_port, "/nothing", plain)
         payload_ours = request_bytes("/classify", images[0], "image/jpeg")
         payload_naive = request_bytes("/classify", images[0], "image/jpeg")
         rows = {}
@@ -281,6 +294,7 @@ def main() -> None:
             proc.wait(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
 
+    print(f"\nload average before/after: {load_before} / {os.getloadavg()}")
     print(f"\nin-process ceiling (decode + forward, batch 32): {top:.0f} images/s")
     for c, r in batch.items():
         print(f"/classify_batch 32 images, c={c}: {r['rps'] * 32:.0f} images/s"
@@ -293,7 +307,8 @@ def main() -> None:
         print(f"  c={level:<3d} req/s {o['rps'] / n['rps']:.2f}x  p50 {o['p50'] / n['p50']:.2f}x"
               f"  p99 {o['p99'] / n['p99']:.2f}x  ours/ceiling {o['rps'] / top:.0%}"
               f"  | without BentoML (plain/naive): req/s {p['rps'] / n['rps']:.2f}x"
-              f"  p50 {p['p50'] / n['p50']:.2f}x")
+              f"  p50 {p['p50'] / n['p50']:.2f}x"
+              f"  | BentoML/plain: req/s {o['rps'] / p['rps']:.2f}x")
     print("\nresident memory:")
     for label, rss in (("ours", rss_ours), ("naive", rss_naive)):
         for proc_name, mb in rss:

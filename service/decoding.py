@@ -9,12 +9,27 @@ that the request is refused with 503 and `Retry-After` instead of waiting withou
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from piston.errors import Overloaded
 from piston.imaging import Contract, open_image, prepare
+
+DECODE_NICENESS = 10
+
+
+def lower_priority() -> None:
+    """Run this thread at a lower CPU priority (Linux sets niceness per thread), so a large
+    decode yields the core to the event loop and the inference thread whenever they need it."""
+    thread = threading.get_native_id()
+    # Not Linux, or not allowed: the same priority, and the pool is still bounded.
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, thread,
+                       os.getpriority(os.PRIO_PROCESS, thread) + DECODE_NICENESS)
 
 
 class Decoder:
@@ -25,7 +40,8 @@ class Decoder:
         self.inline_pixels = inline_pixels
         self.capacity = threads + queue
         self.pending = 0  # touched only on the event loop
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode",
+                                        initializer=lower_priority)
 
     async def __call__(self, data: bytes, contract: Contract) -> np.ndarray:
         """The CHW float32 array: `ImageError` for a bad image, `Overloaded` when full."""

@@ -6,6 +6,7 @@ requests and call it.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import Callable
@@ -65,6 +66,10 @@ class Engine:
         """Swap in the wanted bundle now if it changed; True on a swap."""
         swapped = self.follower.refresh()
         self.metrics.serving_version(self.follower.status.version)
+        if swapped:
+            # What is alive now (libraries, the model) lives as long as the worker: keep it out
+            # of the cyclic collector, whose full passes over it took 330 ms under load.
+            gc.freeze()
         return swapped
 
     def start_following(self) -> None:

@@ -35,6 +35,18 @@ Refusals are JSON `{"error", "kind"}`: 400 empty or malformed, 413 too large (by
 pixels or images), 415 not a supported image, 422 truncated, 503 with `Retry-After` when
 not ready or overloaded. Admin and job routes need `Authorization: Bearer <token>`
 (PISTON_ADMIN_TOKEN); without a configured token they answer 403."""
+# The Swagger page on BentoML's bundled assets, without its tracking tag and with the title
+# visible (BentoML's stylesheet hides it).
+INDEX_HTML = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="UTF-8"><title>piston-inspector</title>
+<link rel="stylesheet" type="text/css" href="./static_content/swagger-ui.css" />
+<style>.topbar { display: none; }</style></head>
+<body><div id="swagger-ui"></div>
+<script src="./static_content/swagger-ui-bundle.js" charset="UTF-8"></script>
+<script src="./static_content/swagger-ui-standalone-preset.js" charset="UTF-8"></script>
+<script src="./static_content/swagger-initializer.js" charset="UTF-8"></script>
+</body></html>
+"""
 API_ERRORS = {400: "empty or malformed request", 413: "over the byte, pixel or image limit",
               415: "not a supported image", 422: "truncated or corrupt image",
               503: "not ready, or overloaded: retry after `Retry-After` seconds"}

@@ -1,8 +1,8 @@
 """The routes BentoML APIs cannot express (GET, path parameters), as a mounted Starlette app.
 
-`/model`, the admin and job routes, and `/docs.json` (BentoML's spec completed with these
-routes, the product's name, description and version). Mounted passively, so BentoML's
-own routes (`/classify`, `/livez`, `/metrics`, ...) still answer first.
+`/model`, the admin and job routes, `/docs.json` (BentoML's spec completed with these
+routes, the product's name, description and version) and the Swagger page at `/`. Mounted
+passively, so BentoML's own routes (`/classify`, `/livez`, `/metrics`, ...) answer first.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
 from piston.errors import PistonError
 from service.admin import AdminConfig, admin_routes
 from service.engine import Engine
 from service.errors import error_response
-from service.openapi import service_spec
+from service.openapi import INDEX_HTML, service_spec
 
 
 def build_app(get_engine: Callable[[], Engine], get_admin: Callable[[], AdminConfig],
@@ -39,6 +39,9 @@ def build_app(get_engine: Callable[[], Engine], get_admin: Callable[[], AdminCon
             spec.update(service_spec(get_service(), admin))
         return JSONResponse(spec)
 
-    routes = [Route("/model", model, methods=["GET"]),
+    async def index(request: Request) -> HTMLResponse:
+        return HTMLResponse(INDEX_HTML)
+
+    routes = [Route("/model", model, methods=["GET"]), Route("/", index, methods=["GET"]),
               Route("/docs.json", docs, methods=["GET"]), *admin]
     return Starlette(routes=routes)

@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from piston import jobs
 from piston.errors import InputError
+from piston.limits import check_retrain
 from piston.storage import Storage, open_storage
 from service.admin import read_body, registry_of
 from service.console import recent, review
@@ -113,6 +114,7 @@ async def retrain(request: Request, host: Host) -> Response:
         reviewed = review.answers(job.out)
         dataset = host.admin.default_dataset
         dest_uri = f"{job.out_uri}/_retrain/{stamp()}"
+        check_retrain(host.settings, dest_uri, {})  # the worker refuses it otherwise
         endpoint = host.settings.s3_endpoint_url
         counts = build_training_set(open_storage(dataset, endpoint), job.src, reviewed,
                                     open_storage(dest_uri, endpoint))

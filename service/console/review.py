@@ -21,6 +21,17 @@ from piston.storage import Storage
 REVIEW, REVIEWED = "labels/review.csv", "labels/reviewed.csv"
 REVIEWED_HEADER = ("image_path", "target")
 THUMBNAIL_SIDE = 320
+# The workers write a text cell a spreadsheet would run as a formula with a `'` before it
+# (workers/results.py `cell`); the console reads keys back and writes answers the same way.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def to_cell(text: str) -> str:
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def from_cell(text: str) -> str:
+    return text[1:] if text.startswith("'") and text[1:].startswith(FORMULA_START) else text
 
 
 def read_rows(storage: Storage, key: str) -> list[dict[str, str]]:
@@ -36,7 +47,8 @@ def read_rows(storage: Storage, key: str) -> list[dict[str, str]]:
 
 def answers(out: Storage) -> dict[str, str]:
     """The last target given to each image."""
-    return {r["image_path"]: r["target"] for r in read_rows(out, REVIEWED) if r.get("image_path")}
+    return {from_cell(r["image_path"]): from_cell(r["target"])
+            for r in read_rows(out, REVIEWED) if r.get("image_path")}
 
 
 def queue(out: Storage) -> list[dict[str, Any]]:
@@ -44,7 +56,7 @@ def queue(out: Storage) -> list[dict[str, Any]]:
     given = answers(out)
     items = []
     for row in read_rows(out, REVIEW):
-        path = row.get("image_path", "")
+        path = from_cell(row.get("image_path", ""))
         confidence = row.get("confidence") or ""
         items.append({"image_path": path, "predicted": row.get("predicted") or None,
                       "confidence": float(confidence) if confidence else None,
@@ -65,7 +77,7 @@ def append_answer(out: Storage, image_path: str, target: str) -> int:
         writer.writerow(REVIEWED_HEADER)
     elif not existing.endswith("\n"):
         buf.write("\n")
-    writer.writerow((image_path, target))
+    writer.writerow((to_cell(image_path), to_cell(target)))
     text = existing + buf.getvalue()
     out.write(REVIEWED, text.encode())
     return sum(1 for _ in csv.reader(io.StringIO(text))) - 1

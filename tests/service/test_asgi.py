@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
+from piston import jobs
 from tests.conftest import image_bytes
 from tests.service.conftest import Bundles, open_registry
 
@@ -177,9 +178,9 @@ def test_retrain_is_queued_and_its_status_readable(
 
     queue = redis.Redis.from_url("redis://127.0.0.1:6379/14")
     try:
-        assert any(job_id.encode() in m for m in queue.lrange("celery", 0, -1))
+        assert any(job_id.encode() in m for m in queue.lrange(jobs.RETRAIN_QUEUE, 0, -1))
     finally:
-        queue.delete("celery")
+        queue.delete(jobs.RETRAIN_QUEUE)
 
 
 def test_admin_is_refused_without_a_configured_token(
@@ -252,13 +253,15 @@ def test_score_job_is_queued_like_the_cli(client: TestClient, tmp_path: Path) ->
 
     queue = redis.Redis.from_url("redis://127.0.0.1:6379/14")
     try:
-        sent = [m for m in queue.lrange("celery", 0, -1) if job_id.encode() in m]
+        sent = [m for m in queue.lrange(jobs.SCORE_QUEUE, 0, -1) if job_id.encode() in m]
         assert sent and b"only_new" in sent[0]
     finally:
-        queue.delete("celery")
+        queue.delete(jobs.SCORE_QUEUE)
 
 
 def test_docs_json_documents_every_route(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and "<title>piston-inspector</title>" in page.text
     spec = client.get("/docs.json").json()
     assert spec["info"]["title"] == "piston-inspector" and spec["info"]["version"] != "None"
     assert "curl" in spec["info"]["description"]

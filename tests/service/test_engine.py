@@ -14,10 +14,10 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from piston.bundle import Predictor
-from piston.follow import ModelFollower
-from service.batching import Batcher
 from piston.errors import InputError, NotReady
+from piston.follow import ModelFollower
 from piston.scoring import Decision, ImageFailure
+from service.batching import Batcher
 from service.engine import Engine, Limits
 from service.limits import RequestSizeLimit
 from service.metrics import service_metrics

@@ -6,6 +6,7 @@ in order, each starting from wherever production is.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -20,7 +21,7 @@ from tests.service.conftest import running_server
 from tests.ui.browser import chromium
 from tests.workers.conftest import start_worker
 
-REDIS_URL = "redis://127.0.0.1:6379/10"
+REDIS_URL = "redis://127.0.0.1:6379/15"  # its own database: the fixture empties it
 TOKEN = "console-test-token-0123456789"
 POLL_S = "0.5"
 
@@ -75,9 +76,11 @@ def console(piston_data: Path) -> Iterator[Console]:
 
         Registry(open_storage(root / "registry")).promote(first, "console tests: start")
         redis.Redis.from_url(REDIS_URL).flushdb()
+        # Retrain sets are built under the job's output prefix: a root retrains may read.
+        roots = json.dumps([str(piston_data), str(root / "results")])
         env = {"PISTON_REGISTRY": str(root / "registry"), "PISTON_POLL_INTERVAL_S": POLL_S,
                "PISTON_ADMIN_TOKEN": TOKEN, "PISTON_REDIS_URL": REDIS_URL,
-               "PISTON_DATA_DIR": str(piston_data)}
+               "PISTON_DATA_DIR": str(piston_data), "PISTON_RETRAIN_DATASET_ROOTS": roots}
         worker_env = {**os.environ, **env, "BENTOML_HOME": str(root / "worker-home"),
                       "PISTON_RUNS_DIR": str(root / "worker-runs")}
         worker = start_worker(worker_env, root / "worker.log", concurrency=1, name="console")

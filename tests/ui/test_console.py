@@ -233,7 +233,13 @@ def test_retrain_with_reviewed_labels_is_one_button(browser: Any, console: Conso
     assert status["kind"] == "retrain"
     training = Path(status["dataset"])
     assert training.parent == console.results / "_retrain"
-    cancel(console.redis_url, job_id)  # the worker need not train it: the set is what we check
+    deadline = time.monotonic() + 120
+    while "progress" not in status:  # the worker accepted the set and trains on it
+        assert status["state"] not in ("FAILURE", "REVOKED"), status
+        assert time.monotonic() < deadline, status
+        time.sleep(0.5)
+        status = job_status(console.redis_url, job_id)
+    cancel(console.redis_url, job_id)  # no need to wait for the whole training
     copied = {p.relative_to(training).as_posix() for p in training.rglob("*") if p.is_file()}
     originals = {p.relative_to(piston_data).as_posix().replace("/", "__")
                  for p in piston_data.glob("*/*.jp*g")}

@@ -17,24 +17,28 @@ from tests.conftest import image_bytes, synthetic_dataset
 FLAGGED = ("image_path,predicted,confidence,reason\n"
            "line-2/a.png,normal,0.4100,low confidence\n"
            '"line-2/b, second.png",defect_1,0.3800,low confidence\n'
-           "line-2/c.png,,,not_an_image: the data is not a recognised image\n")
+           "line-2/c.png,,,not_an_image: the data is not a recognised image\n"
+           "'=cmd.png,normal,0.5000,low confidence\n")  # a formula key, escaped by the worker
 
 
 def test_answers_are_appended_in_the_training_csv_format(tmp_path: Path) -> None:
     out = open_storage(tmp_path / "results")
     out.write(REVIEW, FLAGGED.encode())
-    assert [i["answer"] for i in queue(out)] == [None, None, None]
+    assert [i["answer"] for i in queue(out)] == [None, None, None, None]
 
     assert append_answer(out, "line-2/a.png", "defect_2") == 1
     assert append_answer(out, "line-2/b, second.png", "normal") == 2
     assert append_answer(out, "line-2/a.png", "normal") == 3  # a correction: appended too
+    assert append_answer(out, "=cmd.png", "defect_1") == 4
 
     rows = list(csv.reader(io.StringIO(out.read(REVIEWED).decode())))
     assert rows == [["image_path", "target"], ["line-2/a.png", "defect_2"],
-                    ["line-2/b, second.png", "normal"], ["line-2/a.png", "normal"]]
+                    ["line-2/b, second.png", "normal"], ["line-2/a.png", "normal"],
+                    ["'=cmd.png", "defect_1"]]
     items = queue(out)
     assert [(i["image_path"], i["answer"]) for i in items] == [
-        ("line-2/a.png", "normal"), ("line-2/b, second.png", "normal"), ("line-2/c.png", None)]
+        ("line-2/a.png", "normal"), ("line-2/b, second.png", "normal"), ("line-2/c.png", None),
+        ("=cmd.png", "defect_1")]
     assert items[0]["confidence"] == pytest.approx(0.41)
     assert items[2]["predicted"] is None and items[2]["reason"].startswith("not_an_image")
 

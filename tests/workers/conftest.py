@@ -193,7 +193,7 @@ def train_into(registry_uri: str, endpoint: str, dataset: str, runs: Path,
 
     registry = Registry(open_storage(registry_uri, endpoint))
     outcome = train_bundle(dataset, load_config("seed", None, overrides), registry, GateBar(),
-                           runs, 40_000_000, None, endpoint)
+                           runs, 40_000_000, s3_endpoint_url=endpoint)
     return outcome.version
 
 

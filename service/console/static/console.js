@@ -441,7 +441,7 @@ async function loadReviewJobs() {
     const select = $("review-job");
     const keep = state.review.wanted || select.value;
     select.replaceChildren(...(done.length ? done.map((j) => h("option", { value: j.job_id },
-      `${when(j.finished_at || j.submitted_at)} · ${j.needs_review || 0} to review · ${j.src || j.job_id}`))
+      `${when(j.finished_at || j.submitted_at)} · ${(j.needs_review || 0) + (j.errors || 0)} flagged · ${j.src || j.job_id}`))
       : [h("option", { value: "" }, "no finished scoring job")]));
     if (keep && done.some((j) => j.job_id === keep)) select.value = keep;
     state.review.wanted = null;
