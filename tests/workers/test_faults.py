@@ -21,6 +21,7 @@ import redis
 
 from piston.errors import JobQueueUnavailable
 from piston.jobs import TERMINAL, enqueue_score, job_status
+from piston.jobs import client as client_app
 from piston.registry import Registry
 from piston.storage import LocalStorage
 from tests.workers.conftest import (
@@ -161,3 +162,9 @@ def test_a_task_that_kills_its_worker_every_time_is_dead_lettered(
     assert "shard-0 was dead-lettered: its worker process died 2 times" in str(status["reason"])
     assert len(killed) == 2
     assert not (work_dir / "poison-out" / "results.jsonl").exists()
+    # in Celery too, the dead-lettered shard ended as failed, not as a success
+    result = client_app(REDIS_URL).AsyncResult(f"{job_id}-shard-0")
+    deadline = time.monotonic() + 30
+    while result.state != "FAILURE":
+        assert time.monotonic() < deadline, result.state
+        time.sleep(0.2)
