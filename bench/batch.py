@@ -238,7 +238,7 @@ def run_local(args: argparse.Namespace) -> None:
         paths = sorted(str(p) for p in (tmp / "images").rglob("*.jpeg"))
         registry = Registry(LocalStorage(tmp / "registry"))
         outcome = train_bundle(args.data, load_config(None, None, {"epochs": 1}), registry,
-                               GateBar(), tmp / "runs", 70_000_000, None, None)
+                               GateBar(), tmp / "runs", 70_000_000)
         registry.promote(outcome.version, "bench", force=True)
         model_dir = str(registry.fetch(outcome.version))
         print(f"{len(paths)} images ({args.copies} copies of {len(files)}) in a local folder,"
