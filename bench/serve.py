@@ -212,7 +212,8 @@ def ensure_bundle(registry: str, data: str) -> str:
         from training.pipeline import GateBar, train_bundle
 
         print(f"no bundle in {registry}: training one (12 epochs) on {data}", flush=True)
-        outcome = train_bundle(data, load_config(overrides={"epochs": 12}), reg, GateBar(),
+        config = load_config("bn_cnn", overrides={"epochs": 12})
+        outcome = train_bundle(data, config, reg, GateBar(),
                                Path(registry).parent / "runs", 40_000_000)
         reg.promote(outcome.version, reason="bench", force=True)
     version = reg.current()

@@ -28,26 +28,25 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from training.pipeline import prepare  # torch: only for commands that need it
+    from training.prepare import prepare
 
     settings = load_settings()
-    config = load_config()
-    prepared = prepare(
-        args.path or settings.data_dir,
-        config,
-        settings.max_image_pixels,
-        parse_class_map(args.classes),
-        settings.s3_endpoint_url,
-    )
+    prepared = prepare(args.path or settings.data_dir, load_config(), settings.max_image_pixels,
+                       class_map=parse_class_map(args.classes),
+                       s3_endpoint_url=settings.s3_endpoint_url)
     report = prepared.report.to_dict()
     report["classes"] = prepared.classes
     lines = [f"{sum(prepared.report.counts.values())} images in {len(prepared.classes)} classes"]
     lines += [f"  {name}: {n}" for name, n in prepared.report.counts.items()]
+    report["input_size"] = list(prepared.decoded.size)
     lines.append(
         f"{report['near_duplicate_groups']} near-duplicate groups"
-        f" (largest {report['largest_near_duplicate_group']}),"
-        f" {len(prepared.report.exact_duplicates)} sets of byte-identical images"
-    )
+        f" (largest {report['largest_near_duplicate_group']},"
+        f" {report['images_in_groups_over_10']} images in groups over 10; linked under distance"
+        f" {report['near_duplicate_bar']:.5f}), {len(prepared.report.exact_duplicates)} sets of"
+        f" byte-identical images; input size {report['input_size']}")
+    lines += [f"label conflict: {c.keys[0]} ({c.classes[0]}) vs {c.keys[1]} ({c.classes[1]})"
+              for c in prepared.report.conflicts]
     lines += [f"excluded {k}: {r}" for k, r in prepared.report.excluded]
     lines += [f"warning: {w}" for w in prepared.report.warnings]
     lines += [f"note: {n}" for n in prepared.report.notes]

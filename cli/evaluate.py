@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 from tqdm import tqdm
 
 from cli.output import emit
-from cli.train import parse_overrides
+from cli.train import training_config
 from piston.errors import ConfigError
 from piston.settings import load_settings
-from training.config import load_config, recipe_names
+from training.config import recipe_names
 from training.dataset import parse_class_map
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override one setting, e.g. --set epochs=5 (repeatable)")
     ev.add_argument("--classes", help="target-to-name mapping for a manifest: 0=a,1=b")
+    ev.add_argument("--budget", help="time budget of the whole evaluation's searches (auto)")
     ev.add_argument("--plot", help="plot file (default: RUNS_DIR/evaluate-RECIPE.png)")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(handler=run)
@@ -41,12 +42,13 @@ def run(args: argparse.Namespace) -> int:
     if args.folds < 2 or args.repeats < 1:
         raise ConfigError("--folds must be at least 2 and --repeats at least 1")
     from training.crossval import cross_validate, plot_crossval  # torch: only when it runs
-    from training.pipeline import prepare
+    from training.prepare import prepare
 
     settings = load_settings()
-    config = load_config(args.recipe, args.config, parse_overrides(args.set))
+    config = training_config(args)
     prepared = prepare(args.data or settings.data_dir, config, settings.max_image_pixels,
-                       parse_class_map(args.classes), settings.s3_endpoint_url)
+                       class_map=parse_class_map(args.classes),
+                       s3_endpoint_url=settings.s3_endpoint_url)
     with tqdm(total=args.folds * args.repeats, desc=f"cross-validating {config.recipe}",
               unit="fold", leave=False, disable=None) as bar:
 
@@ -59,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     plot = Path(args.plot) if args.plot else settings.runs_dir / f"evaluate-{config.recipe}.png"
     summary["plot"] = str(plot_crossval(summary, plot))
     summary["decode_seconds"] = round(prepared.decode_seconds, 3)
+    summary["input_size"] = list(prepared.decoded.size)
+    summary["data"] = prepared.report.to_dict()
     emit(summary, args.json, _human(summary))
     return 0
 

@@ -9,15 +9,14 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from tqdm import tqdm
 
-from cli.context import open_registry
 from cli.output import emit
 from piston.errors import ConfigError
-from piston.settings import Settings, load_settings
-from training.config import load_config, recipe_names
+from piston.registry import open_registry
+from piston.settings import load_settings
+from training.config import TrainConfig, load_config, recipe_names
 from training.dataset import parse_class_map
 
 if TYPE_CHECKING:
-    from training.pipeline import GateBar
     from training.train import Epoch
 
 log = logging.getLogger(__name__)
@@ -38,6 +37,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="override one setting, e.g. --set epochs=5 (repeatable)",
     )
     train.add_argument("--classes", help="target-to-name mapping for a manifest: 0=a,1=b")
+    train.add_argument("--budget", help="time budget of the training (or the auto search),"
+                       " e.g. 10m, 90s (default: the recipe's; auto: 10m)")
+    train.add_argument("--strict", action="store_true",
+                       help="refuse a data set with label conflicts instead of leaving them out")
     train.add_argument("--promote", action="store_true", help="promote it if its gates pass")
     train.add_argument("--json", action="store_true")
     train.set_defaults(handler=run)
@@ -58,37 +61,45 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def gate_bar(settings: Settings) -> GateBar:
-    from training.pipeline import GateBar
+def parse_budget(text: str | None) -> dict[str, Any]:
+    """`10m`, `90s`, `1h`, `600` -> {"budget_s": seconds}; nothing for None."""
+    if not text:
+        return {}
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text[-1] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise ConfigError(f"bad --budget {text!r}: write it as 10m, 90s or 1h") from None
+    if seconds <= 0:
+        raise ConfigError(f"bad --budget {text!r}: it must be more than 0")
+    return {"budget_s": seconds}
 
-    return GateBar(
-        settings.gate_min_accuracy, settings.gate_min_class_f1, settings.gate_min_class_recall
-    )
+
+def training_config(args: argparse.Namespace) -> TrainConfig:
+    overrides = parse_overrides(args.set) | parse_budget(getattr(args, "budget", None))
+    return load_config(args.recipe, args.config, overrides)
 
 
 def run(args: argparse.Namespace) -> int:
+    from training.evaluate import GateBar
     from training.pipeline import train_bundle  # torch: only for commands that need it
 
     settings = load_settings()
-    config = load_config(args.recipe, args.config, parse_overrides(args.set))
+    config = training_config(args)
     registry = open_registry(settings)
-    with tqdm(total=config.epochs, desc="training", unit="epoch", leave=False, disable=None) as bar:
+    with tqdm(desc="training", unit="epoch", leave=False, disable=None) as bar:
 
         def on_epoch(e: Epoch) -> None:
-            bar.set_postfix(loss=f"{e.train_loss:.3f}", val_acc=f"{e.val_accuracy:.3f}")
+            bar.set_postfix(cycle=e.cycle, loss=f"{e.train_loss:.3f}",
+                            val_acc=f"{e.val_accuracy:.3f}")
             bar.update(1)
 
         outcome = train_bundle(
-            args.data or settings.data_dir,
-            config,
-            registry,
-            gate_bar(settings),
-            settings.runs_dir,
-            settings.max_image_pixels,
-            parse_class_map(args.classes),
-            settings.s3_endpoint_url,
-            on_epoch,
-        )
+            args.data or settings.data_dir, config, registry, GateBar.from_settings(settings),
+            settings.runs_dir, settings.max_image_pixels,
+            class_map=parse_class_map(args.classes), s3_endpoint_url=settings.s3_endpoint_url,
+            on_epoch=on_epoch, strict=args.strict)
     result = outcome.to_json()
     if args.promote:
         if result["gates_passed"]:
@@ -105,6 +116,11 @@ def _human(r: dict[str, Any]) -> str:
     lines = [
         f"bundle {r['version']}: test accuracy {r['test_accuracy']:.3f}, macro-F1"
         f" {r['macro_f1']:.3f} ({r['split']} split), trained in {r['train_seconds']:.1f} s",
+        f"recipe {r['candidate']} at {r['input_size']} px, {r['epochs']} epochs"
+        f" (stopped: {r['stopped']})",
+        *(f"  candidate {c['candidate']}: val macro-F1 {c['val_macro_f1']:.3f}, {c['seconds']} s"
+          f"{' <- chosen' if c['chosen'] else ''} {c['note']}" for c in r["search"] or []),
+        *(f"warning: {w}" for w in r["warnings"]),
         "per class: "
         + ", ".join(
             f"{n} P {c['precision']:.2f} R {c['recall']:.2f} F1 {c['f1']:.2f}"

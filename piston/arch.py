@@ -41,30 +41,37 @@ def build(name: str, num_classes: int, height: int, width: int, **params: Any) -
         module = builder(num_classes, height, width, **params)
     except TypeError as err:
         raise ConfigError(f"bad arch_params for {name}: {err}") from None
-    return FlipAverage(module, TTA_FLIPS[tta]) if tta else module
+    return FlipAverage(module, TTA_FLIPS[tta], tta == "dihedral") if tta else module
 
 
 TTA_FLIPS: dict[str | None, list[tuple[int, ...]]] = {
     None: [],
     "hflip": [(-1,)],  # left-right: a turning part seen from the side
     "flips": [(-1,), (-2,), (-2, -1)],  # every flip: parts seen from above
+    "dihedral": [(-1,), (-2,), (-2, -1)],  # every flip and, on square inputs, the transposes
 }
 
 
 class FlipAverage(nn.Module):
     """Test-time augmentation inside the model: in eval mode, average the logits of the image
-    and its flips. Inside the model so that serving and batch scoring get it for free."""
+    and its flips (and transposes). Inside the model so that serving and batch scoring get it
+    for free."""
 
-    def __init__(self, net: nn.Module, flips: list[tuple[int, ...]]) -> None:
+    def __init__(
+        self, net: nn.Module, flips: list[tuple[int, ...]], transpose: bool = False
+    ) -> None:
         super().__init__()
         self.net = net
         self.flips = flips
+        self.transpose = transpose
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             return self.net(x)
-        views = torch.cat([x, *(x.flip(dims) for dims in self.flips)])
-        return self.net(views).view(len(self.flips) + 1, len(x), -1).mean(0)
+        views = [x, *(x.flip(dims) for dims in self.flips)]
+        if self.transpose and x.shape[-1] == x.shape[-2]:
+            views += [v.transpose(-1, -2) for v in views]
+        return self.net(torch.cat(views)).view(len(views), len(x), -1).mean(0)
 
 
 def load_pretrained(module: nn.Module, path: str | Path) -> int:
@@ -76,14 +83,21 @@ def load_pretrained(module: nn.Module, path: str | Path) -> int:
         raise ConfigError(f"cannot read pretrained weights {path}: {err}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
+    return copy_matching(module, state, str(path))
+
+
+def copy_matching(module: nn.Module, state: dict[str, Any], source: str) -> int:
+    """Copy the tensors whose names (under any wrapper) and shapes match; return the count."""
     own = module.state_dict()
-    prefix = "net." if isinstance(module, FlipAverage) else ""
-    matched = {
-        prefix + k: v for k, v in state.items()
-        if prefix + k in own and own[prefix + k].shape == getattr(v, "shape", None)
-    }
+    prefixes = ("", "net.", "net.net.")
+    matched = {}
+    for key, value in state.items():
+        for prefix in prefixes:
+            if prefix + key in own and own[prefix + key].shape == getattr(value, "shape", None):
+                matched[prefix + key] = value
+                break
     if not matched:
-        raise ConfigError(f"pretrained weights {path} share no tensor with this architecture")
+        raise ConfigError(f"pretrained weights {source} share no tensor with this architecture")
     module.load_state_dict(matched, strict=False)
     return len(matched)
 
@@ -105,12 +119,14 @@ def seed_cnn(num_classes: int, height: int, width: int, hidden: int = 128) -> nn
 @register("bn_cnn")
 def bn_cnn(
     num_classes: int, height: int, width: int, widths: Sequence[int] = (16, 32, 64, 128),
-    dropout: float = 0.2, stem_pool: bool = False,
+    dropout: float = 0.2, stem_pool: bool = False, pool: str = "avg", depth: int = 1,
+    standardize: bool = False,
 ) -> nn.Module:
     """A small CNN with batch norm and global average pooling: a stride-2 stem, then one
     conv-BN-ReLU + max-pool stage per width. Pooling makes it indifferent to the input size,
     and it has ~100k parameters against the seed recipe's 3M."""
-    layers: list[nn.Module] = [
+    layers: list[nn.Module] = [Standardize()] if standardize else []  # else: old layer names
+    layers += [
         nn.Conv2d(3, widths[0], 3, stride=2, padding=1, bias=False),
         nn.BatchNorm2d(widths[0]),
         nn.ReLU(inplace=True),
@@ -118,28 +134,100 @@ def bn_cnn(
     if stem_pool:  # a quarter of the compute: the later stages run at half the resolution
         layers.append(nn.MaxPool2d(2, ceil_mode=True))
     for before, after in itertools.pairwise(widths):
-        layers += [
-            nn.Conv2d(before, after, 3, padding=1, bias=False),
-            nn.BatchNorm2d(after),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2, ceil_mode=True),
-        ]
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-               nn.Linear(widths[-1], num_classes)]
+        for k in range(depth):  # depth convs per stage (1 keeps the layer names of old bundles)
+            layers += [nn.Conv2d(after if k else before, after, 3, padding=1, bias=False),
+                       nn.BatchNorm2d(after), nn.ReLU(inplace=True)]
+        layers.append(nn.MaxPool2d(2, ceil_mode=True))
+    if pool not in ("avg", "avgmax"):
+        raise TypeError(f"pool must be avg or avgmax, not {pool!r}")
+    features = widths[-1] * (2 if pool == "avgmax" else 1)
+    # Flatten is a no-op after GlobalPool, kept so that older bundles' weight names still match
+    layers += [GlobalPool(pool == "avgmax"), nn.Flatten(), nn.Dropout(dropout),
+               nn.Linear(features, num_classes)]
     return nn.Sequential(*layers)
 
 
-@register("resnet18")
-def resnet18(num_classes: int, height: int, width: int) -> nn.Module:
-    """torchvision's ResNet-18, from scratch (pretrained weights come from a local file)."""
-    from torchvision.models import resnet18 as build_resnet18
+class Standardize(nn.Module):
+    """Each image to zero mean and unit variance per channel: a faint stain on fabric lit
+    darker or brighter becomes the same contrast, and low-contrast textures learn faster."""
 
-    return build_resnet18(weights=None, num_classes=num_classes)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean((2, 3), keepdim=True)
+        return (x - mean) / (x.std((2, 3), keepdim=True) + 1e-3)
+
+
+class GlobalPool(nn.Module):
+    """Global average pooling, optionally with global max pooling beside it: a small defect
+    (a chip, a stain) lights up a few positions, which an average over the image dilutes."""
+
+    def __init__(self, with_max: bool) -> None:
+        super().__init__()
+        self.with_max = with_max
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean((2, 3))
+        return torch.cat([mean, x.amax((2, 3))], 1) if self.with_max else mean
+
+
+TORCHVISION = {"resnet18": "resnet18", "mobilenet_v3_small": "mobilenet_v3_small"}
+
+
+class Frozen(nn.Module):
+    """A torchvision network whose backbone stays as loaded (eval mode, no gradients) while
+    its classifier head trains: a linear probe, which fits a small set in seconds."""
+
+    def __init__(self, net: nn.Module, head: str) -> None:
+        super().__init__()
+        self.net = net
+        self.head = head
+        for name, param in net.named_parameters():
+            param.requires_grad = name.startswith(f"{head}.")
+
+    def train(self, mode: bool = True) -> Frozen:
+        super().train(mode)
+        self.net.eval()
+        getattr(self.net, self.head).train(mode)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _torchvision(name: str, num_classes: int, freeze: bool, head: str) -> nn.Module:
+    from torchvision import models
+
+    net = models.get_model(name, weights=None, num_classes=num_classes)
+    return Frozen(net, head) if freeze else net
+
+
+@register("resnet18")
+def resnet18(num_classes: int, height: int, width: int, freeze: bool = False) -> nn.Module:
+    """torchvision's ResNet-18 (`pretrained: imagenet` loads its ImageNet weights)."""
+    return _torchvision("resnet18", num_classes, freeze, "fc")
 
 
 @register("mobilenet_v3_small")
-def mobilenet_v3_small(num_classes: int, height: int, width: int) -> nn.Module:
-    """torchvision's MobileNetV3-small, from scratch (pretrained weights from a local file)."""
-    from torchvision.models import mobilenet_v3_small as build_mobilenet
+def mobilenet_v3_small(
+    num_classes: int, height: int, width: int, freeze: bool = False
+) -> nn.Module:
+    """torchvision's MobileNetV3-small (`pretrained: imagenet` loads its ImageNet weights)."""
+    return _torchvision("mobilenet_v3_small", num_classes, freeze, "classifier")
 
-    return build_mobilenet(weights=None, num_classes=num_classes)
+
+def load_torchvision_weights(module: nn.Module, name: str, source: str) -> int:
+    """Load `source` (imagenet) weights through torchvision's weights API: fetched once into
+    the TORCH_HOME cache (hash-checked on download), read from there ever after."""
+    from torchvision.models import get_model_weights
+
+    if name not in TORCHVISION or source != "imagenet":
+        raise ConfigError(f"pretrained: {source} needs a torchvision architecture"
+                          f" ({', '.join(TORCHVISION)}), not {name}")
+    weights = get_model_weights(TORCHVISION[name]).DEFAULT
+    try:
+        state = weights.get_state_dict(progress=False, check_hash=True)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise ConfigError(
+            f"cannot load {weights} ({err}); with internet it is fetched once into"
+            " $TORCH_HOME/hub/checkpoints; offline, set pretrained_weights: PATH instead"
+        ) from None
+    return copy_matching(module, state, str(weights))

@@ -27,6 +27,8 @@ def build_augment(aug: Augment) -> BatchAugment | None:
 
     def apply(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         x = _flips(x, aug.hflip, aug.vflip, gen)
+        if aug.transpose and x.shape[-1] == x.shape[-2]:  # square only: the size must not change
+            x = torch.where(_chosen(len(x), aug.transpose, gen), x.transpose(-1, -2), x)
         if aug.rotate_degrees or aug.crop_scale < 1.0 or aug.translate_x or aug.translate_y:
             x = _affine(x, aug, gen)
         if aug.color_jitter:

@@ -1,9 +1,9 @@
 """The data check run before every training (and by `piston data check`).
 
-It counts, warns about imbalance and tiny classes, lists what could not be decoded, and finds
-exact and near duplicates. Near duplicates matter here: the piston photos are frames of parts
-turning in front of a camera, so neighbouring frames are near-copies and must never straddle
-a train/test split. Their groups feed the leakage-aware split.
+It counts, warns about imbalance and tiny classes, lists what could not be decoded, finds
+exact and near duplicates (calibrated on the data, see `training/neighbours.py`) and label
+conflicts: the same or a near-identical image filed under two class names. Near-duplicate
+groups feed the leakage-aware split; conflicting images are left out of training.
 """
 
 from __future__ import annotations
@@ -14,10 +14,24 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from training.decode import DecodedSet
+from training.neighbours import Neighbours
 
 IMBALANCE_RATIO = 3.0
 MIN_CLASS_IMAGES = 50
-NEAR_DUP_SIMILARITY = 0.99  # tuned on the piston set: groups are frames of one turning part
+LARGE_GROUP = 10  # images; groups over this size are reported (they make splits lumpy)
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """Two near-identical images under different class names."""
+
+    keys: tuple[str, str]
+    classes: tuple[str, str]
+    distance: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {"keys": list(self.keys), "classes": list(self.classes),
+                "distance": round(self.distance, 6)}
 
 
 @dataclass
@@ -27,7 +41,17 @@ class DataReport:
     excluded: list[tuple[str, str]]
     exact_duplicates: list[list[str]]
     near_duplicate_groups: list[list[str]]
+    conflicts: list[Conflict] = field(default_factory=list)
+    near_duplicate_bar: float = 0.0
     notes: list[str] = field(default_factory=list)
+
+    def group_stats(self) -> dict[str, int]:
+        sizes = [len(g) for g in self.near_duplicate_groups]
+        return {
+            "near_duplicate_groups": len(sizes),
+            "largest_near_duplicate_group": max(sizes, default=0),
+            "images_in_groups_over_10": sum(s for s in sizes if s > LARGE_GROUP),
+        }
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -36,52 +60,27 @@ class DataReport:
             "warnings": self.warnings,
             "excluded": [{"key": k, "reason": r} for k, r in self.excluded],
             "exact_duplicates": self.exact_duplicates,
-            "near_duplicate_groups": len(self.near_duplicate_groups),
-            "largest_near_duplicate_group": max(map(len, self.near_duplicate_groups), default=0),
+            **self.group_stats(),
+            "near_duplicate_bar": round(self.near_duplicate_bar, 6),
+            "label_conflicts": [c.to_dict() for c in self.conflicts],
             "notes": self.notes,
         }
 
 
-def thumbnails(images: np.ndarray, side: int = 16) -> np.ndarray:
-    """Zero-mean, unit-norm grayscale thumbnails: their dot product is a correlation."""
-    n, _, h, w = images.shape
-    gray = images.astype(np.float32).mean(axis=1)
-    ys = (np.arange(side + 1) * h) // side
-    xs = (np.arange(side + 1) * w) // side
-    rows = np.add.reduceat(gray, ys[:-1], axis=1) / np.diff(ys)[None, :, None]
-    thumbs = np.add.reduceat(rows, xs[:-1], axis=2) / np.diff(xs)[None, None, :]
-    flat = thumbs.reshape(n, -1)
-    flat = flat - flat.mean(axis=1, keepdims=True)
-    norms = np.linalg.norm(flat, axis=1, keepdims=True)
-    return flat / np.maximum(norms, 1e-6)
+def conflicts_of(
+    decoded: DecodedSet, classes: list[str], neighbours: Neighbours
+) -> list[Conflict]:
+    """The cross-class near-copies, by path."""
+    return [
+        Conflict((decoded.keys[i], decoded.keys[j]),
+                 (classes[int(decoded.labels[i])], classes[int(decoded.labels[j])]), d)
+        for i, j, d in neighbours.conflicts
+    ]
 
 
-def near_duplicate_components(
-    images: np.ndarray, similarity: float = NEAR_DUP_SIMILARITY
-) -> np.ndarray:
-    """A component id per image: images linked by similarity above the bar share one."""
-    n = len(images)
-    parent = np.arange(n)
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = int(parent[x])
-        return x
-
-    thumbs = thumbnails(images)
-    for start in range(0, n, 1024):  # blocks keep memory flat on large sets
-        sims = thumbs[start : start + 1024] @ thumbs.T
-        for i, j in zip(*np.nonzero(sims > similarity), strict=True):
-            a, b = find(int(i) + start), find(int(j))
-            if a != b:
-                parent[a] = b
-    return np.array([find(i) for i in range(n)])
-
-
-def split_groups(decoded: DecodedSet, similarity: float = NEAR_DUP_SIMILARITY) -> list[str]:
-    """One group name per image: the manifest's `group` merged with near-duplicate links."""
-    components = near_duplicate_components(decoded.images, similarity)
+def split_groups(decoded: DecodedSet, components: np.ndarray) -> list[str]:
+    """One group name per image: near-duplicate components merged with the manifest's `group`."""
+    components = components.copy()
     by_group: dict[str, int] = {}
     for i, group in enumerate(decoded.groups):  # images sharing a manifest group are linked too
         if group is not None:
@@ -90,11 +89,48 @@ def split_groups(decoded: DecodedSet, similarity: float = NEAR_DUP_SIMILARITY) -
     return [f"g{c}" for c in components]
 
 
-def check(decoded: DecodedSet, classes: list[str], groups: list[str]) -> DataReport:
-    """Counts, warnings and duplicate lists for a decoded data set."""
+def check(
+    decoded: DecodedSet, classes: list[str], groups: list[str], neighbours: Neighbours
+) -> DataReport:
+    """Counts, warnings, duplicate and conflict lists for a decoded data set."""
     counts = {c: 0 for c in classes}
     for label in decoded.labels:
         counts[classes[int(label)]] += 1
+    warnings = _count_warnings(counts)
+    by_digest: dict[str, list[str]] = {}
+    for key, digest in zip(decoded.keys, decoded.digests, strict=True):
+        by_digest.setdefault(digest, []).append(key)
+    exact = [sorted(keys) for keys in by_digest.values() if len(keys) > 1]
+    members: dict[str, list[str]] = {}
+    for key, group in zip(decoded.keys, groups, strict=True):
+        members.setdefault(group, []).append(key)
+    near = [sorted(keys) for keys in members.values() if len(keys) > 1]
+    conflicts = conflicts_of(decoded, classes, neighbours)
+    if exact:
+        warnings.append(f"{len(exact)} sets of byte-identical images")
+    if conflicts:
+        warnings.append(
+            f"{len(conflicts)} label conflicts (the same or a near-identical image under two"
+            " class names), left out of training: "
+            + "; ".join(f"{a} ({ca}) vs {b} ({cb})"
+                        for (a, b), (ca, cb) in ((c.keys, c.classes) for c in conflicts[:10]))
+            + (" ..." if len(conflicts) > 10 else "")
+        )
+    if decoded.failures:
+        warnings.append(f"{len(decoded.failures)} files could not be decoded and are left out")
+    report = DataReport(counts, warnings, decoded.failures, exact, near, conflicts,
+                        neighbours.bar, _odd_images(decoded))
+    stats = report.group_stats()
+    if stats["images_in_groups_over_10"] > 0.2 * len(decoded.keys):
+        warnings.append(
+            f"{stats['images_in_groups_over_10']} of {len(decoded.keys)} images sit in"
+            f" near-duplicate groups over {LARGE_GROUP} (largest"
+            f" {stats['largest_near_duplicate_group']}): grouped splits will be lumpy"
+        )
+    return report
+
+
+def _count_warnings(counts: dict[str, int]) -> list[str]:
     warnings = []
     present = [n for n in counts.values() if n > 0]
     if present and max(present) > IMBALANCE_RATIO * min(present):
@@ -107,19 +143,7 @@ def check(decoded: DecodedSet, classes: list[str], groups: list[str]) -> DataRep
             warnings.append(
                 f"class {name} has {n} images, under {MIN_CLASS_IMAGES}: below a proof of concept"
             )
-    by_digest: dict[str, list[str]] = {}
-    for key, digest in zip(decoded.keys, decoded.digests, strict=True):
-        by_digest.setdefault(digest, []).append(key)
-    exact = [sorted(keys) for keys in by_digest.values() if len(keys) > 1]
-    members: dict[str, list[str]] = {}
-    for key, group in zip(decoded.keys, groups, strict=True):
-        members.setdefault(group, []).append(key)
-    near = [sorted(keys) for keys in members.values() if len(keys) > 1]
-    if exact:
-        warnings.append(f"{len(exact)} sets of byte-identical images")
-    if decoded.failures:
-        warnings.append(f"{len(decoded.failures)} files could not be decoded and are left out")
-    return DataReport(counts, warnings, decoded.failures, exact, near, _odd_images(decoded))
+    return warnings
 
 
 def _odd_images(decoded: DecodedSet) -> list[str]:

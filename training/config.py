@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from piston.errors import ConfigError
 
-DEFAULT_RECIPE = "bn_cnn"  # the best recipe by grouped cross-validation (README, evaluation)
+DEFAULT_RECIPE = "auto"  # compares candidate recipes on grouped validation data (README)
 
 
 class Augment(BaseModel):
@@ -21,6 +21,7 @@ class Augment(BaseModel):
 
     hflip: float = Field(0.0, ge=0, le=1)  # probability
     vflip: float = Field(0.0, ge=0, le=1)  # probability
+    transpose: float = Field(0.0, ge=0, le=1)  # probability; with flips, every quarter turn
     rotate_degrees: float = Field(0.0, ge=0, le=180)  # uniform in [-d, d]: a turning part
     crop_scale: float = Field(1.0, gt=0, le=1)  # random zoom keeping this share of the area
     translate_x: float = Field(0.0, ge=0, lt=1)  # random sideways shift, share of the width
@@ -43,10 +44,15 @@ class TrainConfig(BaseModel):
     recipe: str = DEFAULT_RECIPE
     arch: str = "seed_cnn"
     arch_params: dict[str, Any] = Field(default_factory=dict)
-    input_size: tuple[int, int] = (80, 80)
+    input_size: tuple[int, int] | None = None  # (height, width); None: the images' own, capped
+    max_input_side: int = Field(224, ge=16, le=1024)  # the cap on the longer side
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    epochs: int = Field(25, ge=1)
+    epochs: int = Field(25, ge=1)  # per learning-rate cycle
+    max_cycles: int = Field(3, ge=1)  # more cycles while training has not converged
+    budget_s: float | None = Field(None, gt=0)  # wall-clock budget for the fit (or the search)
+    search: list[str] = Field(default_factory=list)  # candidate recipes compared on validation
+    overrides: dict[str, Any] = Field(default_factory=dict)  # the user's, applied to candidates
     batch_size: int = Field(32, ge=1)
     lr: float = Field(0.001, gt=0)
     optimizer: Literal["adam", "adamw"] = "adam"
@@ -54,17 +60,19 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     class_weighting: bool = False
-    early_stopping_patience: int | None = Field(None, ge=1)
     seed: int = 0
     split: Literal["grouped", "random"] = "grouped"
-    near_duplicate_similarity: float = Field(0.99, gt=0, le=1)
     # the review threshold: chosen on validation data to keep the error rate among accepted
     # predictions under review_target_error; the fixed decision_threshold when that is null
     review_target_error: float | None = Field(0.02, gt=0, lt=1)
     decision_threshold: float = Field(0.5, ge=0, le=1)
+    pretrained: Literal["imagenet"] | None = None  # torchvision's weights API, cached in TORCH_HOME
     pretrained_weights: str | None = None  # a local state_dict file; never downloaded
     threads: int | None = Field(None, ge=1)  # torch threads for training; None: all cores
     augment: Augment = Field(default_factory=Augment)
+
+
+SEARCH_ONLY = frozenset({"recipe", "search", "budget_s", "overrides"})
 
 
 def recipe_names() -> list[str]:
@@ -88,8 +96,14 @@ def load_config(
     if name not in recipe_names():
         raise ConfigError(f"unknown recipe {name!r} (known: {', '.join(recipe_names())})")
     base = yaml.safe_load((resources.files("training") / "recipes" / f"{name}.yaml").read_text())
-    merged = _merge(_merge(base or {}, raw), overrides or {})
+    own = _merge(raw, overrides or {})
+    merged = _merge(base or {}, own)
     merged["recipe"] = name
+    if merged.get("search"):  # a search recipe hands the user's settings to every candidate
+        merged["overrides"] = {k: v for k, v in own.items() if k not in SEARCH_ONLY}
+        unknown = sorted(set(merged["search"]) - set(recipe_names()))
+        if unknown:
+            raise ConfigError(f"search names unknown recipe(s) {', '.join(unknown)}")
     try:
         return TrainConfig.model_validate(merged)
     except ValidationError as err:

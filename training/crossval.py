@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 
 from piston.errors import DataError
-from training.calibrate import calibrate
 from training.config import TrainConfig
-from training.evaluate import classification_metrics
-from training.pipeline import Prepared
-from training.train import contract_of, fit, predict_proba
+from training.evaluate import GateBar, evaluate_model
+from training.pipeline import fit_split
+from training.prepare import Prepared
 
 VAL_FOLDS = 7  # the validation part of each training fold: one seventh (~14%) of it, grouped
 
@@ -57,6 +56,7 @@ class FoldResult:
     train_seconds: float
     epochs_run: int
     sizes: dict[str, int]
+    chosen: str = ""
 
 
 @dataclass
@@ -103,11 +103,13 @@ class CrossValResult:
             "train_seconds_mean": float(np.mean([f.train_seconds for f in self.folds])),
             "train_seconds_total": float(np.sum([f.train_seconds for f in self.folds])),
             "epochs_mean": float(np.mean([f.epochs_run for f in self.folds])),
+            "candidates_chosen": dict(Counter(f.chosen for f in self.folds)),
             "per_fold": [
                 {"repeat": f.repeat, "fold": f.fold, "accuracy": f.metrics["accuracy"],
                  "macro_f1": f.metrics["macro_f1"], "train_seconds": round(f.train_seconds, 3),
                  "recall": {c: v["recall"] for c, v in f.metrics["per_class"].items()},
-                 "review_share": f.calibration["review_share"], **f.sizes}
+                 "review_share": f.calibration["review_share"], "candidate": f.chosen,
+                 **f.sizes}
                 for f in self.folds
             ],
         }
@@ -128,37 +130,41 @@ def cross_validate(
         raise DataError(
             f"{len(set(groups))} near-duplicate groups are too few for {folds} folds: use fewer"
         )
+    config = prepared.resolve(config)
+    if config.search and config.budget_s:  # the search budget is for the whole evaluation
+        config = config.model_copy(update={"budget_s": config.budget_s / (folds * repeats)})
     result = CrossValResult(prepared.classes, config)
-    contract = contract_of(config)
     for repeat in range(repeats):
         seed = config.seed + repeat
         fold_of = grouped_folds(labels, groups, folds, seed)
-        run_config = config.model_copy(update={"seed": seed})
         for fold in range(folds):
-            test = np.nonzero(fold_of == fold)[0]
-            rest = np.nonzero(fold_of != fold)[0]
-            inner = grouped_folds(labels[rest], [groups[i] for i in rest], VAL_FOLDS, seed)
-            train, val = rest[inner != 0], rest[inner == 0]
-            part = {n: prepared.decoded.subset(ix) for n, ix in
-                    (("train", train), ("val", val), ("test", test))}
-            fitted = fit(run_config, part["train"].images, part["train"].labels,
-                         part["val"].images, part["val"].labels, len(prepared.classes))
-            result.parameters = sum(p.numel() for p in fitted.module.parameters())
-            test_probs = predict_proba(fitted.module, part["test"].images, contract)
-            val_probs = predict_proba(fitted.module, part["val"].images, contract)
-            metrics = classification_metrics(
-                part["test"].labels, _argmax(test_probs, len(test)), prepared.classes
-            )
-            calibration = calibrate(val_probs, part["val"].labels, test_probs,
-                                    part["test"].labels, config.review_target_error,
-                                    config.decision_threshold)
-            outcome = FoldResult(repeat, fold, metrics, calibration, fitted.seconds,
-                                 len(fitted.history),
-                                 {"train": len(train), "val": len(val), "test": len(test)})
+            outcome = _one_fold(prepared, config.model_copy(update={"seed": seed}), fold_of,
+                                fold, repeat, result)
             result.folds.append(outcome)
             if on_fold:
                 on_fold(outcome)
     return result
+
+
+def _one_fold(
+    prepared: Prepared, config: TrainConfig, fold_of: np.ndarray, fold: int, repeat: int,
+    result: CrossValResult,
+) -> FoldResult:
+    """Fit on the other folds (a grouped seventh of them for validation), score this one."""
+    labels, groups = prepared.decoded.labels, prepared.groups
+    test = np.nonzero(fold_of == fold)[0]
+    rest = np.nonzero(fold_of != fold)[0]
+    inner = grouped_folds(labels[rest], [groups[i] for i in rest], VAL_FOLDS, config.seed)
+    train, val = rest[inner != 0], rest[inner == 0]
+    parts = {n: prepared.decoded.subset(ix) for n, ix in
+             (("train", train), ("val", val), ("test", test))}
+    fitted = fit_split(config, parts, prepared.classes)
+    result.parameters = sum(p.numel() for p in fitted.module.parameters())
+    evaluation = evaluate_model(fitted.module, fitted.config, parts["val"], parts["test"],
+                                prepared.classes, GateBar())
+    return FoldResult(repeat, fold, evaluation.metrics, evaluation.calibration, fitted.seconds,
+                      len(fitted.history), {"train": len(train), "val": len(val),
+                                            "test": len(test)}, fitted.chosen)
 
 
 def plot_crossval(summary: dict[str, Any], path: Path) -> Path:
@@ -196,10 +202,6 @@ def plot_crossval(summary: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
-
-
-def _argmax(probs: np.ndarray, n: int) -> np.ndarray:
-    return probs.argmax(1) if n else np.zeros(0, dtype=np.int64)
 
 
 def _std(values: np.ndarray) -> float:

@@ -1,14 +1,85 @@
-"""Scoring a model's predictions: accuracy, macro-F1, confusion matrix, per class, and gates."""
+"""Scoring a trained model: metrics, the review threshold, quality gates and loud warnings.
+
+`evaluate_model` is shared by training and cross-validation. An evaluation where a class has
+no test images is never a plain accuracy: it carries a warning and a failing gate.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from torch import nn
 
-from piston.bundle import Gate
+from piston.bundle import Gate, gates_passed
+from piston.imaging import Contract
+from piston.settings import Settings
+from training.calibrate import calibrate
+from training.config import TrainConfig
+from training.decode import DecodedSet
+from training.train import contract_of, predict_proba
 
 OVERFIT_GAP = 0.10
+
+
+def _default(name: str) -> float:
+    return float(Settings.model_fields[name].default)
+
+
+@dataclass(frozen=True)
+class GateBar:
+    """The production-readiness bar; the defaults are the settings' (`PISTON_GATE_*`)."""
+
+    min_accuracy: float = _default("gate_min_accuracy")
+    min_class_f1: float = _default("gate_min_class_f1")
+    min_class_recall: float = _default("gate_min_class_recall")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GateBar:
+        return cls(settings.gate_min_accuracy, settings.gate_min_class_f1,
+                   settings.gate_min_class_recall)
+
+
+@dataclass
+class Evaluation:
+    """A model scored on a test split, with the threshold chosen on its validation split."""
+
+    metrics: dict[str, Any]
+    calibration: dict[str, Any]
+    gates: list[Gate]
+    probs: np.ndarray
+    predicted: np.ndarray
+    contract: Contract
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def gates_passed(self) -> bool:
+        return gates_passed(self.gates)
+
+
+def evaluate_model(
+    module: nn.Module, config: TrainConfig, val: DecodedSet, test: DecodedSet,
+    classes: list[str], bar: GateBar,
+) -> Evaluation:
+    contract = contract_of(config)
+    probs = predict_proba(module, test.images, contract)
+    predicted = probs.argmax(1) if len(test.labels) else np.zeros(0, dtype=np.int64)
+    metrics = classification_metrics(test.labels, predicted, classes)
+    metrics["calibration"] = calibrate(
+        predict_proba(module, val.images, contract), val.labels, probs, test.labels,
+        config.review_target_error, config.decision_threshold)
+    warnings = missing_class_warnings(metrics, "test")
+    return Evaluation(metrics, metrics["calibration"], quality_gates(metrics, bar), probs,
+                      predicted, contract, warnings)
+
+
+def missing_class_warnings(metrics: dict[str, Any], where: str) -> list[str]:
+    missing = [c for c, f in metrics["per_class"].items() if f["support"] == 0]
+    if not missing:
+        return []
+    return [f"NOT COMPARABLE: class(es) {', '.join(missing)} have no {where} images, so the"
+            f" accuracy {metrics['accuracy']:.3f} says nothing about them; the gates fail"]
 
 
 def classification_metrics(
@@ -41,35 +112,19 @@ def classification_metrics(
     }
 
 
-def quality_gates(
-    metrics: dict[str, Any], min_accuracy: float, min_class_f1: float, min_class_recall: float
-) -> list[Gate]:
-    """The production-readiness bar: accuracy, and every class's F1 and recall."""
-    gates = [
-        Gate(
-            name="accuracy",
-            value=metrics["accuracy"],
-            threshold=min_accuracy,
-            passed=metrics["accuracy"] > min_accuracy,
-        )
-    ]
+def quality_gates(metrics: dict[str, Any], bar: GateBar) -> list[Gate]:
+    """The production-readiness bar: every class present, accuracy, each class's F1 and recall."""
+    gates = [Gate(name="accuracy", value=metrics["accuracy"], threshold=bar.min_accuracy,
+                  passed=metrics["accuracy"] > bar.min_accuracy)]
     for name, figures in metrics["per_class"].items():
-        gates.append(
-            Gate(
-                name=f"f1[{name}]",
-                value=figures["f1"],
-                threshold=min_class_f1,
-                passed=figures["f1"] > min_class_f1,
-            )
-        )
-        gates.append(
-            Gate(
-                name=f"recall[{name}]",
-                value=figures["recall"],
-                threshold=min_class_recall,
-                passed=figures["recall"] >= min_class_recall,
-            )
-        )
+        gates += [
+            Gate(name=f"support[{name}]", value=figures["support"], threshold=1,
+                 passed=figures["support"] >= 1),
+            Gate(name=f"f1[{name}]", value=figures["f1"], threshold=bar.min_class_f1,
+                 passed=figures["f1"] > bar.min_class_f1),
+            Gate(name=f"recall[{name}]", value=figures["recall"],
+                 threshold=bar.min_class_recall, passed=figures["recall"] >= bar.min_class_recall),
+        ]
     return gates
 
 

@@ -1,6 +1,7 @@
-"""The whole training path: data check, split, fit, evaluate, report, bundle, publish.
+"""The whole training path: prepare, split, fit (or search), evaluate, report, bundle, publish.
 
-`train_bundle` is the one function the CLI, the retraining task and the tests call.
+`train_bundle` is the one function the CLI, the retraining task and the tests call; it is
+made of the steps below, which cross-validation reuses.
 """
 
 from __future__ import annotations
@@ -16,44 +17,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from torch import nn
 
 from piston.bundle import BundleMeta, code_version, create_bundle, new_version
 from piston.errors import DataError
 from piston.registry import Registry
-from training.calibrate import calibrate
-from training.check import DataReport, check, split_groups
 from training.config import TrainConfig
-from training.dataset import Dataset, load_dataset
-from training.decode import DecodedSet, decode_dataset
-from training.evaluate import classification_metrics, overfitting_warning, quality_gates
-from training.report import write_report
-from training.split import Split, grouped_split, random_split
-from training.train import Epoch, contract_of, fit, predict_proba
+from training.decode import DecodedSet
+from training.evaluate import Evaluation, GateBar, evaluate_model
+from training.prepare import Prepared, prepare
+from training.report import misclassified, write_report
+from training.search import run_search
+from training.split import Split, grouped_split, random_split, support
+from training.train import Epoch, fit
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class GateBar:
-    min_accuracy: float = 0.90
-    min_class_f1: float = 0.85
-    min_class_recall: float = 0.80
+PARTS = ("train", "val", "test")
 
 
 @dataclass
-class Prepared:
-    """A data set loaded, decoded, checked and grouped: what every training or fold starts from."""
+class Fitted:
+    """A trained model, the config it was trained with, and how it was chosen."""
 
-    dataset: Dataset
-    decoded: DecodedSet
-    groups: list[str]
-    report: DataReport
-    decode_seconds: float
-
-    @property
-    def classes(self) -> list[str]:
-        return self.dataset.classes
+    module: nn.Module
+    config: TrainConfig
+    history: list[Epoch]
+    seconds: float
+    stopped: str
+    best_epoch: int
+    search: list[dict[str, object]] = field(default_factory=list)
+    chosen: str = ""
 
 
 @dataclass
@@ -64,25 +57,20 @@ class TrainOutcome:
     decode_seconds: float
     total_seconds: float
     report_dir: Path
-    data_report: DataReport
+    evaluation: Evaluation
     history: list[Epoch] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         m = self.metrics
+        keys = ("confusion_matrix", "classes", "per_class", "gates", "split", "support_by_split",
+                "input_size", "candidate", "search", "data", "train_accuracy", "val_accuracy",
+                "epochs", "stopped", "warnings", "calibration")
         return {
             "version": self.version,
             "test_accuracy": m["accuracy"],
             "macro_f1": m["macro_f1"],
-            "confusion_matrix": m["confusion_matrix"],
-            "classes": m["classes"],
-            "per_class": m["per_class"],
-            "gates": m["gates"],
-            "gates_passed": all(g["passed"] for g in m["gates"]),
-            "split": m["split"],
-            "train_accuracy": m["train_accuracy"],
-            "val_accuracy": m["val_accuracy"],
-            "warnings": m["warnings"],
-            "calibration": m.get("calibration"),
+            **{k: m.get(k) for k in keys},
+            "gates_passed": self.evaluation.gates_passed,
             "train_seconds": round(self.train_seconds, 3),
             "decode_seconds": round(self.decode_seconds, 3),
             "total_seconds": round(self.total_seconds, 3),
@@ -90,35 +78,34 @@ class TrainOutcome:
         }
 
 
-def prepare(
-    location: str,
-    config: TrainConfig,
-    max_pixels: int,
-    class_map: dict[str, str] | None = None,
-    s3_endpoint_url: str | None = None,
-) -> Prepared:
-    """Load, decode (once, cached in memory), check and group a data set."""
-    start = time.perf_counter()
-    dataset = load_dataset(location, class_map, s3_endpoint_url)
-    decoded = decode_dataset(dataset, contract_of(config), max_pixels)
-    for key, reason in decoded.failures:
-        log.warning("left out %s: %s", key, reason)
-    present = sorted({int(label) for label in decoded.labels})
-    if len(present) < 2:
-        raise DataError("fewer than 2 classes have images that decode: nothing to train on")
-    groups = split_groups(decoded, config.near_duplicate_similarity)
-    report = check(decoded, dataset.classes, groups)
-    report.warnings[:0] = dataset.problems
-    for warning in report.warnings:
-        log.warning("data check: %s", warning)
-    return Prepared(dataset, decoded, groups, report, time.perf_counter() - start)
-
-
 def make_split(prepared: Prepared, config: TrainConfig) -> Split:
     labels = prepared.decoded.labels
     if config.split == "random":
-        return random_split(labels, config.seed)
-    return grouped_split(labels, prepared.groups, seed=config.seed)
+        split = random_split(labels, config.seed)
+    else:
+        split = grouped_split(labels, prepared.groups, seed=config.seed)
+    if split.cut_groups:
+        log.warning("near-duplicate groups %s were cut so that every class is in every split:"
+                    " their near-copies may straddle splits", ", ".join(split.cut_groups))
+    return split
+
+
+def fit_split(
+    config: TrainConfig, parts: dict[str, DecodedSet], classes: list[str],
+    on_epoch: Callable[[Epoch], None] | None = None,
+) -> Fitted:
+    """Train one recipe, or search the candidates of a search recipe, on train (+ val)."""
+    train, val = parts["train"], parts["val"]
+    if config.search:
+        winner, table = run_search(config, train, val, classes, on_epoch)
+        assert winner.fitted is not None
+        f = winner.fitted
+        seconds = sum(float(str(row["seconds"])) for row in table)
+        return Fitted(f.module, winner.config, f.history, seconds, f.stopped, f.best_epoch,
+                      table, winner.name)
+    f = fit(config, train.images, train.labels, val.images, val.labels, len(classes), on_epoch)
+    return Fitted(f.module, config, f.history, f.seconds, f.stopped, f.best_epoch, [],
+                  config.recipe)
 
 
 def train_bundle(
@@ -128,107 +115,100 @@ def train_bundle(
     bar: GateBar,
     runs_dir: Path,
     max_pixels: int,
+    *,
     class_map: dict[str, str] | None = None,
     s3_endpoint_url: str | None = None,
     on_epoch: Callable[[Epoch], None] | None = None,
+    strict: bool = False,
 ) -> TrainOutcome:
     """Train on a data set and publish the result as a new bundle in `registry`."""
     start = time.perf_counter()
-    prepared = prepare(location, config, max_pixels, class_map, s3_endpoint_url)
-    decoded, classes = prepared.decoded, prepared.classes
+    prepared = prepare(location, config, max_pixels, class_map=class_map,
+                       s3_endpoint_url=s3_endpoint_url, strict=strict)
+    config = prepared.resolve(config)
     split = make_split(prepared, config)
-    if len(split.train) == 0 or len(split.val) == 0 or len(split.test) == 0:
-        raise DataError(
-            f"{len(decoded.keys)} usable images are too few to split into train/val/test"
-        )
-    sub = {name: decoded.subset(getattr(split, name)) for name in ("train", "val", "test")}
-    result = fit(
-        config,
-        sub["train"].images,
-        sub["train"].labels,
-        sub["val"].images,
-        sub["val"].labels,
-        len(classes),
-        on_epoch,
-    )
-    contract = contract_of(config)
-    probs = predict_proba(result.module, sub["test"].images, contract)
-    predicted = probs.argmax(1)
-    metrics = classification_metrics(sub["test"].labels, predicted, classes)
-    metrics["calibration"] = calibrate(
-        predict_proba(result.module, sub["val"].images, contract), sub["val"].labels, probs,
-        sub["test"].labels, config.review_target_error, config.decision_threshold)
-    metrics["gates"] = [
-        g.model_dump()
-        for g in quality_gates(metrics, bar.min_accuracy, bar.min_class_f1, bar.min_class_recall)
-    ]
-    last = result.history[result.best_epoch - 1]
-    metrics.update(
-        classes=classes,
-        split=config.split,
-        best_epoch=result.best_epoch,
-        train_accuracy=last.train_accuracy,
-        val_accuracy=last.val_accuracy,
-        warnings=list(prepared.report.warnings),
-    )
-    overfit = overfitting_warning(last.train_accuracy, last.val_accuracy)
-    if overfit:
-        log.warning(overfit)
-        metrics["warnings"].append(overfit)
-
+    if min(len(ix) for ix in split.parts().values()) == 0:
+        raise DataError(f"{len(prepared.decoded.keys)} usable images are too few to split"
+                        " into train/val/test")
+    parts = {name: prepared.decoded.subset(ix) for name, ix in split.parts().items()}
+    fitted = fit_split(config, parts, prepared.classes, on_epoch)
+    evaluation = evaluate_model(fitted.module, fitted.config, parts["val"], parts["test"],
+                                prepared.classes, bar)
+    metrics = describe(evaluation, fitted, prepared, split, config)
     version = new_version()
-    runs_dir.mkdir(parents=True, exist_ok=True)
     report_dir = runs_dir / version
-    wrong = [
-        (
-            sub["test"].keys[i],
-            sub["test"].images[i],
-            classes[int(sub["test"].labels[i])],
-            classes[int(predicted[i])],
-            float(probs[i].max()),
-        )
-        for i in np.nonzero(predicted != sub["test"].labels)[0]
-    ]
-    write_report(
-        report_dir, f"piston-classifier {version}", metrics, result.history, classes, wrong
-    )
-    meta = BundleMeta(
+    write_report(report_dir, f"piston-classifier {version}", metrics, fitted.history,
+                 prepared.classes, misclassified(parts["test"], evaluation, prepared.classes))
+    meta = build_meta(version, fitted.config, evaluation, metrics, prepared, registry)
+    write_bundle(meta, fitted.module, report_dir, parts, prepared)
+    registry.publish(version)
+    return TrainOutcome(version, metrics, fitted.seconds, prepared.decode_seconds,
+                        time.perf_counter() - start, report_dir, evaluation, fitted.history)
+
+
+def describe(
+    evaluation: Evaluation, fitted: Fitted, prepared: Prepared, split: Split, config: TrainConfig
+) -> dict[str, Any]:
+    """Every figure the report shows, in one dict (`train --json`, metrics.json)."""
+    best = fitted.history[fitted.best_epoch - 1]
+    warnings = list(prepared.report.warnings) + list(evaluation.warnings)
+    if split.cut_groups:
+        warnings.append(f"near-duplicate groups were cut to put every class in every split:"
+                        f" {', '.join(split.cut_groups)}")
+    return {
+        **evaluation.metrics,
+        "gates": [g.model_dump() for g in evaluation.gates],
+        "classes": prepared.classes,
+        "split": config.split,
+        "support_by_split": support(prepared.decoded.labels, split, prepared.classes),
+        "input_size": list(fitted.config.input_size or ()),
+        "candidate": fitted.chosen,
+        "search": fitted.search,
+        "data": prepared.report.to_dict() | {"decode_seconds": round(prepared.decode_seconds, 3)},
+        "epochs": len(fitted.history),
+        "stopped": fitted.stopped,
+        "best_epoch": best.epoch,
+        "train_accuracy": best.train_accuracy,
+        "val_accuracy": best.val_accuracy,
+        "warnings": warnings,
+    }
+
+
+def build_meta(
+    version: str, config: TrainConfig, evaluation: Evaluation, metrics: dict[str, Any],
+    prepared: Prepared, registry: Registry,
+) -> BundleMeta:
+    contract = evaluation.contract
+    return BundleMeta(
         version=version,
-        classes=classes,
+        classes=prepared.classes,
         arch=config.arch,
         arch_params=config.arch_params,
         contract=contract.to_dict(),
-        threshold=metrics["calibration"]["threshold"],
+        threshold=evaluation.calibration["threshold"],
         config=config.model_dump(mode="json"),
         metrics=metrics,
-        gates=metrics["gates"],
-        data_fingerprint=fingerprint(decoded),
+        gates=evaluation.gates,
+        data_fingerprint=fingerprint(prepared.decoded),
         parent=registry.current(),
         code_version=code_version(),
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
+
+
+def write_bundle(
+    meta: BundleMeta, module: nn.Module, report_dir: Path, parts: dict[str, DecodedSet],
+    prepared: Prepared,
+) -> None:
+    """The bundle: weights, meta, the split's file lists, the data check and the report."""
     with tempfile.TemporaryDirectory() as tmp:
         extra = Path(tmp)
-        split_lists = {name: sub[name].keys for name in ("train", "val", "test")}
-        (extra / "split.json").write_text(json.dumps(split_lists, indent=1))
+        (extra / "split.json").write_text(
+            json.dumps({name: parts[name].keys for name in PARTS}, indent=1))
         (extra / "data_check.json").write_text(json.dumps(prepared.report.to_dict(), indent=1))
-        files = {
-            "report": report_dir,
-            "split.json": extra / "split.json",
-            "data_check.json": extra / "data_check.json",
-        }
-        create_bundle(meta, result.module.state_dict(), files)
-    registry.publish(version)
-    return TrainOutcome(
-        version,
-        metrics,
-        result.seconds,
-        prepared.decode_seconds,
-        time.perf_counter() - start,
-        report_dir,
-        prepared.report,
-        result.history,
-    )
+        files = {"report": report_dir, "split.json": extra / "split.json",
+                 "data_check.json": extra / "data_check.json"}
+        create_bundle(meta, module.state_dict(), files)
 
 
 def fingerprint(decoded: DecodedSet) -> str:
@@ -239,3 +219,7 @@ def fingerprint(decoded: DecodedSet) -> str:
     ):
         digest.update(f"{key}\t{label}\t{content}\n".encode())
     return digest.hexdigest()
+
+
+__all__ = ["Fitted", "GateBar", "Prepared", "TrainOutcome", "fit_split", "prepare",
+           "train_bundle"]

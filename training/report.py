@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from training.decode import DecodedSet
+from training.evaluate import Evaluation
 from training.train import Epoch
 
 
@@ -21,52 +23,109 @@ def write_report(
     metrics: dict[str, Any],
     history: list[Epoch],
     classes: list[str],
-    misclassified: list[tuple[str, np.ndarray, str, str, float]],
+    wrong: list[tuple[str, np.ndarray, str, str, float]],
 ) -> Path:
     """Write metrics.json, curves.png, confusion.png and report.html into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     _plot_curves(history, out / "curves.png")
     plot_confusion(np.asarray(metrics["confusion_matrix"]), classes, out / "confusion.png")
-    rows = "".join(
-        f"<tr><td>{html.escape(n)}</td><td>{f['precision']:.3f}</td><td>{f['recall']:.3f}</td>"
-        f"<td>{f['f1']:.3f}</td><td>{f['support']}</td></tr>"
-        for n, f in metrics["per_class"].items()
-    )
-    gates = "".join(
-        f"<li class={'pass' if g['passed'] else 'fail'}>{html.escape(g['name'])}: "
-        f"{g['value']:.3f} (bar {g['threshold']}) {'PASS' if g['passed'] else 'FAIL'}</li>"
-        for g in metrics.get("gates", [])
-    )
-    gallery = (
-        "".join(
-            f"<figure><img src='data:image/png;base64,{_png_b64(img)}' width=120>"
-            f"<figcaption>{html.escape(key)}<br>true <b>{html.escape(t)}</b>, predicted "
-            f"<b>{html.escape(p)}</b> ({conf:.2f})</figcaption></figure>"
-            for key, img, t, p, conf in misclassified
-        )
-        or "<p>No misclassified test images.</p>"
-    )
     warnings = "".join(f"<li>{html.escape(w)}</li>" for w in metrics.get("warnings", []))
-    review = _review_band(metrics.get("calibration"))
     page = f"""<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} td,th{{padding:4px 10px}}
 .pass{{color:#080}} .fail{{color:#b00}} figure{{display:inline-block;margin:6px;width:140px;
-font-size:11px}}</style></head><body>
+font-size:11px}} .chosen{{background:#e8f4e8}}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>Test accuracy <b>{metrics["accuracy"]:.3f}</b>, macro-F1 <b>{metrics["macro_f1"]:.3f}</b>
-on {metrics["support"]} test images ({html.escape(str(metrics.get("split", "")))} split).</p>
-<h2>Quality gates</h2><ul>{gates}</ul>
-<h2>Review band</h2>{review}
+on {metrics["support"]} test images ({html.escape(str(metrics.get("split", "")))} split),
+input size {html.escape(str(metrics.get("input_size", "")))}, recipe
+<b>{html.escape(str(metrics.get("candidate", "")))}</b>.</p>
 <h2>Warnings</h2><ul>{warnings or "<li>none</li>"}</ul>
-<h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>
-<th>support</th></tr>{rows}</table>
+<h2>Quality gates</h2><ul>{_gates(metrics)}</ul>
+<h2>Review band</h2>{_review_band(metrics.get("calibration"))}
+<h2>Per class</h2>{_per_class(metrics)}
+<h2>Images per split</h2>{_support(metrics)}
+{_search(metrics.get("search") or [])}
+<h2>Data check</h2>{_data(metrics.get("data") or {})}
 <h2>Training curves</h2><img src="curves.png" width=900>
 <h2>Confusion matrix (test)</h2><img src="confusion.png" width=420>
-<h2>Misclassified test images</h2>{gallery}
+<h2>Misclassified test images</h2>{_gallery(wrong)}
 </body></html>"""
     (out / "report.html").write_text(page)
     return out / "report.html"
+
+
+def misclassified(
+    test: DecodedSet, evaluation: Evaluation, classes: list[str]
+) -> list[tuple[str, np.ndarray, str, str, float]]:
+    """(key, pixels, true class, predicted class, confidence) of every wrong test image."""
+    wrong = np.nonzero(evaluation.predicted != test.labels)[0]
+    return [(test.keys[i], test.images[i], classes[int(test.labels[i])],
+             classes[int(evaluation.predicted[i])], float(evaluation.probs[i].max()))
+            for i in wrong]
+
+
+def _gates(metrics: dict[str, Any]) -> str:
+    return "".join(
+        f"<li class={'pass' if g['passed'] else 'fail'}>{html.escape(g['name'])}: "
+        f"{g['value']:.3f} (bar {g['threshold']}) {'PASS' if g['passed'] else 'FAIL'}</li>"
+        for g in metrics.get("gates", []))
+
+
+def _per_class(metrics: dict[str, Any]) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(n)}</td><td>{f['precision']:.3f}</td><td>{f['recall']:.3f}</td>"
+        f"<td>{f['f1']:.3f}</td><td>{f['support']}</td></tr>"
+        for n, f in metrics["per_class"].items())
+    return ("<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>"
+            f"<th>support</th></tr>{rows}</table>")
+
+
+def _support(metrics: dict[str, Any]) -> str:
+    by_split = metrics.get("support_by_split") or {}
+    classes = metrics.get("classes") or []
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in classes)
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td>"
+        + "".join(f"<td>{counts.get(c, 0)}</td>" for c in classes) + "</tr>"
+        for name, counts in by_split.items())
+    return f"<table><tr><th>split</th>{head}</tr>{rows}</table>"
+
+
+def _search(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    body = "".join(
+        f"<tr class={'chosen' if r['chosen'] else ''}><td>{html.escape(str(r['candidate']))}</td>"
+        f"<td>{r['parameters']:,}</td><td>{_num(r['val_accuracy'])}</td>"
+        f"<td>{_num(r['val_macro_f1'])}</td><td>{_num(r['val_loss'])}</td><td>{r['epochs']}</td>"
+        f"<td>{r['seconds']}</td><td>{html.escape(str(r['note']))}</td></tr>" for r in rows)
+    return ("<h2>Candidates (validation split)</h2><table><tr><th>candidate</th>"
+            "<th>parameters</th><th>accuracy</th><th>macro-F1</th><th>loss</th><th>epochs</th>"
+            f"<th>seconds</th><th>why</th></tr>{body}</table>")
+
+
+def _data(data: dict[str, Any]) -> str:
+    conflicts = "".join(
+        f"<li>{html.escape(' vs '.join(c['keys']))} ({html.escape(' / '.join(c['classes']))})</li>"
+        for c in data.get("label_conflicts", []))
+    return (f"<p>{data.get('images', 0)} images; {data.get('near_duplicate_groups', 0)}"
+            f" near-duplicate groups (largest {data.get('largest_near_duplicate_group', 0)},"
+            f" {data.get('images_in_groups_over_10', 0)} images in groups over 10); bar"
+            f" {data.get('near_duplicate_bar', 0)}.</p>"
+            f"<p>Label conflicts (left out):</p><ul>{conflicts or '<li>none</li>'}</ul>")
+
+
+def _gallery(wrong: list[tuple[str, np.ndarray, str, str, float]]) -> str:
+    return "".join(
+        f"<figure><img src='data:image/png;base64,{_png_b64(img)}' width=120>"
+        f"<figcaption>{html.escape(key)}<br>true <b>{html.escape(t)}</b>, predicted "
+        f"<b>{html.escape(p)}</b> ({conf:.2f})</figcaption></figure>"
+        for key, img, t, p, conf in wrong) or "<p>No misclassified test images.</p>"
+
+
+def _num(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) and np.isfinite(value) else "-"
 
 
 def _review_band(cal: dict[str, Any] | None) -> str:

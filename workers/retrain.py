@@ -66,7 +66,7 @@ def retrain(
                      "val_loss": round(e.val_loss, 4), "val_accuracy": round(e.val_accuracy, 4)})
 
     outcome = train_bundle(request.dataset, config, registry, bar, runs_dir, max_pixels,
-                           None, s3_endpoint_url, on_epoch)
+                           s3_endpoint_url=s3_endpoint_url, on_epoch=on_epoch)
     challenger = outcome.version
     on_progress({"stage": "comparing", "epoch": config.epochs, "epochs": config.epochs,
                  "version": challenger})

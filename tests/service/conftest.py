@@ -40,8 +40,9 @@ def bundles(piston_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Bund
     registry = Registry(open_storage(root / "registry"))
     versions = []
     for overrides in ({"epochs": 12}, {"epochs": 5, "seed": 3}):
-        outcome = train_bundle(str(piston_data), load_config(overrides=overrides), registry,
-                               GateBar(), root / "runs", 40_000_000)
+        config = load_config("bn_cnn", overrides=overrides)
+        outcome = train_bundle(str(piston_data), config, registry, GateBar(), root / "runs",
+                               40_000_000)
         versions.append(outcome.version)
     assert versions[0] != versions[1]
     return Bundles(root / "registry", versions[0], versions[1])

@@ -95,4 +95,4 @@ def test_unknown_architecture_or_parameter_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="unknown architecture"):
         arch.build("nope", 3, 32, 32)
     with pytest.raises(ConfigError, match="bad arch_params"):
-        arch.build("bn_cnn", 3, 32, 32, depth=9)
+        arch.build("bn_cnn", 3, 32, 32, layers=9)

@@ -103,8 +103,7 @@ def test_manifest_groups_are_never_split(tmp_path: Path) -> None:
     rows = ["image_path,target,group"]
     rows += [f"{c}/{c}_{i}.png,{c},part{i // 5}{c}" for c in "ab" for i in range(20)]
     (root / "m.csv").write_text("\n".join(rows) + "\n")
-    config = load_config(overrides={"near_duplicate_similarity": 1.0})
-    prepared = prepare(str(root / "m.csv"), config, MAX_PIXELS)
+    prepared = prepare(str(root / "m.csv"), load_config(), MAX_PIXELS)
     group_of = dict(zip(prepared.decoded.keys, prepared.groups, strict=True))
     for part in range(4):
         members = [f"a/a_{i}.png" for i in range(part * 5, part * 5 + 5)]

@@ -49,16 +49,6 @@ def test_fit_is_seeded_and_learns_with_every_knob(
     assert first.history[-1].train_loss < first.history[0].train_loss
 
 
-def test_early_stopping_keeps_the_best_epoch(small_set: tuple[np.ndarray, np.ndarray]) -> None:
-    images, labels = small_set
-    config = load_config("seed", overrides={"epochs": 30, "early_stopping_patience": 2,
-                                            "input_size": [28, 40], "threads": 1})
-    result = fit(config, images[:30], labels[:30], images[30:], labels[30:], 3)
-    best = min(e.val_loss for e in result.history)
-    assert result.history[result.best_epoch - 1].val_loss == best
-    assert len(result.history) <= result.best_epoch + 2
-
-
 def test_the_bundle_threshold_comes_from_validation_and_the_review_band_is_reported(
     tmp_path: Path,
 ) -> None:

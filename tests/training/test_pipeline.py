@@ -77,7 +77,7 @@ def test_a_bundle_holds_everything_needed_to_trust_and_rerun_it(
         str(piston_data), config, registry, GateBar(), tmp_path / "runs", MAX_PIXELS
     )
     assert registry.meta(again.version).parent == outcome.version
-    assert again.data_report.counts == outcome.data_report.counts
+    assert again.metrics["data"]["counts"] == outcome.metrics["data"]["counts"]
 
 
 def test_gates_follow_the_configured_bar(
@@ -89,7 +89,7 @@ def test_gates_follow_the_configured_bar(
         str(piston_data), config, registry, impossible, tmp_path / "runs", MAX_PIXELS
     )
     gates = outcome.to_json()["gates"]
-    assert gates and not any(g["passed"] for g in gates)
+    assert gates and not any(g["passed"] for g in gates if not g["name"].startswith("support"))
     assert not registry.meta(outcome.version).gates_passed
 
 
@@ -98,7 +98,7 @@ def test_too_little_data_is_refused_and_leaves_no_bundle(
 ) -> None:
     root = synthetic_dataset(tmp_path / "tiny", {"a": 1, "b": 1})
     before = {str(m.tag) for m in bentoml.models.list(MODEL_NAME)}
-    with pytest.raises(DataError, match="too few"):
+    with pytest.raises(DataError, match="fewer than 3 images"):
         train_bundle(
             str(root),
             load_config("seed", overrides={"epochs": 1}),

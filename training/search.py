@@ -1,0 +1,139 @@
+"""`auto`: compare candidate recipes on grouped validation data within a time budget.
+
+Candidates run cheapest first, each trained to convergence on the training split within its
+share of what is left of the budget, and scored on the validation split (never the test
+split). The best by validation macro-F1, then accuracy, then loss, is kept as it is: it is not
+trained again. Once a candidate is perfect on validation, costlier ones cannot beat it and
+are skipped (that keeps the pistons' default under 30 s). Seeded, so repeatable.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.config import TrainConfig, load_config
+from training.decode import DecodedSet
+from training.evaluate import classification_metrics
+from training.train import Epoch, FitResult, contract_of, fit, predict_proba
+
+log = logging.getLogger(__name__)
+SCREEN_SHARE = 0.6  # of a candidate's fair share of the budget, for its first cycle
+MIN_MAP = 2  # px: a network whose last stage would see less is too deep for the images
+
+
+@dataclass
+class Candidate:
+    """One candidate's figures on validation data, and why it was or was not chosen."""
+
+    name: str
+    config: TrainConfig
+    fitted: FitResult | None = None
+    val_accuracy: float = float("nan")
+    val_macro_f1: float = float("nan")
+    val_loss: float = float("nan")
+    parameters: int = 0
+    note: str = ""
+
+    def key(self) -> tuple[float, float, float]:
+        return (round(self.val_macro_f1, 4), round(self.val_accuracy, 4), -self.val_loss)
+
+    def row(self, chosen: bool) -> dict[str, object]:
+        f = self.fitted
+        return {
+            "candidate": self.name, "arch": self.config.arch, "parameters": self.parameters,
+            "input_size": list(self.config.input_size or ()),
+            "augment": self.config.augment.model_dump(exclude_defaults=True),
+            "val_accuracy": self.val_accuracy, "val_macro_f1": self.val_macro_f1,
+            "val_loss": self.val_loss, "epochs": len(f.history) if f else 0,
+            "seconds": round(f.seconds, 2) if f else 0.0,
+            "stopped": f.stopped if f else "", "chosen": chosen, "note": self.note,
+        }
+
+
+def candidate_configs(config: TrainConfig) -> list[tuple[str, TrainConfig]]:
+    """Each candidate recipe with the user's settings and the resolved input size on top."""
+    shared = {**config.overrides, "input_size": config.input_size, "seed": config.seed,
+              "threads": config.threads}
+    return [(name, load_config(name, overrides=shared)) for name in config.search]
+
+
+def run_search(
+    config: TrainConfig,
+    train: DecodedSet,
+    val: DecodedSet,
+    classes: list[str],
+    on_epoch: Callable[[Epoch], None] | None = None,
+) -> tuple[Candidate, list[dict[str, object]]]:
+    """Train and score every candidate; (the winner, the table of all of them)."""
+    deadline = time.monotonic() + (config.budget_s or 600.0)
+    candidates = [Candidate(name, c) for name, c in candidate_configs(config)]
+    best: Candidate | None = None
+    for left, cand in zip(range(len(candidates), 0, -1), candidates, strict=True):
+        cand.note = _skip_reason(cand, best, deadline)
+        if cand.note:
+            continue
+        screen_until = time.monotonic() + SCREEN_SHARE * (deadline - time.monotonic()) / left
+        _train_and_score(cand, train, val, classes, screen_until, on_epoch, max_cycles=1)
+        if best is None or cand.key() > best.key():
+            best = cand
+    if best is None or best.fitted is None or best.fitted.loop is None:
+        raise RuntimeError("no candidate could be trained")  # the first one always runs
+    best.fitted.loop.more(best.config.max_cycles, deadline)  # go on until it converges
+    _score(best, val, classes)
+    best.note = _why(best, candidates)
+    return best, [c.row(c is best) for c in candidates]
+
+
+def _skip_reason(cand: Candidate, best: Candidate | None, deadline: float) -> str:
+    if best is not None and best.val_macro_f1 >= 1.0 and best.val_accuracy >= 1.0:
+        return f"skipped: {best.name} is already perfect on validation"
+    if time.monotonic() >= deadline:
+        return "skipped: the budget is spent"
+    side = min(cand.config.input_size or (0, 0))
+    stages = len(cand.config.arch_params.get("widths") or ())
+    deep = stages > 0 and side / 4 / 2 ** (stages - 1) < MIN_MAP
+    if best is not None and cand.config.arch == "bn_cnn" and deep:  # the first always runs
+        return f"skipped: {stages} stages are too deep for {side} px images"
+    return ""
+
+
+def _train_and_score(
+    cand: Candidate, train: DecodedSet, val: DecodedSet, classes: list[str], deadline: float,
+    on_epoch: Callable[[Epoch], None] | None, max_cycles: int,
+) -> None:
+    cand.fitted = fit(cand.config, train.images, train.labels, val.images, val.labels,
+                      len(classes), on_epoch, deadline, max_cycles)
+    _score(cand, val, classes)
+    log.info("candidate %s: val macro-F1 %.3f, accuracy %.3f, loss %.3f",
+             cand.name, cand.val_macro_f1, cand.val_accuracy, cand.val_loss)
+
+
+def _score(cand: Candidate, val: DecodedSet, classes: list[str]) -> None:
+    assert cand.fitted is not None
+    probs = predict_proba(cand.fitted.module, val.images, contract_of(cand.config))
+    figures = classification_metrics(val.labels, probs.argmax(1), classes)
+    cand.val_accuracy, cand.val_macro_f1 = figures["accuracy"], figures["macro_f1"]
+    cand.val_loss = float(nn.functional.nll_loss(
+        torch.log(torch.as_tensor(probs).clamp_min(1e-7)), torch.as_tensor(val.labels)))
+    cand.parameters = sum(p.numel() for p in cand.fitted.module.parameters())
+
+
+def _why(best: Candidate, candidates: list[Candidate]) -> str:
+    scored = [c for c in candidates if c.fitted is not None and c is not best]
+    if not scored:
+        return "the only candidate trained"
+    runner = max(scored, key=Candidate.key)
+    if round(best.val_macro_f1, 4) > round(runner.val_macro_f1, 4):
+        return (f"highest validation macro-F1 ({best.val_macro_f1:.3f} vs {runner.name}"
+                f" {runner.val_macro_f1:.3f})")
+    if round(best.val_accuracy, 4) > round(runner.val_accuracy, 4):
+        return f"same macro-F1, higher validation accuracy than {runner.name}"
+    return f"same macro-F1 and accuracy as {runner.name}, lower validation loss" + (
+        f" ({best.val_loss:.3f} vs {runner.val_loss:.3f})" if np.isfinite(runner.val_loss) else "")
