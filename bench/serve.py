@@ -263,6 +263,31 @@ def multipart(images: list[bytes], field: str) -> tuple[bytes, str]:
     return body, f"multipart/form-data; boundary={boundary}"
 
 
+def measure_levels(targets: dict[str, tuple[int, bytes]],
+                   args: argparse.Namespace) -> dict[tuple[str, int], dict[str, float]]:
+    rows = {}
+    for level in args.levels:
+        for name, r in interleaved(targets, level, args.duration, args.rounds).items():
+            rows[(name, level)] = r
+            print(f"{name:6s} c={level:<3d} {r['rps']:7.0f} req/s  p50 {r['p50']:6.2f} ms"
+                  f"  p99 {r['p99']:6.2f} ms  max {r['max']:6.1f} ms  >50ms {r['stalls']}"
+                  f"  errors {r['errors']}  (n={r['n']})", flush=True)
+    return rows
+
+
+def start_servers(env: dict[str, str], model_dir: str, ours_port: int, naive_port: int,
+                  plain_port: int, workers: int) -> list[subprocess.Popen[bytes]]:
+    ours = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(ours_port),
+                             "--workers", str(workers)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    naive = subprocess.Popen([sys.executable, __file__, "--naive-server", str(naive_port),
+                              model_dir], cwd=ROOT, env=env, start_new_session=True)
+    plain = subprocess.Popen([sys.executable, __file__, "--plain-server", str(plain_port),
+                              env["PISTON_REGISTRY"]], cwd=ROOT, env=env, start_new_session=True)
+    return [ours, naive, plain]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
@@ -292,14 +317,8 @@ def main() -> None:
     images = [p.read_bytes() for p in sorted(Path(data).glob("*/*.jp*g"))[:64]]
 
     ours_port, naive_port, plain_port = free_port(), free_port(), free_port()
-    ours = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(ours_port),
-                             "--workers", str(args.workers)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    naive = subprocess.Popen([sys.executable, __file__, "--naive-server", str(naive_port),
-                              model_dir], cwd=ROOT, env=env, start_new_session=True)
-    plain = subprocess.Popen([sys.executable, __file__, "--plain-server", str(plain_port),
-                              env["PISTON_REGISTRY"]], cwd=ROOT, env=env, start_new_session=True)
+    ours, naive, plain = start_servers(env, model_dir, ours_port, naive_port, plain_port,
+                                       args.workers)
     try:
         wait_up(ours_port, "/readyz", ours)
         wait_up(naive_port, "/nothing", naive)
@@ -307,13 +326,7 @@ def main() -> None:
         payload = request_bytes("/classify", images[0], "image/jpeg")
         targets = {"ours": (ours_port, payload), "naive": (naive_port, payload),
                    "plain": (plain_port, payload)}
-        rows = {}
-        for level in args.levels:
-            for name, r in interleaved(targets, level, args.duration, args.rounds).items():
-                rows[(name, level)] = r
-                print(f"{name:6s} c={level:<3d} {r['rps']:7.0f} req/s  p50 {r['p50']:6.2f} ms"
-                      f"  p99 {r['p99']:6.2f} ms  max {r['max']:6.1f} ms  >50ms {r['stalls']}"
-                      f"  errors {r['errors']}  (n={r['n']})", flush=True)
+        rows = measure_levels(targets, args)
         body, ctype = multipart((images * 32)[:32], "images")
         batch_payload = request_bytes("/classify_batch", body, ctype)
         batch, top = batch_against_ceiling(ours_port, batch_payload, model_dir, images, args)
@@ -327,13 +340,24 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nload average before/after: {load_before} / {os.getloadavg()}")
+    report(rows, args.levels, batch, top, stats)
+    print("\nresident memory:")
+    for label, rss in (("ours", rss_ours), ("naive", rss_naive)):
+        for proc_name, mb in rss:
+            print(f"  {label:6s} {mb:7.0f} MB  {proc_name}")
+        print(f"  {label:6s} {sum(mb for _, mb in rss):7.0f} MB  total")
+
+
+def report(rows: dict[tuple[str, int], dict[str, float]], levels: list[int],
+           batch: dict[int, dict[str, float]], top: float, stats: dict[str, Any]) -> None:
+    """The batch figures against the ceiling, and the same-run ratios."""
     print(f"\nin-process ceiling (decode + forward, batch 32): {top:.0f} images/s")
     for c, r in batch.items():
         print(f"/classify_batch 32 images, c={c}: {r['rps'] * 32:.0f} images/s"
               f" ({r['rps'] * 32 / top:.0%} of ceiling), p50 {r['p50']:.1f} ms")
     print(f"batching (this worker): {stats}")
     print("\nratios (ours / naive):")
-    for level in args.levels:
+    for level in levels:
         o, n = rows[("ours", level)], rows[("naive", level)]
         p = rows[("plain", level)]
         print(f"  c={level:<3d} req/s {o['rps'] / n['rps']:.2f}x  p50 {o['p50'] / n['p50']:.2f}x"
@@ -341,11 +365,6 @@ def main() -> None:
               f"  | without BentoML (plain/naive): req/s {p['rps'] / n['rps']:.2f}x"
               f"  p50 {p['p50'] / n['p50']:.2f}x"
               f"  | BentoML/plain: req/s {o['rps'] / p['rps']:.2f}x")
-    print("\nresident memory:")
-    for label, rss in (("ours", rss_ours), ("naive", rss_naive)):
-        for proc_name, mb in rss:
-            print(f"  {label:6s} {mb:7.0f} MB  {proc_name}")
-        print(f"  {label:6s} {sum(mb for _, mb in rss):7.0f} MB  total")
 
 
 if __name__ == "__main__":
