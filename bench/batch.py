@@ -1,14 +1,20 @@
-"""Batch-scoring throughput, measured side by side in one run over the same N images on S3.
+"""Batch-scoring throughput, measured side by side in one run over the same N images.
 
-    .venv/bin/python bench/batch.py [--copies 4] [--data ../shared/data/ac-pistons]
+    .venv/bin/python bench/batch.py [--source s3|local] [--copies 4] [--data DIR]
 
-Starts its own moto S3 server on a free loopback port and uses Redis database 10. Measures:
+Uses Redis database 10. `--source s3` (default) starts its own moto S3 server on a free
+loopback port and measures:
   storage ceiling   parallel GETs alone (16 threads)
   compute ceiling   decode + forward in one process on bytes already in memory (batches of 32)
   naive loop        get, decode, predict one image at a time
   our job, 1 and 2  `piston jobs score` on real `piston worker -c 1|2` processes, from enqueue
                     to the merged results (plan, shards, merge included), model already loaded
 and prints each ratio (goals: job >= 70% of the lower ceiling, >= 5x the naive loop).
+
+`--source local` reads a local folder instead, so no storage server shares the cores, and
+compares our job with 2 worker processes against the compute ceiling of 2 processes (read,
+decode and forward with `piston.scoring.score_blobs`, one torch thread each, as a worker's
+processes run): the goal is >= 70% of it.
 """
 
 from __future__ import annotations
@@ -55,7 +61,11 @@ def main() -> None:
     default_data = str(ROOT.parent / "shared/data/ac-pistons")
     parser.add_argument("--data", default=os.environ.get("PISTON_DATA_DIR", default_data))
     parser.add_argument("--shard-size", type=int, default=64)
+    parser.add_argument("--source", choices=("s3", "local"), default="s3")
     args = parser.parse_args()
+    if args.source == "local":
+        run_local(args)
+        return
 
     tmp = Path(tempfile.mkdtemp(prefix="piston-bench-"))
     os.environ.update(CREDS)
@@ -86,8 +96,8 @@ def run(args: argparse.Namespace, tmp: Path, endpoint: str,
 
     from piston.bundle import Predictor
     from piston.imaging import preprocess
-    from piston.jobs import client, enqueue_score, job_status
     from piston.registry import Registry
+    from piston.scoring import decide
     from piston.storage import open_storage
     from piston.storage.s3 import s3_client
     from training.config import load_config
@@ -126,40 +136,19 @@ def run(args: argparse.Namespace, tmp: Path, endpoint: str,
     start = time.perf_counter()
     for begin in range(0, n, 32):
         batch = np.stack([preprocess(b, predictor.contract) for b in in_memory[begin:begin + 32]])
-        predictor.decide(predictor.probabilities(batch))
+        decide(predictor, predictor.probabilities(batch))
     compute_ceiling = rate(n, time.perf_counter() - start)
 
     start = time.perf_counter()
     for key in keys:
-        predictor.decide(predictor.probabilities(preprocess(get(key), predictor.contract)[None]))
+        decide(predictor, predictor.probabilities(preprocess(get(key), predictor.contract)[None]))
     naive = rate(n, time.perf_counter() - start)
 
-    jobs = {}
-    for procs in (1, 2):
-        env = dict(os.environ, PISTON_REDIS_URL=REDIS_URL, PISTON_S3_ENDPOINT_URL=endpoint,
-                   PISTON_REGISTRY="s3://bench/registry", PISTON_RUNS_DIR=str(tmp / "runs"),
-                   BENTOML_HOME=str(tmp / f"worker{procs}"),
-                   PISTON_SCORE_SHARD_SIZE=str(args.shard_size))
-        log = (tmp / f"worker{procs}.log").open("wb")
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "worker", "-c", str(procs), "-n",
-             f"bench{procs}@%h", "--loglevel", "WARNING"], env=env, cwd=ROOT, stdout=log,
-            stderr=subprocess.STDOUT)
-        workers.append(worker)
-        while not client(REDIS_URL).control.ping(timeout=0.5):
-            time.sleep(0.2)
-        # warm-up: every process loads the model once (as it would in steady state)
-        wait(enqueue_score(REDIS_URL, "s3://bench/images/copy0", f"s3://bench/warm{procs}"),
-             job_status)
-        start = time.perf_counter()
-        summary = wait(enqueue_score(REDIS_URL, "s3://bench/images", f"s3://bench/out{procs}"),
-                       job_status)
-        seconds = time.perf_counter() - start
-        assert summary["state"] == "SUCCESS" and summary["total"] == n, summary
-        jobs[procs] = rate(n, seconds)
-        worker.terminate()
-        worker.wait(30)
-        workers.remove(worker)
+    env = dict(os.environ, PISTON_S3_ENDPOINT_URL=endpoint, PISTON_REGISTRY="s3://bench/registry",
+               PISTON_RUNS_DIR=str(tmp / "runs"), PISTON_SCORE_SHARD_SIZE=str(args.shard_size))
+    jobs = {procs: time_job(env, procs, "s3://bench/images", f"s3://bench/out{procs}",
+                            "s3://bench/images/copy0", tmp, workers)
+            for procs in (1, 2)}
 
     lower = min(storage_ceiling, compute_ceiling)
     print(f"{'storage ceiling (16 parallel GETs)':40s} {storage_ceiling:8.1f} img/s")
@@ -183,6 +172,124 @@ def wait(job_id: str, job_status: object) -> dict[str, object]:
         if status["state"] in TERMINAL:
             return dict(status)
         time.sleep(0.05)
+
+
+# -- the local-folder source ---------------------------------------------------------------
+
+_PREDICTOR: object = None
+
+
+def _load(model_dir: str) -> None:
+    """A compute-ceiling process: one torch thread, like each of a worker's processes."""
+    global _PREDICTOR
+    import torch
+
+    from piston.bundle import Predictor
+
+    torch.set_num_threads(1)
+    _PREDICTOR = Predictor.load(model_dir)
+
+
+def _score_files(paths: list[str]) -> int:
+    """Read, decode (2 threads, the worker's default) and forward in batches of 16, as a
+    worker process does, without the job around it: no queue, no records, no merge."""
+    from piston.scoring import score_blobs
+
+    with ThreadPoolExecutor(2) as decodes:
+        for begin in range(0, len(paths), 16):
+            blobs = [Path(p).read_bytes() for p in paths[begin:begin + 16]]
+            score_blobs(_PREDICTOR, blobs, 70_000_000, decodes.map)  # type: ignore[arg-type]
+    return len(paths)
+
+
+def compute_ceiling(model_dir: str, paths: list[str], procs: int) -> float:
+    """Images/s of `procs` processes scoring their share of `paths`, the model already loaded."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    spawn = multiprocessing.get_context("spawn")  # the parent's torch threads do not fork well
+    with ProcessPoolExecutor(procs, mp_context=spawn, initializer=_load,
+                             initargs=(model_dir,)) as pool:
+        list(pool.map(_score_files, [paths[:16]] * procs))  # warm-up: every process loaded
+        start = time.perf_counter()
+        done = sum(pool.map(_score_files, [paths[i::procs] for i in range(procs)]))
+        return rate(done, time.perf_counter() - start)
+
+
+def run_local(args: argparse.Namespace) -> None:
+    import redis
+
+    from piston.registry import Registry
+    from piston.storage import LocalStorage
+    from training.config import load_config
+    from training.pipeline import GateBar, train_bundle
+
+    tmp = Path(tempfile.mkdtemp(prefix="piston-bench-local-"))
+    os.environ.update(BENTOML_HOME=str(tmp / "bentoml"), BENTOML_DO_NOT_TRACK="true")
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        redis.Redis.from_url(REDIS_URL).flushdb()
+        files = sorted(Path(args.data).glob("*/*.jpeg"))
+        for copy in range(args.copies):
+            for f in files:
+                dest = tmp / "images" / f"copy{copy}" / f.parent.name / f.name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, dest)
+        paths = sorted(str(p) for p in (tmp / "images").rglob("*.jpeg"))
+        registry = Registry(LocalStorage(tmp / "registry"))
+        outcome = train_bundle(args.data, load_config(None, None, {"epochs": 1}), registry,
+                               GateBar(), tmp / "runs", 70_000_000)
+        registry.promote(outcome.version, "bench", force=True)
+        model_dir = str(registry.fetch(outcome.version))
+        print(f"{len(paths)} images ({args.copies} copies of {len(files)}) in a local folder,"
+              f" model {outcome.version}, {os.cpu_count()} cores")
+        env = dict(os.environ, PISTON_REGISTRY=str(tmp / "registry"),
+                   PISTON_SCORE_SHARD_SIZE=str(args.shard_size), PISTON_RUNS_DIR=str(tmp))
+        ceilings, jobs = {}, {}
+        for procs in (1, 2):  # the ceiling just before and just after the job: a shared
+            before = compute_ceiling(model_dir, paths, procs)  # machine's load moves
+            jobs[procs] = time_job(env, procs, str(tmp / "images"), str(tmp / f"out{procs}"),
+                                   str(tmp / "images" / "copy0"), tmp, workers)
+            after = compute_ceiling(model_dir, paths, procs)
+            print(f"{procs} process(es): ceiling {before:.1f} before, {after:.1f} after the job")
+            ceilings[procs] = (before + after) / 2
+    finally:
+        for w in workers:
+            w.terminate()
+            w.wait(30)
+        shutil.rmtree(tmp, ignore_errors=True)
+    for procs in (1, 2):
+        print(f"{f'compute ceiling, {procs} process(es), mean':40s} {ceilings[procs]:8.1f} img/s")
+        print(f"{f'our job, {procs} worker process(es)':40s} {jobs[procs]:8.1f} img/s"
+              f"   {jobs[procs] / ceilings[procs]:5.0%} of the {procs}-process ceiling")
+    share = jobs[2] / ceilings[2]
+    print(f"goal: job with 2 processes >= 70% of the 2-process compute ceiling: {share:.0%}"
+          f" -> {'met' if share >= 0.7 else 'NOT met'}")
+
+
+def time_job(env: dict[str, str], procs: int, src: str, out: str, warm: str, tmp: Path,
+             workers: list[subprocess.Popen[bytes]]) -> float:
+    """Images/s of one scoring job on a fresh `piston worker -c procs`, after a warm-up job."""
+    from piston.jobs import client, enqueue_score, job_status
+
+    env = dict(env, PISTON_REDIS_URL=REDIS_URL, BENTOML_HOME=str(tmp / f"worker{procs}"))
+    with (tmp / f"worker{procs}.log").open("wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "worker", "-c", str(procs), "-n",
+             f"bench{procs}@%h", "--loglevel", "WARNING"], env=env, cwd=ROOT, stdout=log,
+            stderr=subprocess.STDOUT)
+    workers.append(worker)
+    while not client(REDIS_URL).control.ping(timeout=0.5):
+        time.sleep(0.2)
+    wait(enqueue_score(REDIS_URL, warm, out + "-warm"), job_status)
+    start = time.perf_counter()
+    summary = wait(enqueue_score(REDIS_URL, src, out), job_status)
+    seconds = time.perf_counter() - start
+    assert summary["state"] == "SUCCESS", summary
+    worker.terminate()
+    worker.wait(30)
+    workers.remove(worker)
+    return rate(int(summary["total"]), seconds)  # type: ignore[call-overload]
 
 
 if __name__ == "__main__":

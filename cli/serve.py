@@ -9,10 +9,10 @@ from pathlib import Path
 
 import yaml
 
-from cli.context import open_registry
 from cli.output import emit
 from piston.bundle import MODEL_NAME
 from piston.errors import PistonError, RegistryError
+from piston.registry import open_registry
 from piston.settings import load_settings
 
 SERVICE = "service.app:PistonInspector"

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from tqdm import tqdm
 
-from cli.context import open_registry
 from cli.output import emit
 from piston.errors import ConfigError
+from piston.registry import open_registry
 from piston.settings import load_settings
 from training.config import TrainConfig, load_config, recipe_names
 from training.dataset import parse_class_map

@@ -7,10 +7,14 @@ file lists, a fingerprint of the data and its lineage.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
+import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -138,6 +142,39 @@ def local_model(version: str) -> bentoml.Model:
         return bentoml.models.get(f"{MODEL_NAME}:{version}")
     except bentoml.exceptions.NotFound:
         raise RegistryError(f"bundle {version} is not in the local model store") from None
+
+
+def import_archive(version: str, data: bytes) -> Path:
+    """Import an archive into the local store; refused (and removed) unless it holds `version`."""
+    import bentoml
+
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = Path(tmp) / f"{version}.bentomodel"
+        archive.write_bytes(data)
+        try:
+            model = bentoml.models.import_model(str(archive), input_format="tar")
+        except bentoml.exceptions.BentoMLException as err:
+            raise RegistryError(f"bundle {version} cannot be imported: {err}") from None
+    if str(model.tag) != f"{MODEL_NAME}:{version}":
+        bentoml.models.delete(str(model.tag))
+        raise RegistryError(
+            f"the archive of bundle {version} holds {model.tag}, not {MODEL_NAME}:{version}:"
+            " refused"
+        )
+    return Path(model.path)
+
+
+@contextlib.contextmanager
+def local_store_lock() -> Iterator[None]:
+    """One importer at a time per BentoML home, across processes (service and job workers)."""
+    home = Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml")
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / ".piston-import.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def read_meta(model_dir: str | Path) -> BundleMeta:

@@ -1,55 +1,37 @@
 """Enqueueing jobs, reading their status and cancelling them, without importing the workers.
 
 The service and the CLI send tasks by name through a send-only Celery client; only worker
-processes import `workers`. A job's shared state is one `JobRecord`, which owns every Redis
-key a job creates (each with an expiry). Shards update it idempotently: each overwrites its
-own fields, so a shard delivered twice never counts twice.
+processes import `workers`. A job's shared state is its `JobRecord` (`piston.job_record`).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
-import json
-import logging
-import time
 import uuid
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from piston.errors import JobQueueUnavailable, UnknownJob
-from piston.names import check_job_id
-from piston.records import JobSummary, ShardCounts
+from piston.job_record import (
+    ACTIVE,
+    RECORD_TTL_S,
+    TERMINAL,
+    JobRecord,
+    connection_errors,
+    now,
+)
 from piston.settings import redact
 
-log = logging.getLogger(__name__)
-T = TypeVar("T")
+__all__ = ["ACTIVE", "RECORD_TTL_S", "TERMINAL", "JobQueueUnavailable", "JobRecord",
+           "UnknownJob", "now"]
 
 SCORE_TASK = "piston.score"
 SHARD_TASK = "piston.score_shard"
 FINALIZE_TASK = "piston.score_finalize"
 RETRAIN_TASK = "piston.retrain"
 SCORE_QUEUE, RETRAIN_QUEUE = "score", "retrain"
-TERMINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
-RECORD_TTL_S = 7 * 24 * 3600
-ACTIVE = "piston:jobs:active"  # job id -> last update (unix time): what the watchdog looks at
+ROUTES = {SCORE_TASK: {"queue": SCORE_QUEUE}, SHARD_TASK: {"queue": SCORE_QUEUE},
+          FINALIZE_TASK: {"queue": SCORE_QUEUE}, RETRAIN_TASK: {"queue": RETRAIN_QUEUE}}
 
-# KEYS[1] = the job hash; ARGV[1..3] = the terminal states (JSON); then field, value pairs.
-_SET_STATE_UNLESS_ENDED = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state == ARGV[1] or state == ARGV[2] or state == ARGV[3] then return 0 end
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-return 1
-"""
-
-
-def _connection_errors() -> tuple[type[BaseException], ...]:
-    from kombu.exceptions import OperationalError
-    from redis.exceptions import BusyLoadingError
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    return RedisConnectionError, RedisTimeoutError, BusyLoadingError, OperationalError
 
 
 def _reaching_redis(fn: Any) -> Any:
@@ -59,7 +41,7 @@ def _reaching_redis(fn: Any) -> Any:
     def call(redis_url: str, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(redis_url, *args, **kwargs)
-        except _connection_errors() as err:
+        except connection_errors() as err:
             raise JobQueueUnavailable(
                 f"cannot reach Redis at {redact(redis_url)} (PISTON_REDIS_URL): {redact(str(err))}"
             ) from None
@@ -79,218 +61,6 @@ def client(redis_url: str) -> Any:
     app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json",
                     task_routes=ROUTES)
     return app
-
-
-ROUTES = {SCORE_TASK: {"queue": SCORE_QUEUE}, SHARD_TASK: {"queue": SCORE_QUEUE},
-          FINALIZE_TASK: {"queue": SCORE_QUEUE}, RETRAIN_TASK: {"queue": RETRAIN_QUEUE}}
-
-
-def now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
-
-
-class JobRecord:
-    """One job's shared state in Redis: plan, per-shard progress, state and summary.
-
-    Keys: `piston:job:<id>` (hash), `...:done` (set of finished shards), `...:plan` (each
-    shard's items, to re-send a lost one) and the job's entry in `piston:jobs:active` while
-    it runs. With `wait_s`, every call waits out a
-    Redis outage (retrying with backoff) instead of failing: what a worker mid-job wants.
-    """
-
-    def __init__(self, redis: Any, job_id: str, wait_s: float = 0.0,
-                 ttl_s: int = RECORD_TTL_S) -> None:
-        self.redis = redis
-        self.job_id = check_job_id(job_id)
-        self.key = f"piston:job:{job_id}"
-        self.done_key = f"{self.key}:done"
-        self.plan_key = f"{self.key}:plan"
-        self.wait_s = wait_s
-        self.ttl_s = ttl_s
-
-    @classmethod
-    def open(cls, redis_url: str, job_id: str) -> JobRecord:
-        return cls(_redis(redis_url), job_id)
-
-    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """`fn(*args)`, retried while Redis is unreachable, for up to `wait_s` seconds."""
-        deadline = time.monotonic() + self.wait_s
-        delay = 0.25
-        while True:
-            try:
-                return fn(*args, **kwargs)
-            except _connection_errors() as err:
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.warning("job %s: Redis unreachable (%s); retrying in %.1f s", self.job_id,
-                            redact(str(err)), delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    def _pipeline(self, build: Callable[[Any], None]) -> list[Any]:
-        def run() -> list[Any]:
-            pipe = self.redis.pipeline(transaction=True)
-            build(pipe)
-            return list(pipe.execute())
-        return self._call(run)
-
-    def create(self, kind: str, **fields: Any) -> None:
-        values = {"kind": kind, "state": "PENDING", "submitted_at": now(), **fields}
-
-        def build(pipe: Any) -> None:
-            pipe.hset(self.key, mapping={k: json.dumps(v) for k, v in values.items()})
-            pipe.expire(self.key, self.ttl_s)
-        self._pipeline(build)
-        self.touch()
-
-    def exists(self) -> bool:
-        return bool(self._call(self.redis.exists, self.key))
-
-    def set(self, **fields: Any) -> None:
-        def build(pipe: Any) -> None:
-            pipe.hset(self.key, mapping={k: json.dumps(v) for k, v in fields.items()})
-            pipe.expire(self.key, self.ttl_s)
-        self._pipeline(build)
-
-    def get(self, name: str, default: Any = None) -> Any:
-        raw = self._call(self.redis.hget, self.key, name)
-        return default if raw is None else _loads(raw)
-
-    def fields(self) -> dict[str, Any]:
-        return {k: _loads(v) for k, v in self._call(self.redis.hgetall, self.key).items()}
-
-    @property
-    def state(self) -> str:
-        return str(self.get("state", "PENDING"))
-
-    def set_state(self, state: str, reason: str | None = None) -> bool:
-        """Move to `state` unless the job already ended; False when it had.
-
-        Check and write are one Redis script, so a cancel racing the final merge cannot
-        overwrite SUCCESS with REVOKED.
-        """
-        fields: dict[str, Any] = {"state": state}
-        if state in TERMINAL:
-            fields["finished_at"] = now()
-        if reason:
-            fields["reason"] = reason
-        args = [x for k, v in fields.items() for x in (k, json.dumps(v))]
-        terminal = [json.dumps(t) for t in sorted(TERMINAL)]
-        if not self._call(self.redis.eval, _SET_STATE_UNLESS_ENDED, 1, self.key, *terminal, *args):
-            return False
-        if state in TERMINAL:
-            self._release()
-        else:
-            self.touch()
-        return True
-
-    def touch(self) -> None:
-        """Mark the job as running now (the watchdog looks for jobs whose shards went quiet)."""
-        def build(pipe: Any) -> None:
-            pipe.zadd(ACTIVE, {self.job_id: time.time()})
-            pipe.expire(ACTIVE, self.ttl_s)
-        self._pipeline(build)
-
-    def claim(self, resource: str, ttl_s: int) -> str | None:
-        """Hold `resource` for this job until it ends; the holder's job id when another has it."""
-        guard = f"piston:claim:{resource}"
-        if self._call(self.redis.set, guard, self.job_id, nx=True, ex=ttl_s):
-            self.set(claim=guard)
-            return None
-        holder = self._call(self.redis.get, guard)
-        return None if holder == self.job_id else str(holder)
-
-    def _release(self) -> None:
-        guard = self.get("claim")
-        if guard and self._call(self.redis.get, guard) == self.job_id:
-            self._call(self.redis.delete, guard)
-        self._call(self.redis.zrem, ACTIVE, self.job_id)
-        self._call(self.redis.delete, self.plan_key)
-
-    def save_plan(self, shards: list[list[Any]]) -> None:
-        """Each shard's items, kept while the job runs (what a lost shard is re-sent with)."""
-        def build(pipe: Any) -> None:
-            pipe.delete(self.plan_key)
-            if shards:
-                pipe.hset(self.plan_key, mapping={str(i): json.dumps(s)
-                                                  for i, s in enumerate(shards)})
-                pipe.expire(self.plan_key, self.ttl_s)
-        self._pipeline(build)
-
-    def shard_items(self, shard: int) -> list[Any]:
-        raw = self._call(self.redis.hget, self.plan_key, str(shard))
-        if raw is None:
-            raise UnknownJob(f"job {self.job_id} has no shard {shard} (its plan expired?)")
-        return list(json.loads(raw))
-
-    def attempt(self, task: str) -> int:
-        """Count one more start of `task` of this job; returns how many there have been."""
-        def build(pipe: Any) -> None:
-            pipe.hincrby(self.key, f"starts:{task}", 1)
-            pipe.expire(self.key, self.ttl_s)
-        return int(self._pipeline(build)[0])
-
-    def progress(self, shard: int, counts: ShardCounts, worker: str | None = None) -> None:
-        """Overwrite one shard's running counts (so a redelivered shard restarts them)."""
-        fields: dict[str, Any] = {f"progress:{shard}": counts.model_dump(),
-                                  f"beat:{shard}": time.time()}
-        if worker:
-            fields[f"worker:{shard}"] = worker
-        self.set(**fields)
-        self.touch()
-
-    def shard_done(self, shard: int, counts: ShardCounts) -> bool:
-        """Record a finished shard; True once every shard is done.
-
-        A redelivered last shard (its worker died before sending the merge) answers True
-        again, so the merge is still sent; merging is idempotent.
-        """
-        def build(pipe: Any) -> None:
-            pipe.hset(self.key, f"progress:{shard}", counts.model_dump_json())
-            pipe.sadd(self.done_key, shard)
-            pipe.scard(self.done_key)
-            pipe.expire(self.done_key, self.ttl_s)
-        done = self._pipeline(build)[2]
-        self.touch()
-        return int(done) == int(self.get("shards", 0))
-
-    def shards_done(self) -> frozenset[int]:
-        return frozenset(int(s) for s in self._call(self.redis.smembers, self.done_key))
-
-    def status(self) -> dict[str, Any]:
-        """Everything known about the job, with counts summed over its shards."""
-        fields = self.fields()
-        if not fields:
-            raise UnknownJob(f"no job {self.job_id} (unknown id, or its record expired)")
-        internal = ("progress:", "summary", "started_ts", "beat:", "worker:", "starts:")
-        out: dict[str, Any] = {"job_id": self.job_id}
-        out.update({k: v for k, v in fields.items() if not k.startswith(internal)})
-        if "summary" in fields:
-            summary = fields["summary"]
-            if fields.get("kind") == "score":
-                summary = JobSummary.model_validate(summary).model_dump(exclude_none=True)
-            out.update(summary, state=fields.get("state"))  # the record's state is the truth
-        elif fields.get("kind") == "score":
-            counts = ShardCounts.total(ShardCounts.model_validate(v)
-                                       for k, v in fields.items() if k.startswith("progress:"))
-            out.update(counts.model_dump(exclude={"done"}), shards_done=len(self.shards_done()))
-        return out
-
-
-@functools.lru_cache(maxsize=8)
-def _redis(redis_url: str) -> Any:
-    """One client (with its connection pool) per URL and process."""
-    import redis
-
-    return redis.Redis.from_url(redis_url, decode_responses=True, socket_connect_timeout=5,
-                                socket_timeout=30, health_check_interval=30)
-
-
-def _loads(raw: str) -> Any:
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw
 
 
 @_reaching_redis

@@ -19,22 +19,25 @@ Versions are checked (`piston.names`) before they touch a key.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import fcntl
 import getpass
 import hashlib
 import json
 import logging
-import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from piston.bundle import MODEL_NAME, BundleMeta, local_model, read_meta
+from piston.bundle import (
+    BundleMeta,
+    import_archive,
+    local_model,
+    local_store_lock,
+    read_meta,
+)
 from piston.errors import (
     RegistryError,
     StaleProduction,
@@ -134,7 +137,7 @@ class Registry:
         The archive must match the SHA-256 recorded when it was published, and the model it
         holds must be the version asked for; otherwise nothing is imported.
         """
-        with _local_store_lock():  # BentoML's import copies over a concurrent one
+        with local_store_lock():  # BentoML's import copies over a concurrent one
             try:
                 return Path(local_model(check_version(version)).path)
             except RegistryError:
@@ -149,7 +152,7 @@ class Registry:
                     f"the archive of bundle {version} does not match its recorded SHA-256"
                     f" ({digest[:12]} != {meta.archive_sha256[:12]}): refused; publish it again"
                 )
-            return _import(version, data)
+            return import_archive(version, data)
 
     def split(self, version: str) -> dict[str, list[str]]:
         """The bundle's split lists (train/val/test keys), fetched into the local store."""
@@ -259,39 +262,6 @@ def _archive_key(version: str) -> str:
 
 def _meta_key(version: str) -> str:
     return f"bundles/{check_version(version)}.json"
-
-
-def _import(version: str, data: bytes) -> Path:
-    """Import an archive into the local store; refused (and removed) unless it holds `version`."""
-    import bentoml
-
-    with tempfile.TemporaryDirectory() as tmp:
-        archive = Path(tmp) / f"{version}.bentomodel"
-        archive.write_bytes(data)
-        try:
-            model = bentoml.models.import_model(str(archive), input_format="tar")
-        except bentoml.exceptions.BentoMLException as err:
-            raise RegistryError(f"bundle {version} cannot be imported: {err}") from None
-    if str(model.tag) != f"{MODEL_NAME}:{version}":
-        bentoml.models.delete(str(model.tag))
-        raise RegistryError(
-            f"the archive of bundle {version} holds {model.tag}, not {MODEL_NAME}:{version}:"
-            " refused"
-        )
-    return Path(model.path)
-
-
-@contextlib.contextmanager
-def _local_store_lock() -> Iterator[None]:
-    """One importer at a time per BentoML home, across processes (service and job workers)."""
-    home = Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml")
-    home.mkdir(parents=True, exist_ok=True)
-    with (home / ".piston-import.lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _who() -> str:

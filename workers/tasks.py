@@ -93,7 +93,8 @@ def score(self: Task, src: str, out: str, only_new: bool = False,
         record.create("score", src=src, out=out, only_new=only_new, scheduled=True)
     try:
         _begin(self, rt, record, "plan")
-        if record.set_state("STARTED"):
+        # a redelivered plan of a job already fanned out (its ack was lost) does nothing
+        if record.state in ("PENDING", "STARTED") and record.set_state("STARTED"):
             _plan(rt, record, src, out, only_new)
     except JobEnded:
         raise

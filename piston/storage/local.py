@@ -35,9 +35,10 @@ class LocalStorage:
         path = self._path(key)
         try:
             with path.open("rb") as fh:
-                size = os.fstat(fh.fileno()).st_size
-                if max_bytes is not None and size > max_bytes:
-                    raise ObjectTooLarge(f"{path} is {size} bytes, over the {max_bytes} limit")
+                stat = os.fstat(fh.fileno())  # of the file read, even if replaced meanwhile
+                if max_bytes is not None and stat.st_size > max_bytes:
+                    raise ObjectTooLarge(
+                        f"{path} is {stat.st_size} bytes, over the {max_bytes} limit")
                 data = fh.read()
         except FileNotFoundError:
             raise StorageError(f"{path} does not exist") from None
@@ -45,7 +46,7 @@ class LocalStorage:
             raise StorageError(f"{path} is a folder, not a file") from None
         except OSError as err:
             raise StorageError(f"cannot read {path}: {err.strerror}") from None
-        return data, _info(key, path)
+        return data, ObjectInfo(key, stat.st_size, etag=_etag(stat))
 
     @contextlib.contextmanager
     def _staged(self, key: str, data: bytes) -> Iterator[tuple[Path, Path]]:
@@ -123,6 +124,10 @@ def _flocked(target: Path) -> Iterator[None]:
 
 
 def _info(key: str, path: Path) -> ObjectInfo:
-    """A local file's ETag is its modification time and size: a replaced file is a new object."""
     stat = path.stat()
-    return ObjectInfo(key, stat.st_size, etag=f"{stat.st_mtime_ns:x}-{stat.st_size:x}")
+    return ObjectInfo(key, stat.st_size, etag=_etag(stat))
+
+
+def _etag(stat: os.stat_result) -> str:
+    """A local file's ETag: its inode, modification time and size (a replaced file is new)."""
+    return f"{stat.st_ino:x}-{stat.st_mtime_ns:x}-{stat.st_size:x}"

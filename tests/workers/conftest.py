@@ -226,6 +226,7 @@ def worker_env(work_dir: Path, s3_url: str, registry: str, **extra: str) -> dict
         "PISTON_SCORE_MAX_IMAGES_PER_SECOND": "80",
         "PISTON_JOB_RETRIES": "2",
         "PISTON_JOB_RETRY_DELAY_S": "0.5",
+        "PISTON_JOB_MAX_WORKER_LOST": "1",  # a shard whose process died twice fails its job
         # Few-epoch models: gates low enough to pass, so the champion comparison decides.
         "PISTON_GATE_MIN_ACCURACY": "0.5",
         "PISTON_GATE_MIN_CLASS_F1": "0.2",

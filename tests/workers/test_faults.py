@@ -21,9 +21,17 @@ import redis
 
 from piston.errors import JobQueueUnavailable
 from piston.jobs import TERMINAL, enqueue_score, job_status
+from piston.jobs import client as client_app
 from piston.registry import Registry
 from piston.storage import LocalStorage
-from tests.workers.conftest import free_port, start_worker, wait_for_port, worker_env
+from tests.workers.conftest import (
+    REDIS_URL,
+    Worker,
+    free_port,
+    start_worker,
+    wait_for_port,
+    worker_env,
+)
 
 pytestmark = pytest.mark.slow
 log = logging.getLogger(__name__)
@@ -94,9 +102,9 @@ def test_a_redis_restart_mid_job_is_waited_out(
     own_redis: RedisServer, local_registry: Path, piston_data: Path, work_dir: Path
 ) -> None:
     src, out = work_dir / "restart-src", work_dir / "restart-out"
-    keys = many_pistons(piston_data, src, copies=4)
+    keys = many_pistons(piston_data, src, copies=2)
     env = worker_env(work_dir, "http://127.0.0.1:1", str(local_registry),
-                     PISTON_REDIS_URL=own_redis.url, PISTON_SCORE_SHARD_SIZE="64",
+                     PISTON_REDIS_URL=own_redis.url, PISTON_SCORE_SHARD_SIZE="32",
                      PISTON_SCORE_MAX_IMAGES_PER_SECOND="40", PISTON_JOB_WATCH_EVERY_S="5",
                      PISTON_JOB_STALE_AFTER_S="20")
     worker = start_worker(env, work_dir / "restart-worker.log", concurrency=2,
@@ -132,34 +140,31 @@ def test_a_redis_restart_mid_job_is_waited_out(
 
 
 def test_a_task_that_kills_its_worker_every_time_is_dead_lettered(
-    local_registry: Path, piston_data: Path, work_dir: Path
+    worker: Worker, piston_data: Path, work_dir: Path
 ) -> None:
-    url = "redis://127.0.0.1:6379/12"
-    redis.Redis.from_url(url).flushdb()
+    """The session's worker runs with PISTON_JOB_MAX_WORKER_LOST=1: two deaths, then FAILURE."""
     src = work_dir / "poison-src"
     many_pistons(piston_data, src, copies=1)
-    env = worker_env(work_dir, "http://127.0.0.1:1", str(local_registry), PISTON_REDIS_URL=url,
-                     PISTON_SCORE_SHARD_SIZE="300", PISTON_SCORE_MAX_IMAGES_PER_SECOND="20",
-                     PISTON_JOB_MAX_WORKER_LOST="2")
-    worker = start_worker(env, work_dir / "poison-worker.log", concurrency=1, name="poison",
-                          queues="score")
-    client = redis.Redis.from_url(url, decode_responses=True)
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     killed: set[int] = set()
-    try:
-        job_id = enqueue_score(url, str(src), str(work_dir / "poison-out"))
-        deadline = time.monotonic() + 180
-        while (status := job_status(url, job_id))["state"] not in TERMINAL:
-            assert time.monotonic() < deadline, status
-            where = client.hget(f"piston:job:{job_id}", "worker:0")
-            pid = int(json.loads(where).rsplit(":", 1)[1]) if where else 0
-            if pid and pid not in killed and pid in worker.children():
-                os.kill(pid, signal.SIGKILL)  # the shard's process dies each time it runs it
-                killed.add(pid)
-            time.sleep(0.05)
-    finally:
-        worker.stop()
+    job_id = enqueue_score(REDIS_URL, str(src), str(work_dir / "poison-out"))
+    deadline = time.monotonic() + 180
+    while (status := job_status(REDIS_URL, job_id))["state"] not in TERMINAL:
+        assert time.monotonic() < deadline, status
+        where = client.hget(f"piston:job:{job_id}", "worker:0")
+        pid = int(json.loads(where).rsplit(":", 1)[1]) if where else 0
+        if pid and pid not in killed and pid in worker.children():
+            os.kill(pid, signal.SIGKILL)  # the shard's process dies each time it runs it
+            killed.add(pid)
+        time.sleep(0.05)
 
     assert status["state"] == "FAILURE", status
-    assert "shard-0 was dead-lettered: its worker process died 3 times" in str(status["reason"])
-    assert len(killed) == 3
+    assert "shard-0 was dead-lettered: its worker process died 2 times" in str(status["reason"])
+    assert len(killed) == 2
     assert not (work_dir / "poison-out" / "results.jsonl").exists()
+    # in Celery too, the dead-lettered shard ended as failed, not as a success
+    result = client_app(REDIS_URL).AsyncResult(f"{job_id}-shard-0")
+    deadline = time.monotonic() + 30
+    while result.state != "FAILURE":
+        assert time.monotonic() < deadline, result.state
+        time.sleep(0.2)
