@@ -88,6 +88,7 @@ def run_search(
                          whole_cycles=best is not None)
         if cand.fitted is not None and cand.fitted.stopped == "too_slow":
             cand.note = "skipped: one cycle would not fit in its share of the budget"
+            cand.val_accuracy = cand.val_macro_f1 = cand.val_loss = float("nan")  # one epoch
             continue
         if best is None or cand.key() > best.key():
             best = cand
