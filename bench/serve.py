@@ -1,11 +1,12 @@
 """Serving benchmark: our BentoML /classify vs a naive uvicorn endpoint vs the in-process ceiling.
 
-    python bench/serve.py [--duration 8] [--workers 1]
+    python bench/serve.py [--duration 8] [--rounds 4] [--workers 1]
 
 Everything in one run on the same model: starts `piston serve` and a plain Starlette app
 on uvicorn (decode + forward per request, no batching), drives both with a small asyncio
 load generator (raw HTTP/1.1 keep-alive sockets, so the client costs little CPU) at
-concurrency 1, 8 and 32, then measures decode + forward in-process at batch 32. Prints
+concurrency 1, 8 and 32 in alternating bursts (so the machine's other load falls on all of
+them alike), then `/classify_batch` against decode + forward in-process at batch 32. Prints
 requests/s, p50/p99, stalls (requests over 50 ms), ratios and resident memory. A third
 server, "plain", runs our own routes, engine and batcher on uvicorn without BentoML, to
 separate BentoML's per-request cost from ours. The machine's load average is printed
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -125,23 +127,40 @@ async def _one_connection(port: int, payload: bytes, until: float, latencies: li
         writer.close()
 
 
-def drive(port: int, payload: bytes, concurrency: int, seconds: float) -> dict[str, float]:
-    """Requests/s and latency percentiles of `concurrency` clients for `seconds`."""
-    async def run() -> tuple[list[float], list[str], float]:
-        latencies: list[float] = []
+def burst(port: int, payload: bytes, concurrency: int, seconds: float,
+          into: dict[str, list[float]]) -> None:
+    """`concurrency` clients for `seconds`; latencies, wall time and errors added to `into`."""
+    async def run() -> None:
         errors: list[str] = []
         start = time.perf_counter()
         until = start + seconds
-        await asyncio.gather(*(_one_connection(port, payload, until, latencies, errors)
+        await asyncio.gather(*(_one_connection(port, payload, until, into["lat"], errors)
                                for _ in range(concurrency)))
-        return latencies, errors, time.perf_counter() - start
+        into["wall"].append(time.perf_counter() - start)
+        into["errors"].extend(1.0 for _ in errors)
 
-    asyncio.run(_warm(port, payload))
-    latencies, errors, wall = asyncio.run(run())
-    lat = np.array(latencies) * 1000
-    return {"rps": len(lat) / wall, "p50": float(np.percentile(lat, 50)),
+    asyncio.run(run())
+
+
+def summary(into: dict[str, list[float]]) -> dict[str, float]:
+    lat = np.array(into["lat"]) * 1000
+    return {"rps": len(lat) / sum(into["wall"]), "p50": float(np.percentile(lat, 50)),
             "p99": float(np.percentile(lat, 99)), "max": float(lat.max()),
-            "stalls": int((lat > 50).sum()), "errors": len(errors), "n": len(lat)}
+            "stalls": int((lat > 50).sum()), "errors": len(into["errors"]), "n": len(lat)}
+
+
+def interleaved(targets: dict[str, tuple[int, bytes]], concurrency: int, seconds: float,
+                rounds: int) -> dict[str, dict[str, float]]:
+    """Each target driven in `rounds` alternating bursts, so the machine's other load (it
+    changes by the second on a shared machine) falls on all of them alike."""
+    pooled: dict[str, dict[str, list[float]]] = {
+        name: {"lat": [], "wall": [], "errors": []} for name in targets}
+    for port, payload in targets.values():
+        asyncio.run(_warm(port, payload))
+    for _ in range(rounds):
+        for name, (port, payload) in targets.items():
+            burst(port, payload, concurrency, seconds / rounds, pooled[name])
+    return {name: summary(into) for name, into in pooled.items()}
 
 
 async def _warm(port: int, payload: bytes) -> None:
@@ -202,20 +221,35 @@ def ensure_bundle(registry: str, data: str) -> str:
     return str(reg.fetch(version))
 
 
-def ceiling(model_dir: str, images: list[bytes], seconds: float = 4.0) -> float:
-    """Images/s for decode + forward, batch 32, no HTTP."""
+def batch_against_ceiling(port: int, payload: bytes, model_dir: str, images: list[bytes],
+                          args: argparse.Namespace) -> tuple[dict[int, dict[str, float]], float]:
+    """`/classify_batch` at c=1 and c=2 in bursts alternating with the in-process ceiling."""
     from piston.bundle import Predictor
-    from piston.imaging import preprocess
 
     predictor = Predictor.load(model_dir)
     torch_threads()
+    pooled: dict[int, dict[str, list[float]]] = {
+        c: {"lat": [], "wall": [], "errors": []} for c in (1, 2)}
+    done, spent = 0, 0.0
+    for _ in range(args.rounds):
+        for c in (1, 2):
+            burst(port, payload, c, args.duration / args.rounds, pooled[c])
+        n, t = ceiling(predictor, images, args.duration / args.rounds)  # the servers idle
+        done, spent = done + n, spent + t
+    return {c: summary(into) for c, into in pooled.items()}, done / spent
+
+
+def ceiling(predictor: Any, images: list[bytes], seconds: float) -> tuple[int, float]:
+    """Images decoded + scored in about `seconds`, batch 32, no HTTP: (images, seconds)."""
+    from piston.imaging import preprocess
+
     batch = (images * 32)[:32]
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         arrays = np.stack([preprocess(b, predictor.contract) for b in batch])
         predictor.probabilities(arrays)
         done += len(batch)
-    return done / (time.perf_counter() - start)
+    return done, time.perf_counter() - start
 
 
 def multipart(images: list[bytes], field: str) -> tuple[bytes, str]:
@@ -229,11 +263,37 @@ def multipart(images: list[bytes], field: str) -> tuple[bytes, str]:
     return body, f"multipart/form-data; boundary={boundary}"
 
 
+def measure_levels(targets: dict[str, tuple[int, bytes]],
+                   args: argparse.Namespace) -> dict[tuple[str, int], dict[str, float]]:
+    rows = {}
+    for level in args.levels:
+        for name, r in interleaved(targets, level, args.duration, args.rounds).items():
+            rows[(name, level)] = r
+            print(f"{name:6s} c={level:<3d} {r['rps']:7.0f} req/s  p50 {r['p50']:6.2f} ms"
+                  f"  p99 {r['p99']:6.2f} ms  max {r['max']:6.1f} ms  >50ms {r['stalls']}"
+                  f"  errors {r['errors']}  (n={r['n']})", flush=True)
+    return rows
+
+
+def start_servers(env: dict[str, str], model_dir: str, ours_port: int, naive_port: int,
+                  plain_port: int, workers: int) -> list[subprocess.Popen[bytes]]:
+    ours = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(ours_port),
+                             "--workers", str(workers)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    naive = subprocess.Popen([sys.executable, __file__, "--naive-server", str(naive_port),
+                              model_dir], cwd=ROOT, env=env, start_new_session=True)
+    plain = subprocess.Popen([sys.executable, __file__, "--plain-server", str(plain_port),
+                              env["PISTON_REGISTRY"]], cwd=ROOT, env=env, start_new_session=True)
+    return [ours, naive, plain]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
     parser.add_argument("--workers", type=int, default=1, help="BentoML worker processes")
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--rounds", type=int, default=4, help="alternating bursts per level")
     parser.add_argument("--naive-server", nargs=2, metavar=("PORT", "MODEL_DIR"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--plain-server", nargs=2, metavar=("PORT", "REGISTRY"),
@@ -257,37 +317,22 @@ def main() -> None:
     images = [p.read_bytes() for p in sorted(Path(data).glob("*/*.jp*g"))[:64]]
 
     ours_port, naive_port, plain_port = free_port(), free_port(), free_port()
-    ours = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(ours_port),
-                             "--workers", str(args.workers)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    naive = subprocess.Popen([sys.executable, __file__, "--naive-server", str(naive_port),
-                              model_dir], cwd=ROOT, env=env, start_new_session=True)
-    plain = subprocess.Popen([sys.executable, __file__, "--plain-server", str(plain_port),
-                              env["PISTON_REGISTRY"]], cwd=ROOT, env=env, start_new_session=True)
+    ours, naive, plain = start_servers(env, model_dir, ours_port, naive_port, plain_port,
+                                       args.workers)
     try:
         wait_up(ours_port, "/readyz", ours)
         wait_up(naive_port, "/nothing", naive)
         wait_up(plain_port, "/nothing", plain)
-        payload_ours = request_bytes("/classify", images[0], "image/jpeg")
-        payload_naive = request_bytes("/classify", images[0], "image/jpeg")
-        rows = {}
-        for level in args.levels:
-            for name, port, payload in (("ours", ours_port, payload_ours),
-                                        ("naive", naive_port, payload_naive),
-                                        ("plain", plain_port, payload_ours)):
-                rows[(name, level)] = drive(port, payload, level, args.duration)
-                r = rows[(name, level)]
-                print(f"{name:6s} c={level:<3d} {r['rps']:7.0f} req/s  p50 {r['p50']:6.2f} ms"
-                      f"  p99 {r['p99']:6.2f} ms  max {r['max']:6.1f} ms  >50ms {r['stalls']}"
-                      f"  errors {r['errors']}  (n={r['n']})", flush=True)
+        payload = request_bytes("/classify", images[0], "image/jpeg")
+        targets = {"ours": (ours_port, payload), "naive": (naive_port, payload),
+                   "plain": (plain_port, payload)}
+        rows = measure_levels(targets, args)
         body, ctype = multipart((images * 32)[:32], "images")
         batch_payload = request_bytes("/classify_batch", body, ctype)
-        batch = {c: drive(ours_port, batch_payload, c, args.duration) for c in (1, 2)}
+        batch, top = batch_against_ceiling(ours_port, batch_payload, model_dir, images, args)
         stats = __import__("httpx").get(f"http://127.0.0.1:{ours_port}/model").json()["batching"]
         rss_ours = tree_rss_mb(ours.pid)
         rss_naive = tree_rss_mb(naive.pid)
-        top = ceiling(model_dir, images)  # the servers sit idle meanwhile
     finally:
         for proc in (ours, naive, plain):
             os.killpg(proc.pid, 15)
@@ -295,13 +340,24 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nload average before/after: {load_before} / {os.getloadavg()}")
+    report(rows, args.levels, batch, top, stats)
+    print("\nresident memory:")
+    for label, rss in (("ours", rss_ours), ("naive", rss_naive)):
+        for proc_name, mb in rss:
+            print(f"  {label:6s} {mb:7.0f} MB  {proc_name}")
+        print(f"  {label:6s} {sum(mb for _, mb in rss):7.0f} MB  total")
+
+
+def report(rows: dict[tuple[str, int], dict[str, float]], levels: list[int],
+           batch: dict[int, dict[str, float]], top: float, stats: dict[str, Any]) -> None:
+    """The batch figures against the ceiling, and the same-run ratios."""
     print(f"\nin-process ceiling (decode + forward, batch 32): {top:.0f} images/s")
     for c, r in batch.items():
         print(f"/classify_batch 32 images, c={c}: {r['rps'] * 32:.0f} images/s"
               f" ({r['rps'] * 32 / top:.0%} of ceiling), p50 {r['p50']:.1f} ms")
     print(f"batching (this worker): {stats}")
     print("\nratios (ours / naive):")
-    for level in args.levels:
+    for level in levels:
         o, n = rows[("ours", level)], rows[("naive", level)]
         p = rows[("plain", level)]
         print(f"  c={level:<3d} req/s {o['rps'] / n['rps']:.2f}x  p50 {o['p50'] / n['p50']:.2f}x"
@@ -309,11 +365,6 @@ def main() -> None:
               f"  | without BentoML (plain/naive): req/s {p['rps'] / n['rps']:.2f}x"
               f"  p50 {p['p50'] / n['p50']:.2f}x"
               f"  | BentoML/plain: req/s {o['rps'] / p['rps']:.2f}x")
-    print("\nresident memory:")
-    for label, rss in (("ours", rss_ours), ("naive", rss_naive)):
-        for proc_name, mb in rss:
-            print(f"  {label:6s} {mb:7.0f} MB  {proc_name}")
-        print(f"  {label:6s} {sum(mb for _, mb in rss):7.0f} MB  total")
 
 
 if __name__ == "__main__":
