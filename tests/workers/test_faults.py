@@ -105,14 +105,14 @@ def test_a_redis_restart_mid_job_is_waited_out(
     keys = many_pistons(piston_data, src, copies=2)
     env = worker_env(work_dir, "http://127.0.0.1:1", str(local_registry),
                      PISTON_REDIS_URL=own_redis.url, PISTON_SCORE_SHARD_SIZE="32",
-                     PISTON_SCORE_MAX_IMAGES_PER_SECOND="40", PISTON_JOB_WATCH_EVERY_S="5",
+                     PISTON_SCORE_MAX_IMAGES_PER_SECOND="100", PISTON_JOB_WATCH_EVERY_S="5",
                      PISTON_JOB_STALE_AFTER_S="20")
     worker = start_worker(env, work_dir / "restart-worker.log", concurrency=2,
                           name="restart", queues="score")
     try:
         job_id = enqueue_score(own_redis.url, str(src), str(out))
         deadline = time.monotonic() + 90
-        while (job_status(own_redis.url, job_id).get("scored") or 0) < 64:
+        while (job_status(own_redis.url, job_id).get("scored") or 0) < 32:
             assert time.monotonic() < deadline, job_status(own_redis.url, job_id)
             time.sleep(0.1)
         own_redis.stop()
