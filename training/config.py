@@ -50,6 +50,7 @@ class TrainConfig(BaseModel):
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     epochs: int = Field(25, ge=1)  # per learning-rate cycle
     max_cycles: int = Field(3, ge=1)  # more cycles while training has not converged
+    min_steps: int = Field(0, ge=0)  # per cycle: a tiny set gets more epochs, not fewer steps
     budget_s: float | None = Field(None, gt=0)  # wall-clock budget for the fit (or the search)
     search: list[str] = Field(default_factory=list)  # candidate recipes compared on validation
     overrides: dict[str, Any] = Field(default_factory=dict)  # the user's, applied to candidates
@@ -97,6 +98,9 @@ def load_config(
         raise ConfigError(f"unknown recipe {name!r} (known: {', '.join(recipe_names())})")
     base = yaml.safe_load((resources.files("training") / "recipes" / f"{name}.yaml").read_text())
     own = _merge(raw, overrides or {})
+    if "epochs" in own:  # asked for N epochs: exactly N (one cycle, no step floor)
+        own.setdefault("min_steps", 0)
+        own.setdefault("max_cycles", 1)
     merged = _merge(base or {}, own)
     merged["recipe"] = name
     if merged.get("search"):  # a search recipe hands the user's settings to every candidate

@@ -109,6 +109,7 @@ class CrossValResult:
                  "macro_f1": f.metrics["macro_f1"], "train_seconds": round(f.train_seconds, 3),
                  "recall": {c: v["recall"] for c, v in f.metrics["per_class"].items()},
                  "review_share": f.calibration["review_share"], "candidate": f.chosen,
+                 "test_support": {c: v["support"] for c, v in f.metrics["per_class"].items()},
                  **f.sizes}
                 for f in self.folds
             ],

@@ -8,9 +8,13 @@ of different classes are different items by definition, so that distribution say
 while two pills of one type on a black background are alike everywhere and only true copies
 fall under the bar. A fixed similarity cannot serve both.
 
-The signature is a 24x24 grayscale thumbnail, zero-mean and unit-norm, compared under the
-eight flips and quarter turns (views of one piece of fabric are often turned copies).
-The distance is 1 - correlation. Pairs of different classes under the bar are label conflicts.
+When the defect itself is a large, consistent difference (a notch bitten out of every defect
+part), cross-class distances are large and the bar can chain distinct but alike parts of one
+class into one lump; so the bar is halved until no group holds more than 10 images or 10% of
+its class. The signature is a 24x24 grayscale thumbnail, zero-mean and unit-norm, compared
+under the eight flips and quarter turns (views of one piece of fabric are often turned
+copies). The distance is 1 - correlation. Pairs of different classes under the bar are label
+conflicts.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ BAR_FRACTION = 0.25  # of the cross-class reference distance
 REFERENCE_QUANTILE = 0.05
 EXACT = 1e-5  # distances under this are copies: left out of the reference (label conflicts)
 BLOCK = 512  # rows per block: memory stays flat on large sets
+MAX_GROUP = 10  # images: a near-duplicate group may always be this large ...
+MAX_GROUP_SHARE = 0.10  # ... or this share of its class; larger means the bar chains alike items
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,8 @@ def _distance_blocks(thumbs: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
 
 
 def find_near_duplicates(images: np.ndarray, labels: np.ndarray) -> Neighbours:
-    """Calibrate the bar on cross-class distances, then link every pair under it."""
+    """Calibrate the bar on cross-class distances, then link every pair under it; halve the bar
+    while linking chains a large share of a class into one group (alike items, not copies)."""
     thumbs = signatures(images)
     labels = np.asarray(labels)
     cross = np.full(len(images), np.inf, dtype=np.float32)
@@ -85,16 +92,42 @@ def find_near_duplicates(images: np.ndarray, labels: np.ndarray) -> Neighbours:
     finite = cross[np.isfinite(cross)]
     reference = float(np.quantile(finite, REFERENCE_QUANTILE)) if len(finite) else 0.0
     bar = BAR_FRACTION * reference
-    parent = np.arange(len(images))
-    conflicts: list[tuple[int, int, float]] = []
-    for start, dist in _distance_blocks(thumbs):
-        for i, j in zip(*np.nonzero(dist <= max(bar, EXACT)), strict=True):
-            a, b = int(i) + start, int(j)
-            if a < b and labels[a] != labels[b]:
-                conflicts.append((a, b, float(dist[i, j])))
-            _union(parent, a, b)
-    components = np.array([_find(parent, i) for i in range(len(images))], dtype=np.int64)
+    pairs = _pairs_under(thumbs, max(bar, EXACT))
+    components = _components(len(images), pairs, bar)
+    while bar > EXACT and _too_lumpy(components, labels):
+        bar /= 2
+        components = _components(len(images), pairs, bar)
+    conflicts = [(a, b, d) for a, b, d in pairs
+                 if d <= max(bar, EXACT) and labels[a] != labels[b]]
     return Neighbours(components, bar, reference, conflicts)
+
+
+def _pairs_under(thumbs: np.ndarray, bar: float) -> list[tuple[int, int, float]]:
+    pairs = []
+    for start, dist in _distance_blocks(thumbs):
+        for i, j in zip(*np.nonzero(dist <= bar), strict=True):
+            a, b = int(i) + start, int(j)
+            if a < b:
+                pairs.append((a, b, float(dist[i, j])))
+    return pairs
+
+
+def _components(n: int, pairs: list[tuple[int, int, float]], bar: float) -> np.ndarray:
+    parent = np.arange(n)
+    for a, b, d in pairs:
+        if d <= max(bar, EXACT):
+            _union(parent, a, b)
+    return np.array([_find(parent, i) for i in range(n)], dtype=np.int64)
+
+
+def _too_lumpy(components: np.ndarray, labels: np.ndarray) -> bool:
+    """A group holds more than max(10, 10%) of a class: that is chaining, not copies."""
+    for label in np.unique(labels):
+        members = components[labels == label]
+        largest = int(np.unique(members, return_counts=True)[1].max())
+        if largest > max(MAX_GROUP, MAX_GROUP_SHARE * len(members)):
+            return True
+    return False
 
 
 def _find(parent: np.ndarray, x: int) -> int:

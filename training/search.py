@@ -1,10 +1,12 @@
 """`auto`: compare candidate recipes on grouped validation data within a time budget.
 
-Candidates run cheapest first, each trained to convergence on the training split within its
-share of what is left of the budget, and scored on the validation split (never the test
-split). The best by validation macro-F1, then accuracy, then loss, is kept as it is: it is not
-trained again. Once a candidate is perfect on validation, costlier ones cannot beat it and
-are skipped (that keeps the pistons' default under 30 s). Seeded, so repeatable.
+Candidates run cheapest first, each for one learning-rate cycle on the training split, and are
+scored on the validation split (never the test split). The first is the baseline and may use
+the whole budget; the others run only when a whole cycle fits in their share of what is left.
+The best by validation macro-F1, then accuracy, then loss, goes on with more cycles until it
+converges or the budget ends, and is kept (it is not trained again from scratch). Once a
+candidate is perfect on validation, costlier ones cannot beat it and are skipped. Seeded, so
+repeatable.
 """
 
 from __future__ import annotations
@@ -79,8 +81,14 @@ def run_search(
         cand.note = _skip_reason(cand, best, deadline)
         if cand.note:
             continue
-        screen_until = time.monotonic() + SCREEN_SHARE * (deadline - time.monotonic()) / left
-        _train_and_score(cand, train, val, classes, screen_until, on_epoch, max_cycles=1)
+        # the first candidate is the baseline: it may use the whole budget; the others run only
+        # when a whole first cycle fits in their share (a half-trained network says nothing)
+        share = (deadline - time.monotonic()) * (1.0 if best is None else SCREEN_SHARE / left)
+        _train_and_score(cand, train, val, classes, time.monotonic() + share, on_epoch,
+                         whole_cycles=best is not None)
+        if cand.fitted is not None and cand.fitted.stopped == "too_slow":
+            cand.note = "skipped: one cycle would not fit in its share of the budget"
+            continue
         if best is None or cand.key() > best.key():
             best = cand
     if best is None or best.fitted is None or best.fitted.loop is None:
@@ -106,10 +114,10 @@ def _skip_reason(cand: Candidate, best: Candidate | None, deadline: float) -> st
 
 def _train_and_score(
     cand: Candidate, train: DecodedSet, val: DecodedSet, classes: list[str], deadline: float,
-    on_epoch: Callable[[Epoch], None] | None, max_cycles: int,
+    on_epoch: Callable[[Epoch], None] | None, whole_cycles: bool,
 ) -> None:
     cand.fitted = fit(cand.config, train.images, train.labels, val.images, val.labels,
-                      len(classes), on_epoch, deadline, max_cycles)
+                      len(classes), on_epoch, deadline, max_cycles=1, whole_cycles=whole_cycles)
     _score(cand, val, classes)
     log.info("candidate %s: val macro-F1 %.3f, accuracy %.3f, loss %.3f",
              cand.name, cand.val_macro_f1, cand.val_accuracy, cand.val_loss)

@@ -213,11 +213,13 @@ def fit(
     on_epoch: Callable[[Epoch], None] | None = None,
     deadline: float | None = None,
     max_cycles: int | None = None,
+    whole_cycles: bool = False,
 ) -> FitResult:
     """Train a fresh model of `config.arch` in cycles until it converges or time runs out.
 
     `deadline` (time.monotonic()) bounds the wall clock; `config.budget_s` sets one too.
-    `max_cycles` stops earlier than the config's (the result's `loop` can go on later).
+    `max_cycles` stops earlier than the config's (the result's `loop` can go on later);
+    `whole_cycles` gives up (stopped = "too_slow") when the first cycle would not fit.
     """
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     torch.manual_seed(config.seed)
@@ -227,7 +229,8 @@ def fit(
     module = build_module(config, num_classes)
     contract = contract_of(config)
     steps_per_epoch = max(1, -(-len(train_labels) // config.batch_size))
-    cycle = Cycle(config.lr_schedule, steps_per_epoch * config.epochs)
+    epochs = max(config.epochs, -(-config.min_steps // steps_per_epoch))  # tiny sets: more
+    cycle = Cycle(config.lr_schedule, steps_per_epoch * epochs)
     optimizer = _optimizer(config, module)
     loss_fn = nn.CrossEntropyLoss(
         weight=_class_weights(train_labels, num_classes) if config.class_weighting else None,
@@ -240,7 +243,7 @@ def fit(
                    build_augment(config.augment))
     val = (to_inputs(val_images, contract), torch.as_tensor(val_labels))
     loop = Loop(config, step, data, val, cycle, Budget(deadline), generator, on_epoch,
-                steps_per_epoch)
+                steps_per_epoch, epochs, whole_cycles=whole_cycles)
     result = loop.run(config.max_cycles if max_cycles is None else max_cycles)
     result.loop = loop
     return result
@@ -260,10 +263,12 @@ class Loop:
     generator: torch.Generator
     on_epoch: Callable[[Epoch], None] | None
     steps_per_epoch: int
+    epochs: int  # per cycle
     result: FitResult = field(init=False)
     convergence: Convergence = field(init=False)
     cycles: int = 0
     converged: bool = False
+    whole_cycles: bool = False  # give up after one epoch when a whole cycle would not fit
 
     def __post_init__(self) -> None:
         self.result = FitResult(self.step.module)
@@ -275,7 +280,7 @@ class Loop:
         while self.cycles < max_cycles and not self.converged:
             self.cycles += 1
             self.cycle.restart(len(self.result.history) * self.steps_per_epoch,
-                               self.steps_per_epoch * self.config.epochs,
+                               self.steps_per_epoch * self.epochs,
                                0.5 ** (self.cycles - 1))
             end, why = self.one_cycle(self.cycles, self.result)
             go_on = end is not None and self.convergence.cycle_end(end, self.step.module)
@@ -298,8 +303,8 @@ class Loop:
 
     def one_cycle(self, number: int, result: FitResult) -> tuple[Epoch | None, str]:
         """Run one cycle; (its last epoch, why it ended early or '')."""
-        config, epochs, last = self.config, self.config.epochs, None
-        for index in range(1, config.epochs + 1):
+        config, epochs, last = self.config, self.epochs, None
+        for index in range(1, self.epochs + 1):
             began = time.perf_counter()
             loss, accuracy = train_one_epoch(self.step, self.data, config.batch_size,
                                              self.generator)
@@ -311,6 +316,8 @@ class Loop:
                 self.on_epoch(last)
             fits = self.budget.epochs_left(time.perf_counter() - began)
             if index == 1 and fits < epochs - 1:  # shrink the cycle to what the budget holds
+                if self.whole_cycles:
+                    return last, "too_slow"
                 epochs = max(1, fits + 1)
                 self.cycle.steps = self.steps_per_epoch * epochs
             if index >= epochs or fits <= 0:

@@ -8,10 +8,13 @@ import numpy as np
 from PIL import Image
 
 
-def notch_set(root: Path, per_class: int = 40, side: int = 512, seed: int = 0) -> Path:
+def notch_set(
+    root: Path, per_class: int = 40, side: int = 512, notch: float = 0.09, seed: int = 0
+) -> Path:
     """One round part on a uniform background, 8-bit grayscale PNGs; `defect` parts have a
-    small notch in the rim (well under 3% of the image). Every part is a distinct item: its
-    position, size, shading and noise differ, but all look alike, like one pill type."""
+    notch in the rim (radius `notch` of the side: 0.09 bites 1.3% of the image). Every part is
+    a distinct item: its position, size, shading and noise differ, but all look alike, like
+    one pill type."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
     for name in ("defect", "normal"):
@@ -24,7 +27,7 @@ def notch_set(root: Path, per_class: int = 40, side: int = 512, seed: int = 0) -
             if name == "defect":  # a notch bitten out of the rim at a random angle
                 angle = rng.uniform(0, 2 * np.pi)
                 nx, ny = cx + radius * np.cos(angle), cy + radius * np.sin(angle)
-                part &= np.hypot(xx - nx, yy - ny) > side * 0.06
+                part &= np.hypot(xx - nx, yy - ny) > side * notch
             shade = rng.uniform(150, 200) - 30 * (dist / radius) ** 2
             pixels = np.where(part, shade, rng.uniform(10, 25))
             pixels = pixels + rng.normal(0, 4, pixels.shape)

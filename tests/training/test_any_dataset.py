@@ -45,7 +45,7 @@ def test_the_bar_follows_the_data(notches: Path, piston_data: Path) -> None:
     alike = prepare(str(notches), load_config(), MAX_PIXELS).report.near_duplicate_bar
     frames = prepare(str(piston_data), load_config(), MAX_PIXELS)
     # neighbouring frames of a turning piston are linked into parts; the pills' bar is far lower
-    assert frames.report.near_duplicate_bar > 10 * alike
+    assert frames.report.near_duplicate_bar > 4 * alike
     stats = frames.report.group_stats()
     assert 40 <= stats["near_duplicate_groups"] <= 75
     assert stats["largest_near_duplicate_group"] <= 25
@@ -123,3 +123,14 @@ def test_the_input_size_is_the_images_own_up_to_the_cap(
 def test_the_default_decodes_at_the_native_size(notches: Path, piston_data: Path) -> None:
     assert prepare(str(piston_data), load_config(), MAX_PIXELS).decoded.size == (80, 80)
     assert prepare(str(notches), load_config(), MAX_PIXELS).decoded.size == (224, 224)
+
+
+def test_a_large_consistent_defect_does_not_lump_the_other_class(tmp_path: Path) -> None:
+    # a big notch makes every cross-class pair far apart: the first bar would chain all the
+    # normal parts into one group; it is halved until no group is a lump of its class
+    data = notch_set(tmp_path / "big", per_class=60, side=128, notch=0.14)
+    prepared = prepare(str(data), load_config(), MAX_PIXELS)
+    assert prepared.report.group_stats()["largest_near_duplicate_group"] <= 10
+    split = make_split(prepared, prepared.resolve(load_config()))
+    for part in split.parts().values():
+        assert set(prepared.decoded.labels[part].tolist()) == {0, 1}

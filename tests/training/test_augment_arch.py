@@ -96,3 +96,15 @@ def test_unknown_architecture_or_parameter_is_a_config_error() -> None:
         arch.build("nope", 3, 32, 32)
     with pytest.raises(ConfigError, match="bad arch_params"):
         arch.build("bn_cnn", 3, 32, 32, layers=9)
+
+
+def test_standardised_bn_cnn_ignores_lighting_and_keeps_old_layer_names() -> None:
+    torch.manual_seed(0)
+    model = arch.build("bn_cnn", 2, 48, 48, widths=[8, 16, 32], depth=2, pool="avgmax",
+                       standardize=True, tta="dihedral").eval()
+    x = torch.rand(4, 3, 48, 48)
+    with torch.inference_mode():
+        assert torch.allclose(model(x), model(0.5 * x + 0.3), atol=1e-3)  # darker, brighter
+    plain = arch.build("bn_cnn", 3, 80, 80, widths=[16, 32, 64, 128], stem_pool=True)
+    weights = [k for k in plain.state_dict() if k.endswith(".weight")]  # as bundles stored them
+    assert weights == [f"{i}.weight" for i in (0, 1, 4, 5, 8, 9, 12, 13, 19)]
