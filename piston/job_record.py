@@ -84,7 +84,7 @@ class JobRecord:
                 log.warning("job %s: Redis unreachable (%s); retrying in %.1f s", self.job_id,
                             redact(str(err)), delay)
                 time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, 2.0)
 
     def _pipeline(self, build: Callable[[Any], None]) -> list[Any]:
         def run() -> list[Any]:

@@ -1,4 +1,5 @@
-"""Real parts for the worker tests: Redis (database 13), moto's S3 server, Celery worker processes.
+"""Real parts for the worker tests: a Redis server of their own (AOF on, as compose runs it, on a
+free port: the restart test stops and starts it), moto's S3 server, Celery worker processes.
 
 The session trains two small bundles in-process into an S3 registry: a `good` one (promoted, used
 for scoring) and a deliberately `weak` one (for champion/challenger). Workers run as `piston
@@ -24,7 +25,6 @@ from typing import Any
 
 import pytest
 
-REDIS_URL = "redis://127.0.0.1:6379/13"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                "AWS_DEFAULT_REGION": "us-east-1"}
 BUCKET = "inspections"
@@ -36,6 +36,10 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+REDIS_PORT = free_port()  # chosen at collection, served by the `redis_server` fixture
+REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/0"
 
 
 def wait_for_port(port: int, timeout: float = 30.0) -> None:
@@ -132,12 +136,42 @@ def moto(aws_env: None, work_dir: Path) -> Iterator[MotoServer]:
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    import redis
+class RedisServer:
+    """A `redis-server` with an append-only file, which can be stopped and started again."""
 
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    return REDIS_URL
+    def __init__(self, work_dir: Path, port: int) -> None:
+        self.port = port
+        self.dir = work_dir / f"redis-{port}"
+        self.dir.mkdir(exist_ok=True)
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisServer:
+        with (self.dir / "server.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                 "--appendonly", "yes", "--dir", str(self.dir), "--save", ""],
+                stdout=log, stderr=subprocess.STDOUT)
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        """A clean shutdown (SIGTERM): the append-only file is flushed, as `docker stop` does."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(30)
+
+
+@pytest.fixture(scope="session")
+def redis_server(work_dir: Path) -> Iterator[RedisServer]:
+    server = RedisServer(work_dir, REDIS_PORT).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
 
 
 def corrupt_jpeg(piston_data: Path) -> bytes:
