@@ -53,13 +53,14 @@ def naive_server(port: int, model_dir: str) -> None:
 
     from piston.bundle import Predictor
     from piston.imaging import preprocess
+    from piston.scoring import decide
 
     predictor = Predictor.load(model_dir)
     torch_threads()
 
     async def classify(request: Request) -> JSONResponse:
         array = preprocess(await request.body(), predictor.contract)
-        return JSONResponse(predictor.decide(predictor.probabilities(array[None]))[0])
+        return JSONResponse(decide(predictor, predictor.probabilities(array[None]))[0].model_dump())
 
     app = Starlette(routes=[Route("/classify", classify, methods=["POST"])])
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)

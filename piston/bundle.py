@@ -215,9 +215,3 @@ class Predictor:
         with torch.inference_mode():
             logits = self.module(torch.from_numpy(batch))
             return torch.softmax(logits, dim=1).numpy()
-
-    def decide(self, probs: np.ndarray) -> list[dict[str, Any]]:
-        """Decisions as dicts, for callers not yet on `piston.scoring.decide` (to be removed)."""
-        from piston.scoring import decide
-
-        return [d.model_dump() for d in decide(self, probs)]

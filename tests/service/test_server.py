@@ -21,6 +21,7 @@ from PIL import Image
 
 from piston.bundle import Predictor
 from piston.imaging import preprocess
+from piston.scoring import decide
 from tests.conftest import image_bytes
 from tests.service.conftest import Bundles, open_registry, running_server, sample_images
 
@@ -59,10 +60,10 @@ def test_classifies_real_images_like_the_bundle_does(
                                        headers={"content-type": "image/jpeg"})
             assert response.status_code == 200, response.text
             result = response.json()
-            expected = predictor.decide(
-                predictor.probabilities(preprocess(data, predictor.contract)[None]))[0]
-            assert result["label"] == expected["label"]
-            assert result["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-5)
+            expected = decide(
+                predictor, predictor.probabilities(preprocess(data, predictor.contract)[None]))[0]
+            assert result["label"] == expected.label
+            assert result["probabilities"] == pytest.approx(expected.probabilities, abs=1e-5)
             assert result["model_version"] == bundles.good
             correct += result["label"] == label
     assert correct >= 0.8 * len(samples)
