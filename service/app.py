@@ -24,7 +24,7 @@ from piston.registry import open_registry
 from piston.scoring import ImageFailure, Outcome
 from piston.settings import Settings, load_settings
 from service.admin import AdminConfig
-from service.console import console_app
+from service.console.app import console_app
 from service.engine import Engine, Limits
 from service.errors import error_response
 from service.inputs import ClassifyBatchInput, ClassifyInput, Upload

@@ -3,7 +3,3 @@
 Static files (HTML, CSS, a little JavaScript, no build step, no CDN) plus the few routes the
 public and admin APIs do not cover: bundle reports, recent jobs and the review queue.
 """
-
-from service.console.app import console_app
-
-__all__ = ["console_app"]

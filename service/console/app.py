@@ -16,9 +16,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+import service.console.recent as recent
 from piston.errors import InputError
 from service.admin import registry_of
-from service.console import recent
 from service.console.bundles import Reports, details
 from service.console.http import Host, guarded
 from service.console.queue import review_routes

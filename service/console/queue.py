@@ -15,12 +15,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+import service.console.recent as recent
+import service.console.review as review
 from piston import jobs
 from piston.errors import InputError
 from piston.limits import check_retrain
 from piston.storage import Storage, open_storage
 from service.admin import read_body, registry_of
-from service.console import recent, review
 from service.console.http import Body, Host, guarded
 from service.console.retrain import build_training_set, stamp
 
