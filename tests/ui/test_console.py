@@ -122,6 +122,7 @@ def test_a_stale_move_is_refused(browser: Any, console: Console) -> None:
     assert len(store.history()) == moves
     wait_for(browser, lambda d: production_row(d) == console.second, what="the refreshed table")
     store.rollback("back to the start", expected=console.second)
+    wait_serving(console, console.first)  # the next test expects the first bundle serving
     open_view(browser, console, "models")
     wait_for(browser, lambda d: production_row(d) == console.first, what="the table")
     screenshot(browser, "models")
@@ -142,6 +143,7 @@ def drop(driver: Any, data: bytes, name: str, mime: str) -> None:
 def test_a_dropped_image_shows_its_label(browser: Any, console: Console,
                                          piston_data: Path) -> None:
     image = sorted((piston_data / "defect_2").glob("*.jp*g"))[0].read_bytes()
+    wait_serving(console, registry(console).current())  # not mid-swap after an earlier move
     expected = httpx.post(f"{console.url}/classify", content=image, timeout=30,
                           headers={"content-type": "image/jpeg"}).json()
     open_view(browser, console, "try")
