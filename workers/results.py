@@ -19,6 +19,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from piston.cells import to_cell
 from piston.errors import StorageError
 from piston.records import ScoreRecord
 from piston.storage import Storage
@@ -26,7 +27,6 @@ from piston.storage import Storage
 RESULTS, RESULTS_CSV = "results.jsonl", "results.csv"
 PRELABELS, REVIEW = "labels/prelabels.csv", "labels/review.csv"
 MERGE_ATTEMPTS = 50
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs these as formulas
 
 
 def part_key(job_id: str, shard: int) -> str:
@@ -104,16 +104,9 @@ def results_csv(rows: list[ScoreRecord]) -> bytes:
     ])
 
 
-def cell(value: Any) -> Any:
-    """A text cell a spreadsheet shows as text: a leading `= + - @` gets a `'` before it."""
-    if isinstance(value, str) and value.startswith(FORMULA_START):
-        return "'" + value
-    return value
-
-
 def _csv(header: list[str], rows: Iterable[list[Any]]) -> bytes:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
-    writer.writerows([cell(v) for v in row] for row in rows)
+    writer.writerows([to_cell(v) for v in row] for row in rows)
     return buf.getvalue().encode()

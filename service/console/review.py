@@ -14,6 +14,7 @@ from typing import Any
 
 from PIL import Image
 
+from piston.cells import from_cell, to_cell
 from piston.errors import StorageError
 from piston.imaging import decode_image
 from piston.storage import Storage
@@ -21,19 +22,6 @@ from piston.storage import Storage
 REVIEW, REVIEWED = "labels/review.csv", "labels/reviewed.csv"
 REVIEWED_HEADER = ("image_path", "target")
 THUMBNAIL_SIDE = 320
-# The workers write a text cell a spreadsheet would run as a formula with a `'` before it
-# (workers/results.py `cell`); the console reads keys back and writes answers the same way.
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def to_cell(text: str) -> str:
-    return "'" + text if text.startswith(FORMULA_START) else text
-
-
-def from_cell(text: str) -> str:
-    return text[1:] if text.startswith("'") and text[1:].startswith(FORMULA_START) else text
-
-
 def read_rows(storage: Storage, key: str) -> list[dict[str, str]]:
     """A CSV's rows as dicts; none when the file does not exist yet."""
     try:
