@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -93,12 +92,7 @@ def main() -> None:
 
     import httpx
 
-    data = os.environ.get("PISTON_DATA_DIR", str(ROOT.parent / "shared/data/ac-pistons"))
-    work = Path(tempfile.mkdtemp(prefix="piston-bench-console-"))
-    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true"}
-    env.setdefault("BENTOML_HOME", str(work / "bentoml"))
-    env.setdefault("PISTON_REGISTRY", str(work / "registry"))
-    os.environ.update(env)
+    data, work, env = serve.bench_env("piston-bench-console-")
     serve.ensure_bundle(env["PISTON_REGISTRY"], data)
     image = sorted(Path(data).glob("*/*.jp*g"))[0].read_bytes()
     payload = serve.request_bytes("/classify", image, "image/jpeg")

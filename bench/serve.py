@@ -289,6 +289,18 @@ def start_servers(env: dict[str, str], model_dir: str, ours_port: int, naive_por
     return [ours, naive, plain]
 
 
+def bench_env(prefix: str) -> tuple[str, Path, dict[str, str]]:
+    """The data set, a work folder, and an environment with its own BentoML home and registry
+    (unless set already), also applied to this process."""
+    data = os.environ.get("PISTON_DATA_DIR", str(ROOT.parent / "shared/data/ac-pistons"))
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true"}
+    env.setdefault("BENTOML_HOME", str(work / "bentoml"))
+    env.setdefault("PISTON_REGISTRY", str(work / "registry"))
+    os.environ.update(env)
+    return data, work, env
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
@@ -307,12 +319,7 @@ def main() -> None:
         plain_server(int(args.plain_server[0]), args.plain_server[1])
         return
 
-    data = os.environ.get("PISTON_DATA_DIR", str(ROOT.parent / "shared/data/ac-pistons"))
-    work = Path(tempfile.mkdtemp(prefix="piston-bench-"))
-    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true"}
-    env.setdefault("BENTOML_HOME", str(work / "bentoml"))
-    env.setdefault("PISTON_REGISTRY", str(work / "registry"))
-    os.environ.update(env)
+    data, work, env = bench_env("piston-bench-")
     model_dir = ensure_bundle(env["PISTON_REGISTRY"], data)
     load_before = os.getloadavg()
     images = [p.read_bytes() for p in sorted(Path(data).glob("*/*.jp*g"))[:64]]

@@ -45,7 +45,7 @@ class Fitted:
     seconds: float
     stopped: str
     best_epoch: int
-    search: list[dict[str, object]] = field(default_factory=list)
+    search: list[dict[str, Any]] = field(default_factory=list)
     chosen: str = ""
 
 
@@ -100,7 +100,7 @@ def fit_split(
         winner, table = run_search(config, train, val, classes, on_epoch)
         assert winner.fitted is not None
         f = winner.fitted
-        seconds = sum(float(str(row["seconds"])) for row in table)
+        seconds = sum(row["seconds"] for row in table)
         return Fitted(f.module, winner.config, f.history, seconds, f.stopped, f.best_epoch,
                       table, winner.name)
     f = fit(config, train.images, train.labels, val.images, val.labels, len(classes), on_epoch)

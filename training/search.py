@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ class Candidate:
     def key(self) -> tuple[float, float, float]:
         return (round(self.val_macro_f1, 4), round(self.val_accuracy, 4), -self.val_loss)
 
-    def row(self, chosen: bool) -> dict[str, object]:
+    def row(self, chosen: bool) -> dict[str, Any]:
         f = self.fitted
         return {
             "candidate": self.name, "arch": self.config.arch, "parameters": self.parameters,
@@ -72,7 +73,7 @@ def run_search(
     val: DecodedSet,
     classes: list[str],
     on_epoch: Callable[[Epoch], None] | None = None,
-) -> tuple[Candidate, list[dict[str, object]]]:
+) -> tuple[Candidate, list[dict[str, Any]]]:
     """Train and score every candidate; (the winner, the table of all of them)."""
     deadline = time.monotonic() + (config.budget_s or 600.0)
     candidates = [Candidate(name, c) for name, c in candidate_configs(config)]

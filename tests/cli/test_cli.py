@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cli.main import main
+from tests.conftest import synthetic_dataset
 
 
 def piston(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, object]:
@@ -92,6 +94,11 @@ def test_train_promote_retrain_promote_rollback(
         (["models", "rollback", "--reason", "x"], "nothing is in production"),
         (["predict", "x.jpg"], "no bundle is in production"),
         (["data", "check", "/no/such/folder"], "does not exist"),
+        (["train", "--budget", "ten minutes"], "write it as 10m"),
+        (["train", "--budget", "0s"], "more than 0"),
+        (["train", "--recipe", "bn_cnn", "--set", "pretrained=imagenet", "--set", "epochs=1"],
+         "needs a torchvision architecture"),
+        (["train", "--set", "search=[nope]"], "unknown recipe"),
     ],
 )
 def test_bad_input_ends_with_one_line(
@@ -125,3 +132,17 @@ def test_job_commands_say_when_redis_is_down(
     assert main(["jobs", "status", "some-id"]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: cannot reach Redis at redis://127.0.0.1:1/0")
+
+
+def test_strict_training_refuses_label_conflicts_in_one_line(
+    registry_env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = synthetic_dataset(tmp_path / "data", {"a": 12, "b": 12})
+    shutil.copy(root / "a" / "a_0.png", root / "b" / "also_a.png")
+    assert main(["train", "--data", str(root), "--strict", "--set", "epochs=1"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: 1 label conflicts") and "also_a.png" in last
+    assert main(["data", "check", str(root), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [sorted(c["keys"]) for c in report["label_conflicts"]] == [
+        ["a/a_0.png", "b/also_a.png"]]
