@@ -120,12 +120,14 @@ def seed_cnn(num_classes: int, height: int, width: int, hidden: int = 128) -> nn
 def bn_cnn(
     num_classes: int, height: int, width: int, widths: Sequence[int] = (16, 32, 64, 128),
     dropout: float = 0.2, stem_pool: bool = False, pool: str = "avg", depth: int = 1,
-    standardize: bool = False,
+    standardize: bool = False, work_side: int | None = None,
 ) -> nn.Module:
     """A small CNN with batch norm and global average pooling: a stride-2 stem, then one
     conv-BN-ReLU + max-pool stage per width. Pooling makes it indifferent to the input size,
-    and it has ~100k parameters against the seed recipe's 3M."""
-    layers: list[nn.Module] = [Standardize()] if standardize else []  # else: old layer names
+    and it has ~100k parameters against the seed recipe's 3M. `work_side` shrinks larger
+    inputs inside the model (see `Shrink`)."""
+    layers: list[nn.Module] = [Shrink(work_side)] if work_side else []  # else: old layer names
+    layers += [Standardize()] if standardize else []
     layers += [
         nn.Conv2d(3, widths[0], 3, stride=2, padding=1, bias=False),
         nn.BatchNorm2d(widths[0]),
@@ -145,6 +147,35 @@ def bn_cnn(
     layers += [GlobalPool(pool == "avgmax"), nn.Flatten(), nn.Dropout(dropout),
                nn.Linear(features, num_classes)]
     return nn.Sequential(*layers)
+
+
+class Shrink(nn.Module):
+    """Area-average an input whose longer side exceeds `side` down to it (aspect kept). Inside
+    the model, so training, serving and batch scoring shrink alike while the bundle keeps the
+    images' own size. A texture's stain survives averaging 224 -> 112 px, and a quarter of the
+    pixels buys four times the epochs, which is what a subtle defect needs to be learnt."""
+
+    def __init__(self, side: int) -> None:
+        super().__init__()
+        self.side = int(side)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        scale = self.side / max(height, width)
+        if scale >= 1.0:
+            return x
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        return nn.functional.adaptive_avg_pool2d(x, size)
+
+
+def shrink_inputs(module: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """`images` as the model's `Shrink` (if it has one) sees them: training shrinks its cached
+    images once, up front, instead of every batch at every epoch (the model's own Shrink then
+    has nothing left to do; a full-size image at serving time is shrunk the same way)."""
+    for part in module.modules():
+        if isinstance(part, Shrink):
+            return part(images)
+    return images
 
 
 class Standardize(nn.Module):

@@ -2,7 +2,8 @@
 
 Candidates run cheapest first, each for one learning-rate cycle on the training split, and are
 scored on the validation split (never the test split). The first is the baseline and may use
-the whole budget; the others run only when a whole cycle fits in their share of what is left.
+the whole budget; the others run only when a whole cycle fits in their fair share of what is
+left.
 The best by validation macro-F1, then accuracy, then loss, goes on with more cycles until it
 converges or the budget ends, and is kept (it is not trained again from scratch). Once a
 candidate is perfect on validation, costlier ones cannot beat it and are skipped. Seeded, so
@@ -27,7 +28,6 @@ from training.evaluate import classification_metrics
 from training.train import Epoch, FitResult, contract_of, fit, predict_proba
 
 log = logging.getLogger(__name__)
-SCREEN_SHARE = 0.6  # of a candidate's fair share of the budget, for its first cycle
 MIN_MAP = 2  # px: a network whose last stage would see less is too deep for the images
 
 
@@ -83,8 +83,9 @@ def run_search(
         if cand.note:
             continue
         # the first candidate is the baseline: it may use the whole budget; the others run only
-        # when a whole first cycle fits in their share (a half-trained network says nothing)
-        share = (deadline - time.monotonic()) * (1.0 if best is None else SCREEN_SHARE / left)
+        # when a whole first cycle fits in their fair share of what is left (a half-trained
+        # network says nothing)
+        share = (deadline - time.monotonic()) / (1 if best is None else left)
         _train_and_score(cand, train, val, classes, time.monotonic() + share, on_epoch,
                          whole_cycles=best is not None)
         if cand.fitted is not None and cand.fitted.stopped == "too_slow":
@@ -107,6 +108,7 @@ def _skip_reason(cand: Candidate, best: Candidate | None, deadline: float) -> st
     if time.monotonic() >= deadline:
         return "skipped: the budget is spent"
     side = min(cand.config.input_size or (0, 0))
+    side = min(side, cand.config.arch_params.get("work_side") or side)
     stages = len(cand.config.arch_params.get("widths") or ())
     deep = stages > 0 and side / 4 / 2 ** (stages - 1) < MIN_MAP
     if best is not None and cand.config.arch == "bn_cnn" and deep:  # the first always runs

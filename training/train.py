@@ -238,10 +238,10 @@ def fit(
     )
     step = Step(module, optimizer,
                 torch.optim.lr_scheduler.LambdaLR(optimizer, cycle.factor), loss_fn)
-    raw = torch.as_tensor(train_images).float()
+    raw = arch.shrink_inputs(module, torch.as_tensor(train_images).float())
     data = Batches(raw, _normalise(raw, contract), torch.as_tensor(train_labels), contract,
                    build_augment(config.augment))
-    val = (to_inputs(val_images, contract), torch.as_tensor(val_labels))
+    val = (arch.shrink_inputs(module, to_inputs(val_images, contract)), torch.as_tensor(val_labels))
     loop = Loop(config, step, data, val, cycle, Budget(deadline), generator, on_epoch,
                 steps_per_epoch, epochs, whole_cycles=whole_cycles)
     result = loop.run(config.max_cycles if max_cycles is None else max_cycles)
