@@ -2,8 +2,8 @@
 
 Candidates run cheapest first, each for one learning-rate cycle on the training split, and are
 scored on the validation split (never the test split). The first is the baseline and may use
-the whole budget; the others run only when a whole cycle fits in their fair share of what is
-left.
+the whole budget; the others run only when at least half a cycle fits in their fair share of
+what is left (the cycle is then shortened to fit).
 The best by validation macro-F1, then accuracy, then loss, goes on with more cycles until it
 converges or the budget ends, and is kept (it is not trained again from scratch). Once a
 candidate is perfect on validation, costlier ones cannot beat it and are skipped. Seeded, so
@@ -28,6 +28,7 @@ from training.evaluate import classification_metrics
 from training.train import Epoch, FitResult, contract_of, fit, predict_proba
 
 log = logging.getLogger(__name__)
+MIN_CYCLE = 0.5  # a candidate whose share of the budget holds less of its first cycle is skipped
 MIN_MAP = 2  # px: a network whose last stage would see less is too deep for the images
 
 
@@ -83,13 +84,13 @@ def run_search(
         if cand.note:
             continue
         # the first candidate is the baseline: it may use the whole budget; the others run only
-        # when a whole first cycle fits in their fair share of what is left (a half-trained
-        # network says nothing)
+        # when at least half their first cycle fits in their fair share of what is left (the
+        # cycle is shortened to fit; a network trained for a few steps says nothing)
         share = (deadline - time.monotonic()) / (1 if best is None else left)
         _train_and_score(cand, train, val, classes, time.monotonic() + share, on_epoch,
-                         whole_cycles=best is not None)
+                         min_cycle=0.0 if best is None else MIN_CYCLE)
         if cand.fitted is not None and cand.fitted.stopped == "too_slow":
-            cand.note = "skipped: one cycle would not fit in its share of the budget"
+            cand.note = "skipped: half a cycle would not fit in its share of the budget"
             cand.val_accuracy = cand.val_macro_f1 = cand.val_loss = float("nan")  # one epoch
             continue
         if best is None or cand.key() > best.key():
@@ -118,10 +119,10 @@ def _skip_reason(cand: Candidate, best: Candidate | None, deadline: float) -> st
 
 def _train_and_score(
     cand: Candidate, train: DecodedSet, val: DecodedSet, classes: list[str], deadline: float,
-    on_epoch: Callable[[Epoch], None] | None, whole_cycles: bool,
+    on_epoch: Callable[[Epoch], None] | None, min_cycle: float,
 ) -> None:
     cand.fitted = fit(cand.config, train.images, train.labels, val.images, val.labels,
-                      len(classes), on_epoch, deadline, max_cycles=1, whole_cycles=whole_cycles)
+                      len(classes), on_epoch, deadline, max_cycles=1, min_cycle=min_cycle)
     _score(cand, val, classes)
     log.info("candidate %s: val macro-F1 %.3f, accuracy %.3f, loss %.3f",
              cand.name, cand.val_macro_f1, cand.val_accuracy, cand.val_loss)
@@ -138,7 +139,7 @@ def _score(cand: Candidate, val: DecodedSet, classes: list[str]) -> None:
 
 
 def _why(best: Candidate, candidates: list[Candidate]) -> str:
-    scored = [c for c in candidates if c.fitted is not None and c is not best]
+    scored = [c for c in candidates if np.isfinite(c.val_macro_f1) and c is not best]
     if not scored:
         return "the only candidate trained"
     runner = max(scored, key=Candidate.key)

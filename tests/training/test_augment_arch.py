@@ -108,3 +108,19 @@ def test_standardised_bn_cnn_ignores_lighting_and_keeps_old_layer_names() -> Non
     plain = arch.build("bn_cnn", 3, 80, 80, widths=[16, 32, 64, 128], stem_pool=True)
     weights = [k for k in plain.state_dict() if k.endswith(".weight")]  # as bundles stored them
     assert weights == [f"{i}.weight" for i in (0, 1, 4, 5, 8, 9, 12, 13, 19)]
+
+
+def test_work_side_shrinks_large_inputs_inside_the_model_only() -> None:
+    """Serving hands the model full-size images; training hands it images shrunk up front:
+    both must give the same answer, and images already small enough are left alone."""
+    torch.manual_seed(0)
+    model = arch.build("bn_cnn", 3, 96, 64, widths=[8, 16], work_side=48, tta="dihedral").eval()
+    full = torch.rand(2, 3, 96, 64)
+    shrunk = arch.shrink_inputs(model, full)
+    assert shrunk.shape[-2:] == (48, 32)  # the longer side to 48, the aspect kept
+    assert torch.allclose(shrunk[:, :, 0, 0], full[:, :, :2, :2].mean((2, 3)), atol=1e-6)
+    with torch.inference_mode():
+        assert torch.allclose(model(full), model(shrunk), atol=1e-5)
+    small = torch.rand(2, 3, 40, 40)
+    assert torch.equal(arch.shrink_inputs(model, small), small)
+    assert torch.equal(arch.shrink_inputs(arch.build("bn_cnn", 3, 96, 64), full), full)
