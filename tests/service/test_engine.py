@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +102,38 @@ def test_concurrent_requests_share_forward_passes() -> None:
     results = asyncio.run(run())
     assert [float(r[0]) for r in results] == [2.0 * i for i in range(40)]  # each gets its own row
     assert sum(calls) == 40 and max(calls) == 16 and len(calls) < 40
+
+
+def test_a_lone_request_to_a_fast_model_skips_the_thread_hops() -> None:
+    """Measured fast in the inference thread, the next lone request runs on the event loop;
+    requests that arrive together, and any on a slow model (whose forward pass would block
+    the loop), go to the inference thread, where they share forward passes."""
+    threads: list[str] = []
+
+    def fast(predictor: object, batch: np.ndarray) -> np.ndarray:
+        threads.append(threading.current_thread().name)
+        return batch * 2
+
+    def slow(predictor: object, batch: np.ndarray) -> np.ndarray:
+        time.sleep(0.02)  # the work of a large model's forward pass
+        return fast(predictor, batch)
+
+    async def run(infer: object) -> tuple[list[np.ndarray], dict]:
+        batcher = Batcher(infer, max_batch_size=16)  # type: ignore[arg-type]
+        model = object()
+        lone = [await batcher.score(model, [np.ones(2)]) for _ in range(2)]  # type: ignore[arg-type]
+        burst = await asyncio.gather(*(batcher.score(model, [np.full(2, i)]) for i in range(8)))  # type: ignore[arg-type]
+        batcher.close()
+        return lone + list(burst), batcher.stats()
+
+    results, stats = asyncio.run(run(fast))
+    assert threads[0].startswith("infer") and threads[1] == threading.main_thread().name
+    assert [float(r[0][0]) for r in results] == [2.0, 2.0, *(2.0 * i for i in range(8))]
+    assert stats["inline"] == 1 and stats["images"] == 10  # not the burst: it is batched
+    threads.clear()
+    results, stats = asyncio.run(run(slow))
+    assert stats["inline"] == 0 and all(t.startswith("infer") for t in threads)
+    assert [float(r[0][0]) for r in results] == [2.0, 2.0, *(2.0 * i for i in range(8))]
 
 
 def test_batches_never_mix_two_models() -> None:
