@@ -17,23 +17,27 @@ import sys
 import time
 from typing import Any
 
+from piston.errors import ConfigError, PistonError
+from piston.settings import Settings
 from training.config import load_config
 from training.evaluate import classification_metrics
 from training.pipeline import fit_split, make_split, prepare
 from training.search import candidate_configs
 from training.train import contract_of, predict_proba
 
-MAX_PIXELS = 50_000_000
 
-
-def candidate_rows(data: str, only: set[str]) -> list[dict[str, Any]]:
+def candidate_rows(data: str, only: set[str], max_pixels: int) -> list[dict[str, Any]]:
     config = load_config()
-    prepared = prepare(data, config, MAX_PIXELS)
+    prepared = prepare(data, config, max_pixels)
     config = prepared.resolve(config)
     split = make_split(prepared, config)
     parts = {name: prepared.decoded.subset(ix) for name, ix in split.parts().items()}
+    candidates = candidate_configs(config)
+    unknown = only - {name for name, _ in candidates}
+    if unknown:
+        raise ConfigError(f"--only names no candidate of auto: {', '.join(sorted(unknown))}")
     rows = []
-    for name, candidate in candidate_configs(config):
+    for name, candidate in candidates:
         if only and name not in only:
             continue
         began = time.perf_counter()
@@ -60,7 +64,12 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    rows = candidate_rows(args.data, {n for n in args.only.split(",") if n})
+    try:
+        rows = candidate_rows(args.data, {n for n in args.only.split(",") if n},
+                              Settings().max_image_pixels)
+    except PistonError as err:
+        logging.error("%s", err)
+        return 2
     if args.json:
         json.dump(rows, sys.stdout, indent=1)
         return 0

@@ -126,6 +126,8 @@ def bn_cnn(
     conv-BN-ReLU + max-pool stage per width. Pooling makes it indifferent to the input size,
     and it has ~100k parameters against the seed recipe's 3M. `work_side` shrinks larger
     inputs inside the model (see `Shrink`)."""
+    if work_side is not None and not (isinstance(work_side, int) and work_side >= 16):
+        raise TypeError(f"work_side must be a whole number of pixels >= 16, not {work_side!r}")
     layers: list[nn.Module] = [Shrink(work_side)] if work_side else []  # else: old layer names
     layers += [Standardize()] if standardize else []
     layers += [

@@ -65,7 +65,10 @@ class Batcher:
             arrivals = self._arrivals
             await asyncio.sleep(0)  # requests ready to run go first: are we alone?
             if arrivals == self._arrivals and self._may_inline(predictor):
-                return self._timed(predictor, np.stack(arrays), inline=True)
+                self.inline += 1
+                self.batches += 1
+                self.rows += 1
+                return self._timed(predictor, np.stack(arrays))
         futures = []
         for array in arrays:
             future: asyncio.Future[np.ndarray] = loop.create_future()
@@ -111,17 +114,15 @@ class Batcher:
         idle = not self._busy and self._queue.empty()
         return idle and self._lone_seconds.get(id(predictor), 1.0) <= INLINE_FORWARD_S
 
-    def _timed(self, predictor: Predictor, batch: np.ndarray, inline: bool = False) -> np.ndarray:
+    def _timed(self, predictor: Predictor, batch: np.ndarray) -> np.ndarray:
+        """`infer`, timing one-image batches: the first lone request of a model measures it
+        in the inference thread, the ones after it may then run inline."""
         began = time.perf_counter()
         probs = self.infer(predictor, batch)
-        if len(batch) == 1:  # the first lone request of a model measures it in the thread
+        if len(batch) == 1:
             if len(self._lone_seconds) > 4:
                 self._lone_seconds.clear()  # old models: ids may be reused
             self._lone_seconds[id(predictor)] = time.perf_counter() - began
-        if inline:
-            self.inline += 1
-            self.batches += 1
-            self.rows += 1
         return probs
 
     def stats(self) -> dict[str, Any]:

@@ -96,6 +96,9 @@ def test_unknown_architecture_or_parameter_is_a_config_error() -> None:
         arch.build("nope", 3, 32, 32)
     with pytest.raises(ConfigError, match="bad arch_params"):
         arch.build("bn_cnn", 3, 32, 32, layers=9)
+    for bad in ("abc", 0, -5, 12.5):
+        with pytest.raises(ConfigError, match="work_side must be a whole number"):
+            arch.build("bn_cnn", 3, 32, 32, work_side=bad)
 
 
 def test_standardised_bn_cnn_ignores_lighting_and_keeps_old_layer_names() -> None:
