@@ -136,12 +136,12 @@ def run(args: argparse.Namespace, tmp: Path, endpoint: str,
     start = time.perf_counter()
     for begin in range(0, n, 32):
         batch = np.stack([preprocess(b, predictor.contract) for b in in_memory[begin:begin + 32]])
-        decide(predictor, predictor.probabilities(batch))
+        decide(predictor, predictor.forward(batch))
     compute_ceiling = rate(n, time.perf_counter() - start)
 
     start = time.perf_counter()
     for key in keys:
-        decide(predictor, predictor.probabilities(preprocess(get(key), predictor.contract)[None]))
+        decide(predictor, predictor.forward(preprocess(get(key), predictor.contract)[None]))
     naive = rate(n, time.perf_counter() - start)
 
     env = dict(os.environ, PISTON_S3_ENDPOINT_URL=endpoint, PISTON_REGISTRY="s3://bench/registry",

@@ -60,7 +60,7 @@ def naive_server(port: int, model_dir: str) -> None:
 
     async def classify(request: Request) -> JSONResponse:
         array = preprocess(await request.body(), predictor.contract)
-        return JSONResponse(decide(predictor, predictor.probabilities(array[None]))[0].model_dump())
+        return JSONResponse(decide(predictor, predictor.forward(array[None]))[0].model_dump())
 
     app = Starlette(routes=[Route("/classify", classify, methods=["POST"])])
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)

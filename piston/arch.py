@@ -74,6 +74,31 @@ class FlipAverage(nn.Module):
         return self.net(torch.cat(views)).view(len(views), len(x), -1).mean(0)
 
 
+class Embedder(nn.Module):
+    """(logits, features) of a classifier: the features are the input of its last linear
+    layer, averaged over the test-time views like the logits (the head is linear, so the
+    logits of the averaged features are the averaged logits). Any architecture whose output
+    comes from a final `nn.Linear` works, wrapped in `FlipAverage` or not."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        heads = [m for m in module.modules() if isinstance(m, nn.Linear)]
+        if not heads:
+            raise ConfigError("the architecture has no final linear layer to take features from")
+        self.head = heads[-1]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        seen: list[torch.Tensor] = []
+        hook = self.head.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+        try:
+            logits = self.module(x)
+        finally:
+            hook.remove()
+        features = seen[-1].flatten(1)
+        return logits, features.reshape(-1, len(x), features.shape[1]).mean(0)
+
+
 def load_pretrained(module: nn.Module, path: str | Path) -> int:
     """Copy the tensors of a local state_dict whose names and shapes match (the classifier head,
     sized for another class count, is left fresh). Returns how many tensors were loaded."""

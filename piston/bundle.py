@@ -18,15 +18,19 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
+from piston.calibration import Calibration
 from piston.errors import RegistryError
 from piston.imaging import Contract
+from piston.scoring import NetOutput
 
 if TYPE_CHECKING:
     import bentoml
     import numpy as np
     from torch import nn
+
+    from piston.scoring import NoveltyScorer
 
 MODEL_NAME = "piston-classifier"
 META_FILE = "bundle.json"
@@ -59,7 +63,7 @@ class BundleMeta(BaseModel):
     arch: str
     arch_params: dict[str, Any] = Field(default_factory=dict)
     contract: dict[str, Any]
-    threshold: float = 0.0
+    calibration: Calibration = Field(default_factory=Calibration)
     config: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     gates: list[Gate] = Field(default_factory=list)
@@ -69,6 +73,21 @@ class BundleMeta(BaseModel):
     created_at: str = ""
 
     archive_sha256: str | None = None  # set on the registry's copy only (see Registry.publish)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _threshold_into_calibration(cls, data: Any) -> Any:
+        """Bundles written before calibration kept only a review threshold."""
+        if isinstance(data, dict) and "threshold" in data:
+            data = dict(data)
+            threshold = data.pop("threshold")
+            data.setdefault("calibration", {"threshold": threshold})
+        return data
+
+    @property
+    def threshold(self) -> float:
+        """The global review threshold (classes may have their own: `calibration`)."""
+        return self.calibration.threshold
 
     @property
     def gates_passed(self) -> bool:
@@ -182,12 +201,18 @@ def read_meta(model_dir: str | Path) -> BundleMeta:
 
 
 class Predictor:
-    """A loaded bundle: scores preprocessed arrays and turns probabilities into decisions."""
+    """A loaded bundle: one forward pass gives logits and features (`NetOutput`), which
+    `piston.scoring.decide` turns into calibrated, novelty-checked decisions."""
 
-    def __init__(self, meta: BundleMeta, module: nn.Module) -> None:
+    def __init__(self, meta: BundleMeta, module: nn.Module,
+                 novelty: NoveltyScorer | None = None) -> None:
+        from piston.arch import Embedder
+
         self.meta = meta
         self.module = module
+        self.embedder = Embedder(module)
         self.contract = meta.input_contract
+        self.novelty = novelty
 
     @classmethod
     def load(cls, model_dir: str | Path) -> Predictor:
@@ -208,10 +233,14 @@ class Predictor:
         module.eval()
         return cls(meta, module)
 
-    def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities for a (N, 3, H, W) float32 batch."""
+    def forward(self, batch: np.ndarray) -> NetOutput:
+        """Logits and features for a (N, 3, H, W) float32 batch."""
         import torch
 
         with torch.inference_mode():
-            logits = self.module(torch.from_numpy(batch))
-            return torch.softmax(logits, dim=1).numpy()
+            logits, features = self.embedder(torch.from_numpy(batch))
+            return NetOutput(logits.numpy(), features.numpy())
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities for a (N, 3, H, W) float32 batch."""
+        return self.meta.calibration.probabilities(self.forward(batch).logits)

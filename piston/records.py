@@ -23,6 +23,9 @@ class ScoreRecord(BaseModel):
     confidence: float | None = None
     probabilities: dict[str, float] | None = None
     needs_review: bool = True
+    review_reason: str | None = None  # low_confidence, novel (an error needs review too)
+    novelty: float | None = None
+    novel: bool = False
     model_version: str
     metadata: dict[str, str] = Field(default_factory=dict)
     error: str | None = None  # "<kind>: <reason>" when the image could not be scored

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from piston.bundle import Predictor
+from piston.scoring import NetOutput
 
-InferFn = Callable[[Predictor, np.ndarray], np.ndarray]
+InferFn = Callable[[Predictor, np.ndarray], NetOutput]
 INLINE_FORWARD_S = 0.004  # a forward pass this short may block the event loop
 
 
@@ -32,7 +33,7 @@ INLINE_FORWARD_S = 0.004  # a forward pass this short may block the event loop
 class _Item:
     predictor: Predictor
     array: np.ndarray
-    future: asyncio.Future[np.ndarray] = field(repr=False)
+    future: asyncio.Future[NetOutput] = field(repr=False)
 
 
 class Batcher:
@@ -54,8 +55,8 @@ class Batcher:
         self._arrivals = 0  # score() calls so far
         self._lone_seconds: dict[int, float] = {}  # id(predictor) -> last 1-image forward time
 
-    async def score(self, predictor: Predictor, arrays: list[np.ndarray]) -> np.ndarray:
-        """Probabilities for `arrays` (one request's images), batched with other requests."""
+    async def score(self, predictor: Predictor, arrays: list[np.ndarray]) -> NetOutput:
+        """The network's outputs for `arrays` (one request's images), batched with others."""
         loop = asyncio.get_running_loop()
         if self._queue is None or self._runner is None or self._runner.done():
             self._queue = asyncio.Queue()
@@ -71,10 +72,10 @@ class Batcher:
                 return self._timed(predictor, np.stack(arrays))
         futures = []
         for array in arrays:
-            future: asyncio.Future[np.ndarray] = loop.create_future()
+            future: asyncio.Future[NetOutput] = loop.create_future()
             self._queue.put_nowait(_Item(predictor, array, future))
             futures.append(future)
-        return np.stack(await asyncio.gather(*futures))
+        return NetOutput.concat(await asyncio.gather(*futures))
 
     async def _run(self) -> None:
         assert self._queue is not None
@@ -93,8 +94,8 @@ class Batcher:
             try:
                 stacked = np.stack([item.array for item in batch])
                 self._busy = True
-                probs = await loop.run_in_executor(self._pool, self._timed, first.predictor,
-                                                   stacked)
+                out = await loop.run_in_executor(self._pool, self._timed, first.predictor,
+                                                 stacked)
             except Exception as err:  # reported to every caller of this batch
                 for item in batch:
                     if not item.future.done():
@@ -104,9 +105,9 @@ class Batcher:
                 self._busy = False
             self.batches += 1
             self.rows += len(batch)
-            for item, row in zip(batch, probs, strict=True):
+            for i, item in enumerate(batch):
                 if not item.future.done():
-                    item.future.set_result(row)
+                    item.future.set_result(out.row(i))
 
     def _may_inline(self, predictor: Predictor) -> bool:
         """Nothing queued or running, and this model's lone forward pass measured short."""
@@ -114,16 +115,16 @@ class Batcher:
         idle = not self._busy and self._queue.empty()
         return idle and self._lone_seconds.get(id(predictor), 1.0) <= INLINE_FORWARD_S
 
-    def _timed(self, predictor: Predictor, batch: np.ndarray) -> np.ndarray:
+    def _timed(self, predictor: Predictor, batch: np.ndarray) -> NetOutput:
         """`infer`, timing one-image batches: the first lone request of a model measures it
         in the inference thread, the ones after it may then run inline."""
         began = time.perf_counter()
-        probs = self.infer(predictor, batch)
+        out = self.infer(predictor, batch)
         if len(batch) == 1:
             if len(self._lone_seconds) > 4:
                 self._lone_seconds.clear()  # old models: ids may be reused
             self._lone_seconds[id(predictor)] = time.perf_counter() - began
-        return probs
+        return out
 
     def stats(self) -> dict[str, Any]:
         mean = self.rows / self.batches if self.batches else 0.0

@@ -18,7 +18,7 @@ import numpy as np
 from piston.bundle import Predictor
 from piston.errors import InputError, NotReady, Overloaded
 from piston.follow import ModelFollower
-from piston.scoring import Decision, ImageFailure, Outcome, Prepared, decide
+from piston.scoring import Decision, ImageFailure, NetOutput, Outcome, Prepared, decide
 from service.batching import Batcher, InferFn
 from service.decoding import Decoder
 from service.metrics import ServiceMetrics
@@ -40,15 +40,15 @@ class Limits:
     decode_queue: int = 4
 
 
-def probabilities(predictor: Predictor, batch: np.ndarray) -> np.ndarray:
-    return predictor.probabilities(batch)
+def forward(predictor: Predictor, batch: np.ndarray) -> NetOutput:
+    return predictor.forward(batch)
 
 
 class Engine:
     """Holds the follower, the batcher and the metrics of one worker process."""
 
     def __init__(self, follower: ModelFollower, limits: Limits, metrics: ServiceMetrics,
-                 poll_interval_s: float, infer: InferFn = probabilities,
+                 poll_interval_s: float, infer: InferFn = forward,
                  thread_init: Callable[[], None] | None = None) -> None:
         self.follower = follower
         self.limits = limits

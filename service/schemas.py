@@ -58,7 +58,13 @@ class DecisionAnswer(BaseModel):
     label: str
     confidence: float
     probabilities: dict[str, float]
-    needs_review: bool = Field(description="confidence under the bundle's review threshold")
+    needs_review: bool = Field(description="a person should look: see review_reason")
+    review_reason: str | None = Field(None, description="low_confidence (calibrated confidence"
+                                      " under the bundle's review threshold) or novel (unlike"
+                                      " the training images); null when accepted")
+    novelty: float | None = Field(None, description="how unlike the training images this one"
+                                  " is (null when the bundle has no novelty model)")
+    novel: bool = Field(False, description="novelty over the bundle's threshold: never accepted")
     model_version: str
 
 
@@ -69,6 +75,9 @@ class SlotAnswer(BaseModel):
     confidence: float | None = None
     probabilities: dict[str, float] | None = None
     needs_review: bool | None = None
+    review_reason: str | None = None
+    novelty: float | None = None
+    novel: bool | None = None
     model_version: str | None = None
     error: str | None = None
     kind: str | None = None

@@ -20,6 +20,7 @@ from typing import Any
 from torch import nn
 
 from piston.bundle import BundleMeta, code_version, create_bundle, new_version
+from piston.calibration import Calibration
 from piston.errors import DataError
 from piston.registry import Registry
 from training.config import TrainConfig
@@ -185,7 +186,7 @@ def build_meta(
         arch=config.arch,
         arch_params=config.arch_params,
         contract=contract.to_dict(),
-        threshold=evaluation.calibration["threshold"],
+        calibration=Calibration(threshold=evaluation.calibration["threshold"]),
         config=config.model_dump(mode="json"),
         metrics=metrics,
         gates=evaluation.gates,

@@ -10,7 +10,8 @@ import pytest
 
 from piston import arch
 from piston.bundle import BundleMeta, Predictor
-from piston.scoring import Decision, ImageFailure, decide, score_blobs
+from piston.calibration import Calibration
+from piston.scoring import Decision, ImageFailure, NetOutput, decide, score_blobs
 from tests.conftest import image_bytes
 
 
@@ -47,8 +48,62 @@ def test_a_thread_pool_decodes_to_the_same_answers(predictor: Predictor) -> None
     assert isinstance(pooled[-1], ImageFailure) and pooled[-1].kind == "empty"
 
 
+def logits_of(probs: list[list[float]]) -> NetOutput:
+    logits = np.log(np.array(probs, dtype=np.float32))
+    return NetOutput(logits, np.zeros((len(logits), 4), dtype=np.float32))
+
+
 def test_needs_review_below_the_bundle_threshold(predictor: Predictor) -> None:
-    probs = np.array([[0.95, 0.03, 0.02], [0.5, 0.3, 0.2]], dtype=np.float32)
-    sure, unsure = decide(predictor, probs)
-    assert (sure.label, sure.needs_review) == ("a", False)
-    assert (unsure.label, unsure.needs_review) == ("a", True)
+    sure, unsure = decide(predictor, logits_of([[0.95, 0.03, 0.02], [0.5, 0.3, 0.2]]))
+    assert (sure.label, sure.needs_review, sure.review_reason) == ("a", False, None)
+    assert (unsure.label, unsure.needs_review, unsure.review_reason) == (
+        "a", True, "low_confidence")
+    assert sure.confidence == pytest.approx(0.95, abs=1e-5)
+    assert sure.novelty is None and not sure.novel  # this bundle has no novelty model
+
+
+def test_the_bundle_calibration_scales_confidence_and_may_set_a_class_threshold() -> None:
+    calibration = Calibration(temperature=2.0, threshold=0.5, class_thresholds={"b": 0.99})
+    meta = BundleMeta(version="v", classes=["a", "b"], arch="seed_cnn",
+                      contract={"height": 16, "width": 16}, calibration=calibration)
+    predictor = Predictor(meta, arch.build("seed_cnn", 2, 16, 16))
+    out = NetOutput(np.array([[2.0, 0.0], [0.0, 3.0]], dtype=np.float32), np.zeros((2, 1)))
+    a, b = decide(predictor, out)
+    assert a.confidence == pytest.approx(1 / (1 + np.exp(-1.0)), abs=1e-5)  # softmax(2/2, 0)
+    assert (a.label, a.needs_review) == ("a", False)
+    assert (b.label, b.needs_review, b.review_reason) == ("b", True, "low_confidence")
+    assert predictor.probabilities(np.zeros((1, 3, 16, 16), dtype=np.float32)).sum() == (
+        pytest.approx(1.0, abs=1e-5))
+
+
+class FarFromZero:
+    """A novelty scorer injected for the test: the length of the features."""
+
+    threshold = 1.0
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        return np.linalg.norm(features, axis=1)
+
+
+def test_a_novel_image_always_needs_review_whatever_its_confidence() -> None:
+    meta = BundleMeta(version="v", classes=["a", "b"], arch="seed_cnn",
+                      contract={"height": 16, "width": 16})
+    predictor = Predictor(meta, arch.build("seed_cnn", 2, 16, 16), novelty=FarFromZero())
+    logits = np.array([[9.0, 0.0], [9.0, 0.0]], dtype=np.float32)
+    familiar, novel = decide(predictor, NetOutput(logits, np.array([[0.5, 0.0], [3.0, 4.0]])))
+    assert (familiar.novel, familiar.needs_review, familiar.novelty) == (False, False, 0.5)
+    assert (novel.novel, novel.needs_review, novel.review_reason) == (True, True, "novel")
+    assert novel.novelty == pytest.approx(5.0) and novel.confidence > 0.99
+
+
+def test_features_are_the_head_input_averaged_over_the_test_time_views() -> None:
+    import torch
+
+    module = arch.build("bn_cnn", 3, 32, 32, tta="dihedral")
+    module.eval()
+    x = torch.rand(2, 3, 32, 32)
+    logits, features = arch.Embedder(module)(x)
+    assert features.shape == (2, 128)
+    head = module.net[-1]
+    assert torch.allclose(head(features), logits, atol=1e-5)  # linear head: same average
+    assert torch.allclose(logits, module(x), atol=1e-6)

@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 from piston.bundle import Predictor
 from piston.errors import InputError, NotReady
 from piston.follow import ModelFollower
-from piston.scoring import Decision, ImageFailure
+from piston.scoring import Decision, ImageFailure, NetOutput
 from service.batching import Batcher
 from service.engine import Engine, Limits
 from service.limits import RequestSizeLimit
@@ -87,20 +87,21 @@ def test_bad_image_raises_input_error_with_status(bundles: Bundles, registry_dir
 def test_concurrent_requests_share_forward_passes() -> None:
     calls: list[int] = []
 
-    def infer(predictor: object, batch: np.ndarray) -> np.ndarray:
+    def infer(predictor: object, batch: np.ndarray) -> NetOutput:
         calls.append(len(batch))
-        return batch * 2
+        return NetOutput(batch * 2, batch * 3)
 
-    async def run() -> list[np.ndarray]:
+    async def run() -> list[NetOutput]:
         batcher = Batcher(infer, max_batch_size=16)  # type: ignore[arg-type]
         model = object()
         rows = [np.full((2,), i, dtype=np.float32) for i in range(40)]
         results = await asyncio.gather(*(batcher.score(model, [r]) for r in rows))  # type: ignore[arg-type]
         batcher.close()
-        return [r[0] for r in results]
+        return list(results)
 
     results = asyncio.run(run())
-    assert [float(r[0]) for r in results] == [2.0 * i for i in range(40)]  # each gets its own row
+    assert [float(r.logits[0][0]) for r in results] == [2.0 * i for i in range(40)]  # own rows
+    assert [float(r.features[0][0]) for r in results] == [3.0 * i for i in range(40)]
     assert sum(calls) == 40 and max(calls) == 16 and len(calls) < 40
 
 
@@ -110,15 +111,15 @@ def test_a_lone_request_to_a_fast_model_skips_the_thread_hops() -> None:
     the loop), go to the inference thread, where they share forward passes."""
     threads: list[str] = []
 
-    def fast(predictor: object, batch: np.ndarray) -> np.ndarray:
+    def fast(predictor: object, batch: np.ndarray) -> NetOutput:
         threads.append(threading.current_thread().name)
-        return batch * 2
+        return NetOutput(batch * 2, batch)
 
-    def slow(predictor: object, batch: np.ndarray) -> np.ndarray:
+    def slow(predictor: object, batch: np.ndarray) -> NetOutput:
         time.sleep(0.02)  # the work of a large model's forward pass
         return fast(predictor, batch)
 
-    async def run(infer: object) -> tuple[list[np.ndarray], dict]:
+    async def run(infer: object) -> tuple[list[NetOutput], dict]:
         batcher = Batcher(infer, max_batch_size=16)  # type: ignore[arg-type]
         model = object()
         lone = [await batcher.score(model, [np.ones(2)]) for _ in range(2)]  # type: ignore[arg-type]
@@ -128,20 +129,21 @@ def test_a_lone_request_to_a_fast_model_skips_the_thread_hops() -> None:
 
     results, stats = asyncio.run(run(fast))
     assert threads[0].startswith("infer") and threads[1] == threading.main_thread().name
-    assert [float(r[0][0]) for r in results] == [2.0, 2.0, *(2.0 * i for i in range(8))]
+    assert [float(r.logits[0][0]) for r in results] == [2.0, 2.0, *(2.0 * i for i in range(8))]
     assert stats["inline"] == 1 and stats["images"] == 10  # not the burst: it is batched
     threads.clear()
     results, stats = asyncio.run(run(slow))
     assert stats["inline"] == 0 and all(t.startswith("infer") for t in threads)
-    assert [float(r[0][0]) for r in results] == [2.0, 2.0, *(2.0 * i for i in range(8))]
+    assert [float(r.logits[0][0]) for r in results] == [2.0, 2.0, *(2.0 * i for i in range(8))]
 
 
 def test_batches_never_mix_two_models() -> None:
     seen: list[set[int]] = []
 
-    def infer(predictor: object, batch: np.ndarray) -> np.ndarray:
+    def infer(predictor: object, batch: np.ndarray) -> NetOutput:
         seen.append({id(predictor)})
-        return np.full((len(batch), 1), id(predictor) % 1000, dtype=np.float64)
+        rows = np.full((len(batch), 1), id(predictor) % 1000, dtype=np.float64)
+        return NetOutput(rows, rows)
 
     async def run() -> list[float]:
         batcher = Batcher(infer, max_batch_size=64)  # type: ignore[arg-type]
@@ -149,7 +151,7 @@ def test_batches_never_mix_two_models() -> None:
         models = [a, b, a, a, b] * 4
         out = await asyncio.gather(*(batcher.score(m, [np.zeros(1)]) for m in models))  # type: ignore[arg-type]
         batcher.close()
-        return [float(o[0][0]) for o in out], [id(m) % 1000 for m in models]  # type: ignore[return-value]
+        return [float(o.logits[0][0]) for o in out], [id(m) % 1000 for m in models]  # type: ignore[return-value]
 
     got, wanted = asyncio.run(run())  # type: ignore[misc]
     assert got == wanted

@@ -61,7 +61,7 @@ def test_classifies_real_images_like_the_bundle_does(
             assert response.status_code == 200, response.text
             result = response.json()
             expected = decide(
-                predictor, predictor.probabilities(preprocess(data, predictor.contract)[None]))[0]
+                predictor, predictor.forward(preprocess(data, predictor.contract)[None]))[0]
             assert result["label"] == expected.label
             assert result["probabilities"] == pytest.approx(expected.probabilities, abs=1e-5)
             assert result["model_version"] == bundles.good
