@@ -1,4 +1,4 @@
-"""Each candidate of `auto`, trained alone on one grouped split: the README's candidate table.
+"""Each candidate of `auto`, trained alone on one grouped split: docs/evaluation.md's table.
 
     python bench/candidates.py --data DIR [--only bn_cnn,dihedral_cnn] [--json]
 

@@ -30,31 +30,42 @@ class Settings(BaseSettings):
     runs_dir: Path = Field(Path("runs"), description="where training reports are written")
 
     # Quality gates: the production-readiness bar a bundle must pass to be promoted.
-    gate_min_accuracy: float = 0.90
-    gate_min_class_f1: float = 0.85
-    gate_min_class_recall: float = 0.80
+    gate_min_accuracy: float = Field(0.90, description="quality gate: least test accuracy")
+    gate_min_class_f1: float = Field(0.85, description="quality gate: least F1 of every class")
+    gate_min_class_recall: float = Field(
+        0.80, description="quality gate: least recall of every class")
 
     # Input safety, shared by training, serving and batch scoring.
     # 70 MP fits the largest common area-scan inspection cameras (65 MP, 9344x7000); bigger
     # frames are refused from their header, before any pixel is decoded.
-    max_image_pixels: int = 70_000_000
+    max_image_pixels: int = Field(
+        70_000_000, description="pixel cap, checked from the header before decoding")
     max_upload_bytes: int = Field(
         default=20 * 1024 * 1024, ge=1, description="largest image: upload or stored object")
-    max_batch_images: int = 64
+    max_batch_images: int = Field(
+        64, description="images per /classify_batch request (and per forward pass)")
 
     # Serving.
-    admin_token: SecretStr | None = None
+    admin_token: SecretStr | None = Field(
+        None, description="bearer token for the admin routes and /jobs (unset: they answer 403);"
+        " 24+ characters, not a placeholder")
     decode_threads: int = Field(default=1, ge=1, description="per worker, for large images")
     decode_queue: int = Field(
         default=4, ge=0, description="large images that may wait for a decode thread; then 503"
     )
     # Read only to refuse a placeholder at start-up; boto3 reads the credentials itself.
-    aws_secret_access_key: SecretStr | None = Field(None, validation_alias="AWS_SECRET_ACCESS_KEY")
-    poll_interval_s: float = 3.0
+    aws_secret_access_key: SecretStr | None = Field(
+        None, validation_alias="AWS_SECRET_ACCESS_KEY",
+        description="S3 secret (boto3 reads it; checked here only to refuse a placeholder)")
+    poll_interval_s: float = Field(
+        3.0, description="how often servers and workers check the production pointer")
 
     # Distributed jobs.
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    s3_endpoint_url: str | None = None
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Celery broker, result backend and job records (the password is never shown)")
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, moto); credentials from AWS_*")
     score_shard_size: int = Field(default=64, ge=1, description="images per batch-scoring shard")
     score_max_images_per_second: float = Field(
         default=0.0, ge=0, description="per worker process, to spare a shared store; 0 = unlimited"
@@ -62,12 +73,14 @@ class Settings(BaseSettings):
     score_schedule: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict, description='beat: {"s3://in/prefix": "s3://out/prefix"} (JSON)'
     )
-    score_schedule_every_s: float = Field(default=300.0, gt=0)
+    score_schedule_every_s: float = Field(
+        default=300.0, gt=0, description="beat: seconds between two scheduled runs")
     score_time_limit_s: int = Field(default=900, ge=10, description="hard limit of one shard")
     retrain_time_limit_s: int = Field(default=3600, ge=60, description="hard limit of a retrain")
     score_decode_threads: int = Field(default=2, ge=1, description="decodes at once per process")
     job_retries: int = Field(default=3, ge=0, description="retries while the store is unreachable")
-    job_retry_delay_s: float = Field(default=5.0, ge=0)
+    job_retry_delay_s: float = Field(
+        default=5.0, ge=0, description="seconds between two retries of an unreachable store")
     job_redis_wait_s: float = Field(
         default=300.0, ge=0, description="how long a running task waits out a Redis outage")
     job_max_worker_lost: int = Field(
@@ -81,9 +94,11 @@ class Settings(BaseSettings):
     retrain_dataset_roots: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="data set prefixes a retrain may read (JSON list);"
         " empty: only data_dir")
-    retrain_max_epochs: int = Field(default=200, ge=1)
-    retrain_max_batch_size: int = Field(default=512, ge=1)
-    retrain_max_input_pixels: int = Field(default=512 * 512, ge=1)
+    retrain_max_epochs: int = Field(default=200, ge=1, description="most epochs a retrain may ask")
+    retrain_max_batch_size: int = Field(
+        default=512, ge=1, description="largest batch size a retrain may ask")
+    retrain_max_input_pixels: int = Field(
+        default=512 * 512, ge=1, description="largest input (width x height) a retrain may ask")
 
     @field_validator("score_schedule", mode="before")
     @classmethod

@@ -1,4 +1,4 @@
-"""The shapes of request bodies and answers, once: validation, `/docs.json` and the README."""
+"""The shapes of request bodies and answers, once: validation, `/docs.json` and docs/serving.md."""
 
 from __future__ import annotations
 

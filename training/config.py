@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from piston.errors import ConfigError
 
-DEFAULT_RECIPE = "auto"  # compares candidate recipes on grouped validation data (README)
+DEFAULT_RECIPE = "auto"  # compares candidate recipes on grouped validation data (docs/training.md)
 
 
 class Augment(BaseModel):

@@ -109,7 +109,7 @@ def browser(console: Console) -> Iterator[Any]:
 
 
 def screenshot(driver: Any, name: str) -> None:
-    """Save the view for the README when PISTON_UI_SCREENSHOTS names a folder (e.g. docs)."""
+    """Save the view for docs/serving.md when PISTON_UI_SCREENSHOTS names a folder (e.g. docs)."""
     folder = os.environ.get("PISTON_UI_SCREENSHOTS")
     if not folder:
         return
