@@ -1,6 +1,7 @@
 """Batch-scoring throughput, measured side by side in one run over the same N images.
 
     .venv/bin/python bench/batch.py [--source s3|local] [--copies 4] [--data DIR]
+                                    [--runtimes onnx torch]
 
 Uses Redis database 10. `--source s3` (default) starts its own moto S3 server on a free
 loopback port and measures:
@@ -13,8 +14,11 @@ and prints each ratio (goals: job >= 70% of the lower ceiling, >= 5x the naive l
 
 `--source local` reads a local folder instead, so no storage server shares the cores, and
 compares our job with 2 worker processes against the compute ceiling of 2 processes (read,
-decode and forward with `piston.scoring.score_blobs`, one torch thread each, as a worker's
-processes run): the goal is >= 70% of it.
+decode and forward with `piston.scoring.score_blobs`, one intra-op thread each, as a
+worker's processes run): the goal is >= 70% of it.
+
+Every figure is measured once per runtime (`--runtimes`, PISTON_RUNTIME of the workers and
+of the ceilings), so each runtime's job is compared with its own ceiling in the same run.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from piston.runtime import RuntimeName
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIS_URL = "redis://127.0.0.1:6379/10"
@@ -62,6 +70,8 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("PISTON_DATA_DIR", default_data))
     parser.add_argument("--shard-size", type=int, default=64)
     parser.add_argument("--source", choices=("s3", "local"), default="s3")
+    parser.add_argument("--runtimes", nargs="+", choices=("onnx", "torch"),
+                        default=["onnx", "torch"])
     args = parser.parse_args()
     if args.source == "local":
         run_local(args)
@@ -119,10 +129,10 @@ def run(args: argparse.Namespace, tmp: Path, endpoint: str,
                            registry, GateBar(), tmp / "runs", 40_000_000,
                            s3_endpoint_url=endpoint)
     registry.promote(outcome.version, "bench", force=True)
-    predictor = Predictor.load(registry.fetch(outcome.version))
     n = len(keys)
     print(f"{n} images ({args.copies} copies of {len(blobs)}), model {outcome.version}"
-          f" ({predictor.meta.arch}), {os.cpu_count()} cores, S3 = moto at {endpoint}")
+          f" ({outcome.metrics.get('candidate')}), {os.cpu_count()} cores, S3 = moto at"
+          f" {endpoint}")
 
     def get(key: str) -> bytes:
         return bytes(s3.get_object(Bucket="bench", Key=key)["Body"].read())
@@ -131,27 +141,35 @@ def run(args: argparse.Namespace, tmp: Path, endpoint: str,
     with ThreadPoolExecutor(16) as pool:
         in_memory = list(pool.map(get, keys))
     storage_ceiling = rate(n, time.perf_counter() - start)
-
-    torch.set_num_threads(os.cpu_count() or 1)
-    start = time.perf_counter()
-    for begin in range(0, n, 32):
-        batch = np.stack([preprocess(b, predictor.contract) for b in in_memory[begin:begin + 32]])
-        decide(predictor, predictor.forward(batch))
-    compute_ceiling = rate(n, time.perf_counter() - start)
-
-    start = time.perf_counter()
-    for key in keys:
-        decide(predictor, predictor.forward(preprocess(get(key), predictor.contract)[None]))
-    naive = rate(n, time.perf_counter() - start)
-
-    env = dict(os.environ, PISTON_S3_ENDPOINT_URL=endpoint, PISTON_REGISTRY="s3://bench/registry",
-               PISTON_RUNS_DIR=str(tmp / "runs"), PISTON_SCORE_SHARD_SIZE=str(args.shard_size))
-    jobs = {procs: time_job(env, procs, "s3://bench/images", f"s3://bench/out{procs}",
-                            "s3://bench/images/copy0", tmp, workers)
-            for procs in (1, 2)}
-
-    lower = min(storage_ceiling, compute_ceiling)
     print(f"{'storage ceiling (16 parallel GETs)':40s} {storage_ceiling:8.1f} img/s")
+    torch.set_num_threads(os.cpu_count() or 1)
+    for rt in args.runtimes:
+        predictor = Predictor.load(registry.fetch(outcome.version), rt, os.cpu_count())
+        start = time.perf_counter()
+        for begin in range(0, n, 32):
+            batch = np.stack([preprocess(b, predictor.contract)
+                              for b in in_memory[begin:begin + 32]])
+            decide(predictor, predictor.forward(batch))
+        compute_ceiling = rate(n, time.perf_counter() - start)
+
+        start = time.perf_counter()
+        for key in keys:
+            decide(predictor, predictor.forward(preprocess(get(key), predictor.contract)[None]))
+        naive = rate(n, time.perf_counter() - start)
+
+        env = dict(os.environ, PISTON_S3_ENDPOINT_URL=endpoint,
+                   PISTON_REGISTRY="s3://bench/registry", PISTON_RUNS_DIR=str(tmp / "runs"),
+                   PISTON_SCORE_SHARD_SIZE=str(args.shard_size), PISTON_RUNTIME=rt)
+        jobs = {procs: time_job(env, procs, "s3://bench/images", f"s3://bench/out{procs}{rt}",
+                                "s3://bench/images/copy0", tmp, workers)
+                for procs in (1, 2)}
+        print(f"-- runtime {rt}")
+        report_s3(storage_ceiling, compute_ceiling, naive, jobs)
+
+
+def report_s3(storage_ceiling: float, compute_ceiling: float, naive: float,
+              jobs: dict[int, float]) -> None:
+    lower = min(storage_ceiling, compute_ceiling)
     print(f"{'compute ceiling (decode+forward, 1 proc)':40s} {compute_ceiling:8.1f} img/s")
     print(f"{'naive loop (get, decode, predict 1 by 1)':40s} {naive:8.1f} img/s")
     for procs, value in jobs.items():
@@ -179,15 +197,12 @@ def wait(job_id: str, job_status: object) -> dict[str, object]:
 _PREDICTOR: object = None
 
 
-def _load(model_dir: str) -> None:
-    """A compute-ceiling process: one torch thread, like each of a worker's processes."""
+def _load(model_dir: str, runtime: RuntimeName) -> None:
+    """A compute-ceiling process: one intra-op thread, like each of a worker's processes."""
     global _PREDICTOR
-    import torch
-
     from piston.bundle import Predictor
 
-    torch.set_num_threads(1)
-    _PREDICTOR = Predictor.load(model_dir)
+    _PREDICTOR = Predictor.load(model_dir, runtime, 1)
 
 
 def _score_files(paths: list[str]) -> int:
@@ -202,14 +217,15 @@ def _score_files(paths: list[str]) -> int:
     return len(paths)
 
 
-def compute_ceiling(model_dir: str, paths: list[str], procs: int) -> float:
+def compute_ceiling(model_dir: str, paths: list[str], procs: int, runtime: RuntimeName,
+                    ) -> float:
     """Images/s of `procs` processes scoring their share of `paths`, the model already loaded."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     spawn = multiprocessing.get_context("spawn")  # the parent's torch threads do not fork well
     with ProcessPoolExecutor(procs, mp_context=spawn, initializer=_load,
-                             initargs=(model_dir,)) as pool:
+                             initargs=(model_dir, runtime)) as pool:
         list(pool.map(_score_files, [paths[:16]] * procs))  # warm-up: every process loaded
         start = time.perf_counter()
         done = sum(pool.map(_score_files, [paths[i::procs] for i in range(procs)]))
@@ -243,28 +259,39 @@ def run_local(args: argparse.Namespace) -> None:
         model_dir = str(registry.fetch(outcome.version))
         print(f"{len(paths)} images ({args.copies} copies of {len(files)}) in a local folder,"
               f" model {outcome.version}, {os.cpu_count()} cores")
-        env = dict(os.environ, PISTON_REGISTRY=str(tmp / "registry"),
-                   PISTON_SCORE_SHARD_SIZE=str(args.shard_size), PISTON_RUNS_DIR=str(tmp))
-        ceilings, jobs = {}, {}
-        for procs in (1, 2):  # the ceiling just before and just after the job: a shared
-            before = compute_ceiling(model_dir, paths, procs)  # machine's load moves
-            jobs[procs] = time_job(env, procs, str(tmp / "images"), str(tmp / f"out{procs}"),
-                                   str(tmp / "images" / "copy0"), tmp, workers)
-            after = compute_ceiling(model_dir, paths, procs)
-            print(f"{procs} process(es): ceiling {before:.1f} before, {after:.1f} after the job")
-            ceilings[procs] = (before + after) / 2
+        ceilings: dict[tuple[str, int], float] = {}
+        jobs: dict[tuple[str, int], float] = {}
+        for rt in args.runtimes:
+            env = dict(os.environ, PISTON_REGISTRY=str(tmp / "registry"), PISTON_RUNTIME=rt,
+                       PISTON_SCORE_SHARD_SIZE=str(args.shard_size), PISTON_RUNS_DIR=str(tmp))
+            for procs in (1, 2):  # the ceiling just before and just after the job: a shared
+                before = compute_ceiling(model_dir, paths, procs, rt)  # machine's load moves
+                jobs[(rt, procs)] = time_job(
+                    env, procs, str(tmp / "images"), str(tmp / f"out{procs}{rt}"),
+                    str(tmp / "images" / "copy0"), tmp, workers)
+                after = compute_ceiling(model_dir, paths, procs, rt)
+                print(f"{rt}, {procs} process(es): ceiling {before:.1f} before, {after:.1f}"
+                      " after the job", flush=True)
+                ceilings[(rt, procs)] = (before + after) / 2
     finally:
         for w in workers:
             w.terminate()
             w.wait(30)
         shutil.rmtree(tmp, ignore_errors=True)
-    for procs in (1, 2):
-        print(f"{f'compute ceiling, {procs} process(es), mean':40s} {ceilings[procs]:8.1f} img/s")
-        print(f"{f'our job, {procs} worker process(es)':40s} {jobs[procs]:8.1f} img/s"
-              f"   {jobs[procs] / ceilings[procs]:5.0%} of the {procs}-process ceiling")
-    share = jobs[2] / ceilings[2]
-    print(f"goal: job with 2 processes >= 70% of the 2-process compute ceiling: {share:.0%}"
-          f" -> {'met' if share >= 0.7 else 'NOT met'}")
+    for rt in args.runtimes:
+        for procs in (1, 2):
+            top, job = ceilings[(rt, procs)], jobs[(rt, procs)]
+            print(f"{f'{rt}: compute ceiling, {procs} process(es), mean':46s} {top:8.1f} img/s")
+            print(f"{f'{rt}: our job, {procs} worker process(es)':46s} {job:8.1f} img/s"
+                  f"   {job / top:5.0%} of the {procs}-process ceiling")
+        share = jobs[(rt, 2)] / ceilings[(rt, 2)]
+        print(f"{rt}: goal: job with 2 processes >= 90% of the 2-process compute ceiling:"
+              f" {share:.0%} -> {'met' if share >= 0.9 else 'NOT met'}")
+    if "torch" in args.runtimes:
+        for rt in args.runtimes:
+            print(f"{rt}: 2-process ceiling / torch's: "
+                  f"{ceilings[(rt, 2)] / ceilings[('torch', 2)]:.2f}x,"
+                  f" job / torch's job: {jobs[(rt, 2)] / jobs[('torch', 2)]:.2f}x")
 
 
 def time_job(env: dict[str, str], procs: int, src: str, out: str, warm: str, tmp: Path,

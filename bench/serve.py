@@ -1,16 +1,18 @@
 """Serving benchmark: our BentoML /classify vs a naive uvicorn endpoint vs the in-process ceiling.
 
-    python bench/serve.py [--duration 8] [--rounds 4] [--workers 1]
+    python bench/serve.py [--duration 8] [--rounds 4] [--workers 1] [--runtimes onnx torch]
 
-Everything in one run on the same model: starts `piston serve` and a plain Starlette app
-on uvicorn (decode + forward per request, no batching), drives both with a small asyncio
-load generator (raw HTTP/1.1 keep-alive sockets, so the client costs little CPU) at
-concurrency 1, 8 and 32 in alternating bursts (so the machine's other load falls on all of
-them alike), then `/classify_batch` against decode + forward in-process at batch 32. Prints
-requests/s, p50/p99, stalls (requests over 50 ms), ratios and resident memory. A third
-server, "plain", runs our own routes, engine and batcher on uvicorn without BentoML, to
-separate BentoML's per-request cost from ours. The machine's load average is printed
-before and after: compare ratios within one run, never figures across runs.
+Everything in one run on the same model: starts `piston serve` once per runtime
+(PISTON_RUNTIME=onnx, torch) and a naive Starlette app on uvicorn (torch decode + forward per
+request, no batching), drives them with a small asyncio load generator (raw HTTP/1.1
+keep-alive sockets, so the client costs little CPU) at concurrency 1, 8 and 32 in
+alternating bursts (so the machine's other load falls on all of them alike), then
+`/classify_batch` against decode + forward in-process at batch 32 in each runtime (the two
+ceilings). Prints requests/s, p50/p99, stalls (requests over 50 ms), ratios and resident
+memory. A "plain" server per runtime runs our own routes, engine and batcher on uvicorn
+without BentoML, to separate BentoML's per-request cost from ours. The machine's load
+average is printed before and after: compare ratios within one run, never figures across
+runs.
 """
 
 from __future__ import annotations
@@ -25,10 +27,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import psutil
+
+if TYPE_CHECKING:
+    from piston.runtime import RuntimeName
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -55,7 +60,7 @@ def naive_server(port: int, model_dir: str) -> None:
     from piston.imaging import preprocess
     from piston.scoring import decide
 
-    predictor = Predictor.load(model_dir)
+    predictor = Predictor.load(model_dir, "torch", 1)
     torch_threads()
 
     async def classify(request: Request) -> JSONResponse:
@@ -66,7 +71,7 @@ def naive_server(port: int, model_dir: str) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def plain_server(port: int, registry: str) -> None:
+def plain_server(port: int, registry: str, runtime: RuntimeName) -> None:
     """Our engine and request reading on plain uvicorn: the same work minus BentoML."""
     import uvicorn
     from starlette.applications import Starlette
@@ -83,9 +88,11 @@ def plain_server(port: int, registry: str) -> None:
     from service.inputs import Upload
     from service.metrics import service_metrics
 
-    torch_threads()
-    engine = Engine(ModelFollower(Registry(open_storage(registry))), Limits(70_000_000, 64),
-                    service_metrics(), 3.0, thread_init=torch_threads)
+    follower = ModelFollower(Registry(open_storage(registry)), runtime=runtime, threads=1)
+    init = torch_threads if runtime == "torch" else None
+    if init:
+        init()
+    engine = Engine(follower, Limits(70_000_000, 64), service_metrics(), 3.0, thread_init=init)
     engine.refresh()
 
     async def classify(request: Request) -> Response:
@@ -222,22 +229,26 @@ def ensure_bundle(registry: str, data: str) -> str:
     return str(reg.fetch(version))
 
 
-def batch_against_ceiling(port: int, payload: bytes, model_dir: str, images: list[bytes],
-                          args: argparse.Namespace) -> tuple[dict[int, dict[str, float]], float]:
-    """`/classify_batch` at c=1 and c=2 in bursts alternating with the in-process ceiling."""
+def batch_against_ceiling(ports: dict[str, int], payload: bytes, model_dir: str,
+                          images: list[bytes], args: argparse.Namespace,
+                          ) -> tuple[dict[tuple[str, int], dict[str, float]], dict[str, float]]:
+    """`/classify_batch` of each runtime's server at c=1 and c=2, in bursts alternating with
+    each runtime's in-process ceiling (the servers idle meanwhile)."""
     from piston.bundle import Predictor
 
-    predictor = Predictor.load(model_dir)
-    torch_threads()
-    pooled: dict[int, dict[str, list[float]]] = {
-        c: {"lat": [], "wall": [], "errors": []} for c in (1, 2)}
-    done, spent = 0, 0.0
+    predictors = {rt: Predictor.load(model_dir, rt, 1) for rt in args.runtimes}
+    pooled: dict[tuple[str, int], dict[str, list[float]]] = {
+        (rt, c): {"lat": [], "wall": [], "errors": []} for rt in args.runtimes for c in (1, 2)}
+    done = dict.fromkeys(args.runtimes, 0)
+    spent = dict.fromkeys(args.runtimes, 0.0)
     for _ in range(args.rounds):
-        for c in (1, 2):
-            burst(port, payload, c, args.duration / args.rounds, pooled[c])
-        n, t = ceiling(predictor, images, args.duration / args.rounds)  # the servers idle
-        done, spent = done + n, spent + t
-    return {c: summary(into) for c, into in pooled.items()}, done / spent
+        for rt, predictor in predictors.items():
+            for c in (1, 2):
+                burst(ports[rt], payload, c, args.duration / args.rounds, pooled[(rt, c)])
+            n, t = ceiling(predictor, images, args.duration / args.rounds)
+            done[rt], spent[rt] = done[rt] + n, spent[rt] + t
+    return ({key: summary(into) for key, into in pooled.items()},
+            {rt: done[rt] / spent[rt] for rt in args.runtimes})
 
 
 def ceiling(predictor: Any, images: list[bytes], seconds: float) -> tuple[int, float]:
@@ -270,23 +281,32 @@ def measure_levels(targets: dict[str, tuple[int, bytes]],
     for level in args.levels:
         for name, r in interleaved(targets, level, args.duration, args.rounds).items():
             rows[(name, level)] = r
-            print(f"{name:6s} c={level:<3d} {r['rps']:7.0f} req/s  p50 {r['p50']:6.2f} ms"
+            print(f"{name:11s} c={level:<3d} {r['rps']:7.0f} req/s  p50 {r['p50']:6.2f} ms"
                   f"  p99 {r['p99']:6.2f} ms  max {r['max']:6.1f} ms  >50ms {r['stalls']}"
                   f"  errors {r['errors']}  (n={r['n']})", flush=True)
     return rows
 
 
-def start_servers(env: dict[str, str], model_dir: str, ours_port: int, naive_port: int,
-                  plain_port: int, workers: int) -> list[subprocess.Popen[bytes]]:
-    ours = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(ours_port),
-                             "--workers", str(workers)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    naive = subprocess.Popen([sys.executable, __file__, "--naive-server", str(naive_port),
-                              model_dir], cwd=ROOT, env=env, start_new_session=True)
-    plain = subprocess.Popen([sys.executable, __file__, "--plain-server", str(plain_port),
-                              env["PISTON_REGISTRY"]], cwd=ROOT, env=env, start_new_session=True)
-    return [ours, naive, plain]
+def start_servers(env: dict[str, str], model_dir: str, runtimes: list[RuntimeName],
+                  workers: int) -> dict[str, tuple[int, subprocess.Popen[bytes]]]:
+    """name -> (port, process): `ours-<runtime>` (piston serve), `plain-<runtime>`, `naive`."""
+    servers = {}
+    for rt in runtimes:
+        port = free_port()
+        servers[f"ours-{rt}"] = port, subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--workers",
+             str(workers)], cwd=ROOT, env={**env, "PISTON_RUNTIME": rt},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    port = free_port()
+    servers["naive"] = port, subprocess.Popen(
+        [sys.executable, __file__, "--naive-server", str(port), model_dir], cwd=ROOT, env=env,
+        start_new_session=True)
+    for rt in runtimes:
+        port = free_port()
+        servers[f"plain-{rt}"] = port, subprocess.Popen(
+            [sys.executable, __file__, "--plain-server", str(port), env["PISTON_REGISTRY"], rt],
+            cwd=ROOT, env=env, start_new_session=True)
+    return servers
 
 
 def bench_env(prefix: str) -> tuple[str, Path, dict[str, str]]:
@@ -307,16 +327,18 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="BentoML worker processes")
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--rounds", type=int, default=4, help="alternating bursts per level")
+    parser.add_argument("--runtimes", nargs="+", choices=("onnx", "torch"),
+                        default=["onnx", "torch"], help="PISTON_RUNTIME of our servers")
     parser.add_argument("--naive-server", nargs=2, metavar=("PORT", "MODEL_DIR"),
                         help=argparse.SUPPRESS)
-    parser.add_argument("--plain-server", nargs=2, metavar=("PORT", "REGISTRY"),
+    parser.add_argument("--plain-server", nargs=3, metavar=("PORT", "REGISTRY", "RUNTIME"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.naive_server:
         naive_server(int(args.naive_server[0]), args.naive_server[1])
         return
     if args.plain_server:
-        plain_server(int(args.plain_server[0]), args.plain_server[1])
+        plain_server(int(args.plain_server[0]), args.plain_server[1], args.plain_server[2])
         return
 
     data, work, env = bench_env("piston-bench-")
@@ -324,55 +346,63 @@ def main() -> None:
     load_before = os.getloadavg()
     images = [p.read_bytes() for p in sorted(Path(data).glob("*/*.jp*g"))[:64]]
 
-    ours_port, naive_port, plain_port = free_port(), free_port(), free_port()
-    ours, naive, plain = start_servers(env, model_dir, ours_port, naive_port, plain_port,
-                                       args.workers)
+    servers = start_servers(env, model_dir, args.runtimes, args.workers)
     try:
-        wait_up(ours_port, "/readyz", ours)
-        wait_up(naive_port, "/nothing", naive)
-        wait_up(plain_port, "/nothing", plain)
+        for name, (port, proc) in servers.items():
+            wait_up(port, "/readyz" if name.startswith("ours") else "/nothing", proc)
         payload = request_bytes("/classify", images[0], "image/jpeg")
-        targets = {"ours": (ours_port, payload), "naive": (naive_port, payload),
-                   "plain": (plain_port, payload)}
-        rows = measure_levels(targets, args)
+        rows = measure_levels({name: (port, payload) for name, (port, _) in servers.items()},
+                              args)
         body, ctype = multipart((images * 32)[:32], "images")
         batch_payload = request_bytes("/classify_batch", body, ctype)
-        batch, top = batch_against_ceiling(ours_port, batch_payload, model_dir, images, args)
-        stats = __import__("httpx").get(f"http://127.0.0.1:{ours_port}/model").json()["batching"]
-        rss_ours = tree_rss_mb(ours.pid)
-        rss_naive = tree_rss_mb(naive.pid)
+        ours = {rt: servers[f"ours-{rt}"][0] for rt in args.runtimes}
+        batch, tops = batch_against_ceiling(ours, batch_payload, model_dir, images, args)
+        stats = {rt: __import__("httpx").get(f"http://127.0.0.1:{port}/model").json()["batching"]
+                 for rt, port in ours.items()}
+        rss = {name: tree_rss_mb(proc.pid) for name, (_, proc) in servers.items()}
     finally:
-        for proc in (ours, naive, plain):
+        for _, proc in servers.values():
             os.killpg(proc.pid, 15)
             proc.wait(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nload average before/after: {load_before} / {os.getloadavg()}")
-    report(rows, args.levels, batch, top, stats)
-    print("\nresident memory:")
-    for label, rss in (("ours", rss_ours), ("naive", rss_naive)):
-        for proc_name, mb in rss:
-            print(f"  {label:6s} {mb:7.0f} MB  {proc_name}")
-        print(f"  {label:6s} {sum(mb for _, mb in rss):7.0f} MB  total")
+    report(rows, args, batch, tops, stats)
+    print("\nresident memory (an API worker is the `_bentoml_impl.worker` process):")
+    for label, procs in rss.items():
+        for proc_name, mb in procs:
+            print(f"  {label:11s} {mb:7.0f} MB  {proc_name}")
+        print(f"  {label:11s} {sum(mb for _, mb in procs):7.0f} MB  total")
 
 
-def report(rows: dict[tuple[str, int], dict[str, float]], levels: list[int],
-           batch: dict[int, dict[str, float]], top: float, stats: dict[str, Any]) -> None:
-    """The batch figures against the ceiling, and the same-run ratios."""
-    print(f"\nin-process ceiling (decode + forward, batch 32): {top:.0f} images/s")
-    for c, r in batch.items():
-        print(f"/classify_batch 32 images, c={c}: {r['rps'] * 32:.0f} images/s"
-              f" ({r['rps'] * 32 / top:.0%} of ceiling), p50 {r['p50']:.1f} ms")
-    print(f"batching (this worker): {stats}")
-    print("\nratios (ours / naive):")
-    for level in levels:
-        o, n = rows[("ours", level)], rows[("naive", level)]
-        p = rows[("plain", level)]
-        print(f"  c={level:<3d} req/s {o['rps'] / n['rps']:.2f}x  p50 {o['p50'] / n['p50']:.2f}x"
-              f"  p99 {o['p99'] / n['p99']:.2f}x  ours/ceiling {o['rps'] / top:.0%}"
-              f"  | without BentoML (plain/naive): req/s {p['rps'] / n['rps']:.2f}x"
-              f"  p50 {p['p50'] / n['p50']:.2f}x"
-              f"  | BentoML/plain: req/s {o['rps'] / p['rps']:.2f}x")
+def report(rows: dict[tuple[str, int], dict[str, float]], args: argparse.Namespace,
+           batch: dict[tuple[str, int], dict[str, float]], tops: dict[str, float],
+           stats: dict[str, Any]) -> None:
+    """The batch figures against the ceilings, and the same-run ratios."""
+    torch_top = tops.get("torch")
+    for rt, top in tops.items():
+        print(f"\nin-process ceiling, {rt} (decode + forward, batch 32): {top:.0f} images/s")
+        for c in (1, 2):
+            r = batch[(rt, c)]
+            print(f"  /classify_batch 32 images, c={c}: {r['rps'] * 32:.0f} images/s"
+                  f" ({r['rps'] * 32 / top:.0%} of its ceiling), p50 {r['p50']:.1f} ms")
+        print(f"  batching: {stats[rt]}")
+    if torch_top:
+        for rt, top in tops.items():
+            print(f"ceiling {rt} / ceiling torch: {top / torch_top:.2f}x")
+    for rt in args.runtimes:
+        top = tops[rt]
+        print(f"\nratios, ours-{rt} / naive (torch):")
+        for level in args.levels:
+            o, n = rows[(f"ours-{rt}", level)], rows[("naive", level)]
+            p = rows[(f"plain-{rt}", level)]
+            vs_torch = f"  of torch ceiling {o['rps'] / torch_top:.0%}" if torch_top else ""
+            print(f"  c={level:<3d} req/s {o['rps'] / n['rps']:.2f}x"
+                  f"  p50 {o['p50'] / n['p50']:.2f}x  p99 {o['p99'] / n['p99']:.2f}x"
+                  f"  of its ceiling {o['rps'] / top:.0%}"
+                  f"{vs_torch}  | plain/naive {p['rps'] / n['rps']:.2f}x"
+                  f"  | ours/plain (BentoML's share) {o['rps'] / p['rps']:.2f}x"
+                  f"  p50 +{o['p50'] - p['p50']:.2f} ms")
 
 
 if __name__ == "__main__":

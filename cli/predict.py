@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     registry = open_registry(settings)
     version = args.version or registry.production("run `piston train --promote` first")
-    predictor = Predictor.load(registry.fetch(version))
+    predictor = Predictor.load(registry.fetch(version), settings.runtime)
     blobs = [_read(name, settings.max_upload_bytes) for name in args.images]
     outcomes = score_blobs(predictor, blobs, settings.max_image_pixels)
     results: list[dict[str, Any]] = [

@@ -71,7 +71,7 @@ class FlipAverage(nn.Module):
         views = [x, *(x.flip(dims) for dims in self.flips)]
         if self.transpose and x.shape[-1] == x.shape[-2]:
             views += [v.transpose(-1, -2) for v in views]
-        return self.net(torch.cat(views)).view(len(views), len(x), -1).mean(0)
+        return self.net(torch.cat(views)).view(len(views), x.shape[0], -1).mean(0)
 
 
 class Embedder(nn.Module):
@@ -96,7 +96,7 @@ class Embedder(nn.Module):
         finally:
             hook.remove()
         features = seen[-1].flatten(1)
-        return logits, features.reshape(-1, len(x), features.shape[1]).mean(0)
+        return logits, features.reshape(-1, x.shape[0], features.shape[1]).mean(0)
 
 
 def load_pretrained(module: nn.Module, path: str | Path) -> int:

@@ -23,6 +23,14 @@ from pydantic import BaseModel, Field, model_validator
 from piston.calibration import Calibration
 from piston.errors import RegistryError
 from piston.imaging import Contract
+from piston.runtime import (
+    DEFAULT_RUNTIME,
+    WEIGHTS_FILE,
+    Runtime,
+    RuntimeName,
+    TorchRuntime,
+    load_runtime,
+)
 from piston.scoring import NetOutput
 
 if TYPE_CHECKING:
@@ -34,7 +42,6 @@ if TYPE_CHECKING:
 
 MODEL_NAME = "piston-classifier"
 META_FILE = "bundle.json"
-WEIGHTS_FILE = "weights.pt"
 
 
 class Gate(BaseModel):
@@ -55,6 +62,16 @@ def gates_passed(gates: Sequence[Gate]) -> bool:
     return bool(gates) and all(g.passed for g in gates)
 
 
+class OnnxExport(BaseModel):
+    """The bundle's `model.onnx` and how closely it agrees with the torch weights."""
+
+    opset: int
+    max_prob_diff: float  # max |p_onnx - p_torch| over the test split (calibrated)
+    images: int  # test-split images compared
+    labels_differ: int  # test-split images whose label differs
+    export_seconds: float
+
+
 class BundleMeta(BaseModel):
     """Everything about a bundle except its weights; stored as `bundle.json`."""
 
@@ -72,6 +89,7 @@ class BundleMeta(BaseModel):
     code_version: str = ""
     created_at: str = ""
 
+    onnx: OnnxExport | None = None  # None: no model.onnx, torch only
     archive_sha256: str | None = None  # set on the registry's copy only (see Registry.publish)
 
     @model_validator(mode="before")
@@ -202,44 +220,29 @@ def read_meta(model_dir: str | Path) -> BundleMeta:
 
 class Predictor:
     """A loaded bundle: one forward pass gives logits and features (`NetOutput`), which
-    `piston.scoring.decide` turns into calibrated, novelty-checked decisions."""
+    `piston.scoring.decide` turns into calibrated, novelty-checked decisions.
 
-    def __init__(self, meta: BundleMeta, module: nn.Module,
+    The network runs in a `Runtime` (ONNX Runtime or torch); a torch module is wrapped in
+    a `TorchRuntime`.
+    """
+
+    def __init__(self, meta: BundleMeta, module: nn.Module | Runtime,
                  novelty: NoveltyScorer | None = None) -> None:
-        from piston.arch import Embedder
-
         self.meta = meta
-        self.module = module
-        self.embedder = Embedder(module)
+        self.runtime = module if isinstance(module, Runtime) else TorchRuntime(module)
         self.contract = meta.input_contract
         self.novelty = novelty
 
     @classmethod
-    def load(cls, model_dir: str | Path) -> Predictor:
-        import torch
-
-        from piston import arch
-
+    def load(cls, model_dir: str | Path, runtime: RuntimeName = DEFAULT_RUNTIME,
+             threads: int | None = None) -> Predictor:
+        """The bundle in `runtime` (torch when it has no model.onnx), `threads` intra-op."""
         meta = read_meta(model_dir)
-        module = arch.build(
-            meta.arch,
-            len(meta.classes),
-            int(meta.contract["height"]),
-            int(meta.contract["width"]),
-            **meta.arch_params,
-        )
-        state = torch.load(Path(model_dir) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-        module.load_state_dict(state)
-        module.eval()
-        return cls(meta, module)
+        return cls(meta, load_runtime(model_dir, meta, runtime, threads))
 
     def forward(self, batch: np.ndarray) -> NetOutput:
         """Logits and features for a (N, 3, H, W) float32 batch."""
-        import torch
-
-        with torch.inference_mode():
-            logits, features = self.embedder(torch.from_numpy(batch))
-            return NetOutput(logits.numpy(), features.numpy())
+        return self.runtime.forward(batch)
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities for a (N, 3, H, W) float32 batch."""

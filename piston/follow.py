@@ -16,6 +16,7 @@ import numpy as np
 from piston.bundle import Predictor
 from piston.errors import PistonError, StorageUnavailable
 from piston.registry import Registry
+from piston.runtime import DEFAULT_RUNTIME, RuntimeName
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +32,19 @@ class ModelFollower:
     """Holds the serving `Predictor`; `refresh()` swaps in the registry's production bundle.
 
     With `pinned` set, it loads that version once and never follows the pointer (a bento
-    built for one bundle serves that bundle).
+    built for one bundle serves that bundle). Bundles load in `runtime` with `threads`
+    intra-op threads.
     """
 
     def __init__(
-        self, registry: Registry | None, pinned: str | None = None, model_dir: str | None = None
+        self, registry: Registry | None, pinned: str | None = None, model_dir: str | None = None,
+        runtime: RuntimeName = DEFAULT_RUNTIME, threads: int | None = 1,
     ) -> None:
         self.registry = registry
         self.pinned = pinned
         self.model_dir = model_dir
+        self.runtime = runtime
+        self.threads = threads
         self.status = FollowStatus()
         self._current: Predictor | None = None
         self._lock = threading.Lock()
@@ -93,7 +98,7 @@ class ModelFollower:
             if self.registry is None:
                 raise PistonError(f"no registry to fetch bundle {version} from")
             path = str(self.registry.fetch(version))
-        predictor = Predictor.load(path)
+        predictor = Predictor.load(path, self.runtime, self.threads)
         _probe(predictor)
         return predictor
 

@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from piston.errors import ConfigError
+from piston.runtime import DEFAULT_RUNTIME, RuntimeName
 
 # Values shipped as examples or defaults somewhere: never accepted as a real secret.
 PLACEHOLDERS = frozenset({
@@ -44,6 +45,10 @@ class Settings(BaseSettings):
         default=20 * 1024 * 1024, ge=1, description="largest image: upload or stored object")
     max_batch_images: int = Field(
         64, description="images per /classify_batch request (and per forward pass)")
+
+    # Serving and scoring: what runs the network (bundles without model.onnx run on torch).
+    runtime: RuntimeName = Field(
+        DEFAULT_RUNTIME, description="onnx or torch, for the service, the workers and predict")
 
     # Serving.
     admin_token: SecretStr | None = Field(

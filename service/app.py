@@ -10,6 +10,7 @@ the model.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import bentoml
@@ -34,10 +35,10 @@ from service.routes import build_app
 from service.schemas import BatchAnswer, DecisionAnswer
 
 log = logging.getLogger(__name__)
-# One intra-op thread per worker: torch's default (one per core) spin-waits against the event
-# loop and the other workers; measured 17 vs 271 images/s at batch 1 on 2 busy cores.
-# Scale with `--workers` instead.
-TORCH_THREADS = 1
+# One intra-op thread per worker, in either runtime: torch's default (one per core)
+# spin-waits against the event loop and the other workers; measured 17 vs 271 images/s at
+# batch 1 on 2 busy cores. Scale with `--workers` instead.
+INFER_THREADS = 1
 # Routes that skip BentoML's OpenTelemetry middleware (a span per request, ~1 ms of CPU);
 # our own counters and BentoML's request metrics still see them.
 UNTRACED = "classify,classify_batch,livez,readyz,metrics"
@@ -47,7 +48,13 @@ def set_torch_threads() -> None:
     """Per thread: OpenMP keeps the count per thread, so the inference thread calls it too."""
     import torch  # in the worker only; the arbiter never imports it
 
-    torch.set_num_threads(TORCH_THREADS)
+    torch.set_num_threads(INFER_THREADS)
+
+
+def thread_init(settings: Settings) -> Callable[[], None] | None:
+    """What the inference thread runs first: torch's thread count, on the torch runtime only
+    (the ONNX path never imports torch; its session has its own thread count)."""
+    return set_torch_threads if settings.runtime == "torch" else None
 
 
 def pinned_bundle(bento: Any) -> str | None:
@@ -62,13 +69,15 @@ def pinned_bundle(bento: Any) -> str | None:
 
 def make_engine(settings: Settings, pinned: str | None) -> Engine:
     if pinned:
-        follower = ModelFollower(None, pinned=pinned, model_dir=local_model(pinned).path)
+        follower = ModelFollower(None, pinned=pinned, model_dir=local_model(pinned).path,
+                                 runtime=settings.runtime, threads=INFER_THREADS)
     else:
-        follower = ModelFollower(open_registry(settings))
+        follower = ModelFollower(open_registry(settings), runtime=settings.runtime,
+                                 threads=INFER_THREADS)
     limits = Limits(settings.max_image_pixels, settings.max_batch_images,
                     settings.decode_threads, settings.decode_queue)
     return Engine(follower, limits, service_metrics(), settings.poll_interval_s,
-                  thread_init=set_torch_threads)
+                  thread_init=thread_init(settings))
 
 
 class Inspector:
@@ -79,8 +88,10 @@ class Inspector:
     """
 
     def __init__(self) -> None:
-        set_torch_threads()
         self.settings = load_settings()
+        init = thread_init(self.settings)
+        if init is not None:
+            init()
         pinned = pinned_bundle(PistonInspector.bento)  # set by BentoML when run from a bento
         self.engine = make_engine(self.settings, pinned)
         token = self.settings.admin_token

@@ -156,6 +156,7 @@ class Engine:
                 classes=meta.classes,
                 threshold=meta.threshold,
                 arch=meta.arch,
+                runtime=predictor.runtime.name,
                 created_at=meta.created_at,
                 metrics={k: meta.metrics.get(k) for k in
                          ("accuracy", "macro_f1", "per_class", "split", "best_epoch")},

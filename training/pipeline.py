@@ -23,9 +23,11 @@ from piston.bundle import BundleMeta, code_version, create_bundle, new_version
 from piston.calibration import Calibration
 from piston.errors import DataError
 from piston.registry import Registry
+from piston.runtime import ONNX_FILE
 from training.config import TrainConfig
 from training.decode import DecodedSet
 from training.evaluate import Evaluation, GateBar, evaluate_model
+from training.onnx_export import with_onnx
 from training.prepare import Prepared, prepare
 from training.report import misclassified, write_report
 from training.search import run_search
@@ -209,6 +211,9 @@ def write_bundle(
         (extra / "data_check.json").write_text(json.dumps(prepared.report.to_dict(), indent=1))
         files = {"report": report_dir, "split.json": extra / "split.json",
                  "data_check.json": extra / "data_check.json"}
+        meta = with_onnx(meta, module, parts["test"].images, extra / ONNX_FILE)
+        if meta.onnx is not None:
+            files[ONNX_FILE] = extra / ONNX_FILE
         create_bundle(meta, module.state_dict(), files)
 
 

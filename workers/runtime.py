@@ -28,12 +28,12 @@ _LOCK = threading.Lock()
 class Runtime:
     def __init__(self, settings: Settings, threads: int | None = None) -> None:
         import redis
-        import torch
 
-        torch.set_num_threads(threads or 1)
+        self.threads = threads or 1  # intra-op threads of the model, in either runtime
         self.settings = settings
         self.registry = open_registry(settings)
-        self.follower = ModelFollower(self.registry)
+        self.follower = ModelFollower(self.registry, runtime=settings.runtime,
+                                      threads=self.threads)
         self.redis = redis.Redis.from_url(settings.redis_url, decode_responses=True,
                                           socket_connect_timeout=5, socket_timeout=30)
         self._pinned: dict[str, Predictor] = {}
@@ -62,7 +62,8 @@ class Runtime:
         if current is not None and current.meta.version == version:
             return current
         if version not in self._pinned:
-            self._pinned = {version: Predictor.load(self.registry.fetch(version))}
+            self._pinned = {version: Predictor.load(self.registry.fetch(version),
+                                                    self.settings.runtime, self.threads)}
         return self._pinned[version]
 
 

@@ -30,7 +30,6 @@ from piston.jobs import (
 from piston.limits import check_retrain
 from piston.records import JobSummary, ShardCounts
 from workers import results
-from workers.retrain import RetrainRequest, gate_bar, retrain
 from workers.runtime import Runtime, runtime
 from workers.scoring import plan_job, score_shard
 
@@ -252,7 +251,13 @@ def retrain_task(self: Task, dataset: str, overrides: dict[str, Any] | None = No
                  promote_if_better: bool = False, min_accuracy: float | None = None,
                  recipe: str | None = None) -> dict[str, Any]:
     """Retrain, publish, and promote the new bundle only if it beats production (or ties)."""
+    # training brings torch: imported here so that a scoring-only worker never loads it
+    import torch
+
+    from workers.retrain import RetrainRequest, gate_bar, retrain
+
     rt = runtime(self.app)
+    torch.set_num_threads(rt.threads)  # the process's share of the cores (cli/jobs.py)
     record = rt.record(self.request.id)
     if not record.exists():
         record.create("retrain", dataset=dataset)

@@ -1,0 +1,132 @@
+"""What runs a bundle's network: ONNX Runtime or torch. Both give a `NetOutput`.
+
+A bundle carries its weights for torch and, since issue 22, the same network exported to
+`model.onnx` (test-time augmentation inside, outputs `logits` and `features`). The ONNX
+path imports neither torch nor `piston.arch`: a process that serves or scores with it never
+loads torch (about half of an API worker's memory). A bundle without `model.onnx` runs on
+torch whatever was asked.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+
+from piston.scoring import NetOutput
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from piston.bundle import BundleMeta
+
+log = logging.getLogger(__name__)
+
+RuntimeName = Literal["onnx", "torch"]
+# Measured here (bench/serve.py, docs/benchmarks.md): ONNX Runtime is the faster one.
+DEFAULT_RUNTIME: RuntimeName = "onnx"
+ONNX_FILE = "model.onnx"
+WEIGHTS_FILE = "weights.pt"
+OUTPUTS = ("logits", "features")  # what NetOutput needs; a model may have more (e.g. maps)
+
+
+class Runtime(ABC):
+    """One loaded network: (N, 3, H, W) float32 in, logits and features out."""
+
+    name: ClassVar[RuntimeName]
+
+    @abstractmethod
+    def forward(self, batch: np.ndarray) -> NetOutput: ...
+
+
+class TorchRuntime(Runtime):
+    """The module in torch, wrapped in `piston.arch.Embedder` for its features."""
+
+    name: ClassVar[RuntimeName] = "torch"
+
+    def __init__(self, module: nn.Module, threads: int | None = None) -> None:
+        from piston.arch import Embedder
+
+        self.module = module
+        self.embedder = Embedder(module)
+        self.threads = threads
+
+    @classmethod
+    def load(cls, model_dir: str | Path, meta: BundleMeta,
+             threads: int | None = None) -> TorchRuntime:
+        import torch
+
+        from piston import arch
+
+        module = arch.build(meta.arch, len(meta.classes), int(meta.contract["height"]),
+                            int(meta.contract["width"]), **meta.arch_params)
+        state = torch.load(Path(model_dir) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        module.load_state_dict(state)
+        module.eval()
+        return cls(module, threads)
+
+    def forward(self, batch: np.ndarray) -> NetOutput:
+        import torch
+
+        # OpenMP keeps its thread count per calling thread: set it in whichever thread runs us
+        if self.threads and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        with torch.inference_mode():
+            logits, features = self.embedder(torch.from_numpy(batch))
+            return NetOutput(logits.numpy(), features.numpy())
+
+
+def session_options(threads: int) -> Any:
+    """ONNX Runtime's options for a small shared machine: `threads` intra-op threads that
+    sleep when idle (a spinning pool competes with the event loop and the other workers,
+    as torch's did), one graph at a time, every graph optimisation."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3  # warnings about unused initialisers are noise
+    return options
+
+
+class OnnxRuntime(Runtime):
+    """The bundle's `model.onnx` in an ONNX Runtime CPU session."""
+
+    name: ClassVar[RuntimeName] = "onnx"
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.input = session.get_inputs()[0].name
+        outputs = [o.name for o in session.get_outputs()]
+        missing = [name for name in OUTPUTS if name not in outputs]
+        if missing:
+            raise ValueError(f"model.onnx lacks the outputs {missing} (it has {outputs})")
+
+    @classmethod
+    def load(cls, path: str | Path, threads: int = 1) -> OnnxRuntime:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), session_options(threads),
+                                       providers=["CPUExecutionProvider"])
+        return cls(session)
+
+    def forward(self, batch: np.ndarray) -> NetOutput:
+        logits, features = self.session.run(list(OUTPUTS), {self.input: batch})
+        return NetOutput(logits, features)
+
+
+def load_runtime(model_dir: str | Path, meta: BundleMeta, kind: RuntimeName = DEFAULT_RUNTIME,
+                 threads: int | None = None) -> Runtime:
+    """The bundle's network in `kind`; torch when it has no `model.onnx`."""
+    path = Path(model_dir) / ONNX_FILE
+    if kind == "onnx":
+        if path.is_file():
+            return OnnxRuntime.load(path, threads or 1)
+        log.info("bundle %s has no %s: scoring with torch", meta.version, ONNX_FILE)
+    return TorchRuntime.load(model_dir, meta, threads)

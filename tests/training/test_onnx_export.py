@@ -1,0 +1,99 @@
+"""model.onnx: every architecture the recipes use gives torch's probabilities in ONNX Runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from piston import arch
+from piston.bundle import BundleMeta
+from piston.runtime import OnnxRuntime, TorchRuntime
+from training.config import load_config, recipe_names
+from training.onnx_export import PARITY_LIMIT, export_onnx, with_onnx
+from training.train import contract_of
+
+TORCHVISION = {"linear_probe"}  # ImageNet-sized: a minute to export on 2 busy cores
+# (recipe, input size): the recipes' own sizes; the ones resolved from the data at a size
+# their Shrink acts on, square (dihedral transposes) and not
+CASES = [(name, None) for name in recipe_names() if name != "auto"] + [
+    ("dihedral_cnn", (150, 150)), ("dihedral_cnn", (96, 144)), ("wide_cnn", (160, 120))]
+
+
+def recipe_module(name: str, size: tuple[int, int] | None) -> tuple[nn.Module, BundleMeta]:
+    """The recipe's module, with random weights and batch-norm statistics (not the identity
+    that fresh ones are), in eval mode, and a bundle meta for it."""
+    config = load_config(name, overrides={"input_size": size} if size else None)
+    if config.input_size is None:
+        config = config.model_copy(update={"input_size": (150, 150)})
+    contract = contract_of(config)
+    torch.manual_seed(0)
+    module = arch.build(config.arch, 3, contract.height, contract.width, **config.arch_params)
+    for part in module.modules():
+        if isinstance(part, nn.BatchNorm2d):
+            part.running_mean.uniform_(-0.5, 0.5)
+            part.running_var.uniform_(0.5, 2.0)
+    module.eval()
+    meta = BundleMeta(version="v-onnx", classes=["a", "b", "c"], arch=config.arch,
+                      arch_params=config.arch_params, contract=contract.to_dict())
+    return module, meta
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return np.asarray(e / e.sum(1, keepdims=True))
+
+
+@pytest.mark.parametrize(("recipe", "size"), [
+    pytest.param(name, size, marks=[pytest.mark.slow] if name in TORCHVISION else [],
+                 id=f"{name}-{size[0]}x{size[1]}" if size else name)
+    for name, size in CASES])
+def test_onnx_probabilities_match_torch(recipe: str, size: tuple[int, int] | None,
+                                        tmp_path: Path) -> None:
+    module, meta = recipe_module(recipe, size)
+    c = meta.input_contract
+    export_onnx(arch.Embedder(module), c, tmp_path / "model.onnx")
+    onnx_rt, torch_rt = OnnxRuntime.load(tmp_path / "model.onnx"), TorchRuntime(module)
+    rng = np.random.default_rng(1)
+    for n in (1, 7):  # the batch axis is dynamic
+        batch = rng.normal(0, 1, (n, 3, c.height, c.width)).astype(np.float32)
+        ours, theirs = onnx_rt.forward(batch), torch_rt.forward(batch)
+        assert ours.logits.shape == theirs.logits.shape == (n, 3)
+        assert ours.features.shape == theirs.features.shape
+        assert np.abs(softmax(ours.logits) - softmax(theirs.logits)).max() <= PARITY_LIMIT
+        np.testing.assert_allclose(ours.features, theirs.features, rtol=1e-3, atol=1e-4)
+
+
+def test_the_parity_is_recorded_in_the_meta(tmp_path: Path) -> None:
+    module, meta = recipe_module("bn_cnn", None)
+    images = np.random.default_rng(2).integers(0, 256, (10, 3, 80, 80), dtype=np.uint8)
+    recorded = with_onnx(meta, module, images, tmp_path / "model.onnx")
+    assert recorded.onnx is not None and (tmp_path / "model.onnx").is_file()
+    assert recorded.onnx.images == 10 and recorded.onnx.labels_differ == 0
+    assert 0 <= recorded.onnx.max_prob_diff <= PARITY_LIMIT
+    assert BundleMeta.model_validate_json(recorded.model_dump_json()).onnx == recorded.onnx
+
+
+class ThroughNumpy(nn.Module):
+    """A network the exporter cannot trace (it leaves torch for numpy)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.from_numpy(x.detach().numpy().mean((2, 3)))
+        return self.head(pooled)
+
+
+def test_a_network_that_cannot_be_exported_ships_torch_only(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    meta = BundleMeta(version="v-odd", classes=["a", "b"], arch="odd",
+                      contract={"height": 8, "width": 8})
+    images = np.zeros((2, 3, 8, 8), dtype=np.uint8)
+    recorded = with_onnx(meta, ThroughNumpy().eval(), images, tmp_path / "model.onnx")
+    assert recorded.onnx is None and not (tmp_path / "model.onnx").exists()
+    assert "scored with torch" in caplog.text
