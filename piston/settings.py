@@ -46,9 +46,10 @@ class Settings(BaseSettings):
     max_batch_images: int = Field(
         64, description="images per /classify_batch request (and per forward pass)")
 
-    # Serving and scoring: what runs the network (bundles without model.onnx run on torch).
+    # Serving and scoring: what runs the network.
     runtime: RuntimeName = Field(
-        DEFAULT_RUNTIME, description="onnx or torch, for the service, the workers and predict")
+        DEFAULT_RUNTIME, description="onnx (the bundle's model.onnx) or torch, for the service,"
+        " the scoring workers and predict; a bundle without model.onnx runs on torch")
 
     # Serving.
     admin_token: SecretStr | None = Field(
