@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm import tqdm
 
 from cli.output import emit
-from cli.train import training_config
+from cli.train import add_pretrained, training_config
 from piston.errors import ConfigError
 from piston.settings import load_settings
 from training.config import recipe_names
@@ -33,6 +33,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                     help="override one setting, e.g. --set epochs=5 (repeatable)")
     ev.add_argument("--classes", help="target-to-name mapping for a manifest: 0=a,1=b")
     ev.add_argument("--budget", help="time budget of the whole evaluation's searches (auto)")
+    add_pretrained(ev)
     ev.add_argument("--plot", help="plot file (default: RUNS_DIR/evaluate-RECIPE.png)")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(handler=run)
@@ -77,7 +78,8 @@ def _human(s: dict[str, Any]) -> str:
         f" {s['worst_fold_accuracy']:.3f}; macro-F1 {s['macro_f1_mean']:.3f}",
         f"recall (mean over folds): {recalls}",
         f"review band: {cal['review_share']:.1%} sent to review, accepted accuracy"
-        f" {cal['accepted_accuracy']:.3f}, ECE {cal['ece']:.3f}",
+        f" {cal['accepted_accuracy']:.3f}, ECE {cal['ece']:.3f} (plain softmax"
+        f" {cal['ece_uncalibrated']:.3f}, temperature {cal['temperature']:.2f})",
         f"pooled confusion matrix (rows true {s['classes']}): {s['confusion_matrix']}",
         f"training {s['train_seconds_mean']:.1f} s per fold; plot: {s['plot']}",
     ])

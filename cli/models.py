@@ -44,7 +44,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def run_list(args: argparse.Namespace) -> int:
     rows = open_registry(load_settings()).bundles()
-    columns = ["version", "arch", "test_accuracy", "macro_f1", "gates_passed", "production"]
+    columns = ["version", "arch", "test_accuracy", "macro_f1", "review_share", "accepted_accuracy",
+               "ece", "gates_passed", "production"]
     emit(rows, args.json, table(rows, columns) if rows else "no bundles yet: run `piston train`")
     return 0
 

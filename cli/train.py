@@ -39,6 +39,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--classes", help="target-to-name mapping for a manifest: 0=a,1=b")
     train.add_argument("--budget", help="time budget of the training (or the auto search),"
                        " e.g. 10m, 90s (default: the recipe's; auto: 10m)")
+    add_pretrained(train)
     train.add_argument("--strict", action="store_true",
                        help="refuse a data set with label conflicts instead of leaving them out")
     train.add_argument("--promote", action="store_true", help="promote it if its gates pass")
@@ -62,7 +63,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def parse_budget(text: str | None) -> dict[str, Any]:
-    """`10m`, `90s`, `1h`, `600` -> {"budget_s": seconds}; nothing for None."""
+    """`10m`, `90s`, `1h`, `600` -> {"budget_s": seconds, "spend_budget": True}: a granted
+    budget is spent (more cycles while they help), not only a ceiling; nothing for None."""
     if not text:
         return {}
     units = {"s": 1, "m": 60, "h": 3600}
@@ -73,11 +75,20 @@ def parse_budget(text: str | None) -> dict[str, Any]:
         raise ConfigError(f"bad --budget {text!r}: write it as 10m, 90s or 1h") from None
     if seconds <= 0:
         raise ConfigError(f"bad --budget {text!r}: it must be more than 0")
-    return {"budget_s": seconds}
+    return {"budget_s": seconds, "spend_budget": True}
+
+
+def add_pretrained(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--pretrained", choices=("cached", "download", "never"),
+        help="auto's ImageNet-pretrained candidate: only when its weights are already in the"
+             " torch cache (cached, the default), fetched once into it (download), or never")
 
 
 def training_config(args: argparse.Namespace) -> TrainConfig:
     overrides = parse_overrides(args.set) | parse_budget(getattr(args, "budget", None))
+    if getattr(args, "pretrained", None):
+        overrides["pretrained_source"] = args.pretrained
     return load_config(args.recipe, args.config, overrides)
 
 
@@ -112,10 +123,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _review(r: dict[str, Any]) -> str:
+    cal = r["calibration"]
+    accepted, ece = cal["accepted_accuracy"], cal["ece"]
+    return (f"review band: {cal['review_share']:.1%} of the test split sent to review (confidence"
+            f" under {cal['threshold']:.3f}), accepted accuracy"
+            f" {'-' if accepted is None else f'{accepted:.3f}'}, ECE"
+            f" {'-' if ece is None else f'{ece:.3f}'} (temperature {cal['temperature']:.2f})")
+
+
 def _human(r: dict[str, Any]) -> str:
     lines = [
         f"bundle {r['version']}: test accuracy {r['test_accuracy']:.3f}, macro-F1"
         f" {r['macro_f1']:.3f} ({r['split']} split), trained in {r['train_seconds']:.1f} s",
+        _review(r),
         f"recipe {r['candidate']} at {r['input_size']} px, {r['epochs']} epochs"
         f" (stopped: {r['stopped']})",
         *(f"  candidate {c['candidate']}: val macro-F1 {c['val_macro_f1']:.3f}, {c['seconds']} s"

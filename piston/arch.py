@@ -272,6 +272,18 @@ def mobilenet_v3_small(
     return _torchvision("mobilenet_v3_small", num_classes, freeze, "classifier")
 
 
+def torchvision_weights_cached(name: str) -> bool:
+    """Whether torchvision's default ImageNet weights for `name` already sit in the torch cache
+    ($TORCH_HOME/hub/checkpoints), so loading them downloads nothing."""
+    import torch
+    from torchvision.models import get_model_weights
+
+    if name not in TORCHVISION:
+        return False
+    url = get_model_weights(TORCHVISION[name]).DEFAULT.url
+    return (Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name).is_file()
+
+
 def load_torchvision_weights(module: nn.Module, name: str, source: str) -> int:
     """Load `source` (imagenet) weights through torchvision's weights API: fetched once into
     the TORCH_HOME cache (hash-checked on download), read from there ever after."""

@@ -53,6 +53,16 @@ class Gate(BaseModel):
     passed: bool
 
 
+REVIEW_HEADLINE = ("review_share", "accepted_accuracy", "ece")
+
+
+def review_headline(metrics: dict[str, Any]) -> dict[str, float | None]:
+    """The test split's review share, accepted accuracy and calibrated ECE: shown beside
+    accuracy wherever accuracy is (None for bundles trained before calibration)."""
+    cal = metrics.get("calibration") or {}
+    return {k: cal.get(k) for k in REVIEW_HEADLINE}
+
+
 def gates_passed(gates: Sequence[Gate]) -> bool:
     """The one definition: every gate passed, and there was at least one.
 
@@ -124,6 +134,7 @@ class BundleMeta(BaseModel):
             "classes": self.classes,
             "test_accuracy": self.metrics.get("accuracy"),
             "macro_f1": self.metrics.get("macro_f1"),
+            **review_headline(self.metrics),
             "gates_passed": self.gates_passed,
             "parent": self.parent,
         }

@@ -111,6 +111,9 @@ class BundleRow(BaseModel):
     classes: list[str]
     test_accuracy: float | None
     macro_f1: float | None
+    review_share: float | None = Field(None, description="test images sent to review")
+    accepted_accuracy: float | None = Field(None, description="accuracy of the accepted ones")
+    ece: float | None = Field(None, description="expected calibration error (calibrated)")
     gates_passed: bool
     parent: str | None
     production: bool = Field(description="true for the bundle the pointer names")

@@ -52,7 +52,14 @@ class TrainConfig(BaseModel):
     max_cycles: int = Field(3, ge=1)  # more cycles while training has not converged
     min_steps: int = Field(0, ge=0)  # per cycle: a tiny set gets more epochs, not fewer steps
     budget_s: float | None = Field(None, gt=0)  # wall-clock budget for the fit (or the search)
+    # a budget the user granted (`--budget`) is spent: no cap on cycles, training goes on while
+    # a cycle still helps and time is left; otherwise the budget is only a ceiling
+    spend_budget: bool = False
     search: list[str] = Field(default_factory=list)  # candidate recipes compared on validation
+    # candidates that start from ImageNet weights: searched only when `pretrained_source` lets
+    # them (cached: the weights already sit in the torch cache; download: fetch them; never)
+    search_pretrained: list[str] = Field(default_factory=list)
+    pretrained_source: Literal["cached", "download", "never"] = "cached"
     overrides: dict[str, Any] = Field(default_factory=dict)  # the user's, applied to candidates
     batch_size: int = Field(32, ge=1)
     lr: float = Field(0.001, gt=0)
@@ -73,7 +80,8 @@ class TrainConfig(BaseModel):
     augment: Augment = Field(default_factory=Augment)
 
 
-SEARCH_ONLY = frozenset({"recipe", "search", "budget_s", "overrides"})
+SEARCH_ONLY = frozenset({"recipe", "search", "search_pretrained", "pretrained_source",
+                         "budget_s", "overrides"})
 
 
 def recipe_names() -> list[str]:
@@ -105,7 +113,8 @@ def load_config(
     merged["recipe"] = name
     if merged.get("search"):  # a search recipe hands the user's settings to every candidate
         merged["overrides"] = {k: v for k, v in own.items() if k not in SEARCH_ONLY}
-        unknown = sorted(set(merged["search"]) - set(recipe_names()))
+        named = set(merged["search"]) | set(merged.get("search_pretrained") or ())
+        unknown = sorted(named - set(recipe_names()))
         if unknown:
             raise ConfigError(f"search names unknown recipe(s) {', '.join(unknown)}")
     try:

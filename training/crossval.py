@@ -2,7 +2,7 @@
 
 Near-duplicate groups (frames of one turning part) and the manifest's `group` column stay
 inside one fold, so no test image has a near-copy in training. Each fold is scored by the same
-functions as a training run (`prepare` once, then `fit`, `predict_proba`,
+functions as a training run (`prepare` once, then `fit`, `predict_logits`,
 `classification_metrics`, `calibrate`); repeats reshuffle the folds with another seed.
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from piston.errors import DataError
+from training.calibrate import CalibrationFigures
 from training.config import TrainConfig
 from training.evaluate import GateBar, evaluate_model
 from training.pipeline import fit_split
@@ -52,7 +53,7 @@ class FoldResult:
     repeat: int
     fold: int
     metrics: dict[str, Any]
-    calibration: dict[str, Any]
+    calibration: CalibrationFigures
     train_seconds: float
     epochs_run: int
     sizes: dict[str, int]
@@ -76,8 +77,9 @@ class CrossValResult:
             for c in self.classes
         }
         pooled = np.sum([f.metrics["confusion_matrix"] for f in self.folds], axis=0)
-        cal = {k: _finite_mean([f.calibration[k] for f in self.folds])
-               for k in ("review_share", "accepted_accuracy", "ece", "threshold")}
+        cal = {k: _finite_mean([getattr(f.calibration, k) for f in self.folds])
+               for k in ("review_share", "accepted_accuracy", "ece", "ece_uncalibrated",
+                         "threshold", "temperature")}
         return {
             "recipe": self.config.recipe,
             "arch": self.config.arch,
@@ -108,7 +110,7 @@ class CrossValResult:
                 {"repeat": f.repeat, "fold": f.fold, "accuracy": f.metrics["accuracy"],
                  "macro_f1": f.metrics["macro_f1"], "train_seconds": round(f.train_seconds, 3),
                  "recall": {c: v["recall"] for c, v in f.metrics["per_class"].items()},
-                 "review_share": f.calibration["review_share"], "candidate": f.chosen,
+                 "review_share": f.calibration.review_share, "candidate": f.chosen,
                  "test_support": {c: v["support"] for c, v in f.metrics["per_class"].items()},
                  **f.sizes}
                 for f in self.folds

@@ -15,10 +15,10 @@ from torch import nn
 from piston.bundle import Gate, gates_passed
 from piston.imaging import Contract
 from piston.settings import Settings
-from training.calibrate import calibrate
+from training.calibrate import CalibrationFigures, calibrate
 from training.config import TrainConfig
 from training.decode import DecodedSet
-from training.train import contract_of, predict_proba
+from training.train import contract_of, predict_logits
 
 OVERFIT_GAP = 0.10
 
@@ -43,10 +43,11 @@ class GateBar:
 
 @dataclass
 class Evaluation:
-    """A model scored on a test split, with the threshold chosen on its validation split."""
+    """A model scored on a test split, calibrated on its validation split (`probs` are the
+    calibrated test probabilities)."""
 
     metrics: dict[str, Any]
-    calibration: dict[str, Any]
+    calibration: CalibrationFigures
     gates: list[Gate]
     probs: np.ndarray
     predicted: np.ndarray
@@ -63,15 +64,17 @@ def evaluate_model(
     classes: list[str], bar: GateBar,
 ) -> Evaluation:
     contract = contract_of(config)
-    probs = predict_proba(module, test.images, contract)
+    logits = predict_logits(module, test.images, contract)
+    figures = calibrate(predict_logits(module, val.images, contract), val.labels, logits,
+                        test.labels, classes, config.review_target_error,
+                        config.decision_threshold)
+    probs = figures.calibration().probabilities(logits) if len(logits) else logits
     predicted = probs.argmax(1) if len(test.labels) else np.zeros(0, dtype=np.int64)
     metrics = classification_metrics(test.labels, predicted, classes)
-    metrics["calibration"] = calibrate(
-        predict_proba(module, val.images, contract), val.labels, probs, test.labels,
-        config.review_target_error, config.decision_threshold)
+    metrics["calibration"] = figures.model_dump()
     warnings = missing_class_warnings(metrics, "test")
-    return Evaluation(metrics, metrics["calibration"], quality_gates(metrics, bar), probs,
-                      predicted, contract, warnings)
+    return Evaluation(metrics, figures, quality_gates(metrics, bar), probs, predicted, contract,
+                      warnings)
 
 
 def missing_class_warnings(metrics: dict[str, Any], where: str) -> list[str]:

@@ -19,8 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from piston.bundle import BundleMeta, code_version, create_bundle, new_version
-from piston.calibration import Calibration
+from piston.bundle import BundleMeta, code_version, create_bundle, new_version, review_headline
 from piston.errors import DataError
 from piston.registry import Registry
 from piston.runtime import ONNX_FILE
@@ -72,6 +71,7 @@ class TrainOutcome:
             "version": self.version,
             "test_accuracy": m["accuracy"],
             "macro_f1": m["macro_f1"],
+            **review_headline(m),
             **{k: m.get(k) for k in keys},
             "gates_passed": self.evaluation.gates_passed,
             "train_seconds": round(self.train_seconds, 3),
@@ -188,7 +188,7 @@ def build_meta(
         arch=config.arch,
         arch_params=config.arch_params,
         contract=contract.to_dict(),
-        calibration=Calibration(threshold=evaluation.calibration["threshold"]),
+        calibration=evaluation.calibration.calibration(),
         config=config.model_dump(mode="json"),
         metrics=metrics,
         gates=evaluation.gates,

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from training.calibrate import CalibrationFigures
 from training.decode import DecodedSet
 from training.evaluate import Evaluation
 from training.train import Epoch
@@ -128,18 +129,24 @@ def _num(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) and np.isfinite(value) else "-"
 
 
-def _review_band(cal: dict[str, Any] | None) -> str:
-    """The decision threshold and what it does on the test split."""
-    if not cal:
+def _review_band(raw: dict[str, Any] | None) -> str:
+    """The calibration, the review thresholds and what they do on the test split."""
+    if not raw:
         return "<p>No calibration figures.</p>"
-    accepted = cal.get("accepted_accuracy")
-    ece = cal.get("ece")
+    cal = CalibrationFigures.model_validate(raw)
+    accepted = "-" if cal.accepted_accuracy is None else f"{cal.accepted_accuracy:.3f}"
+    per_class = "".join(f"<li>{html.escape(name)}: {bar:.3f}</li>"
+                        for name, bar in cal.class_thresholds.items())
+    hard = (f"<p>Classes with their own, higher threshold (their predictions err more):</p>"
+            f"<ul>{per_class}</ul>") if per_class else ""
     return (
-        f"<p>Predictions under confidence <b>{cal['threshold']:.3f}</b> (from"
-        f" {html.escape(str(cal.get('threshold_source')))} data) are flagged needs_review:"
-        f" <b>{cal['review_share']:.1%}</b> of the test images; accuracy of the accepted ones"
-        f" <b>{'-' if accepted is None else f'{accepted:.3f}'}</b>; expected calibration error"
-        f" {'-' if ece is None else f'{ece:.3f}'}.</p>"
+        f"<p>Confidence is calibrated on {cal.val_images} validation images (temperature"
+        f" <b>{cal.temperature:.3f}</b>). Predictions under confidence"
+        f" <b>{cal.threshold:.3f}</b> (from {html.escape(cal.threshold_source)} data, target"
+        f" error {_num(cal.target_error)}) are flagged needs_review:"
+        f" <b>{cal.review_share:.1%}</b> of the test images; accuracy of the accepted ones"
+        f" <b>{accepted}</b> ({cal.accepted} images); expected calibration error"
+        f" <b>{_num(cal.ece)}</b> (plain softmax {_num(cal.ece_uncalibrated)}).</p>{hard}"
     )
 
 

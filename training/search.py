@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from piston import arch
 from training.config import TrainConfig, load_config
 from training.decode import DecodedSet
 from training.evaluate import classification_metrics
-from training.train import Epoch, FitResult, contract_of, fit, predict_proba
+from training.train import Epoch, FitResult, contract_of, cycle_cap, fit, predict_proba
 
 log = logging.getLogger(__name__)
 MIN_CYCLE = 0.5  # a candidate whose share of the budget holds less of its first cycle is skipped
@@ -62,10 +63,27 @@ class Candidate:
 
 
 def candidate_configs(config: TrainConfig) -> list[tuple[str, TrainConfig]]:
-    """Each candidate recipe with the user's settings and the resolved input size on top."""
+    """Each candidate recipe with the user's settings and the resolved input size on top; the
+    pretrained ones last, and only where their weights are at hand (`pretrained_source`)."""
     shared = {**config.overrides, "input_size": config.input_size, "seed": config.seed,
               "threads": config.threads}
-    return [(name, load_config(name, overrides=shared)) for name in config.search]
+    out = [(name, load_config(name, overrides=shared)) for name in config.search]
+    for name in config.search_pretrained:
+        cand = load_config(name, overrides=shared)
+        if _weights_at_hand(cand, config.pretrained_source):
+            out.append((name, cand))
+        else:
+            log.info("candidate %s left out: no %s weights for %s in the torch cache"
+                     " (--pretrained download fetches them)", name, cand.pretrained, cand.arch)
+    return out
+
+
+def _weights_at_hand(cand: TrainConfig, source: str) -> bool:
+    if source == "never":
+        return False
+    if cand.pretrained_weights or not cand.pretrained or source == "download":
+        return True
+    return arch.torchvision_weights_cached(cand.arch)
 
 
 def run_search(
@@ -97,7 +115,9 @@ def run_search(
             best = cand
     if best is None or best.fitted is None or best.fitted.loop is None:
         raise RuntimeError("no candidate could be trained")  # the first one always runs
-    best.fitted.loop.more(best.config.max_cycles, deadline)  # go on until it converges
+    # go on until it converges; with a granted budget, while cycles help and time is left
+    cap = cycle_cap(config) if config.spend_budget else best.config.max_cycles
+    best.fitted.loop.more(cap, deadline)
     _score(best, val, classes)
     best.note = _why(best, candidates)
     return best, [c.row(c is best) for c in candidates]

@@ -193,6 +193,14 @@ class Budget:
         return int((self.deadline - time.monotonic()) // max(epoch_seconds, 1e-3))
 
 
+UNCAPPED = 1 << 10  # cycles: with a granted budget, time and convergence end training
+
+
+def cycle_cap(config: TrainConfig) -> int:
+    """How many cycles training may run: the recipe's, or no cap when a budget was granted."""
+    return UNCAPPED if config.spend_budget and config.budget_s else config.max_cycles
+
+
 def build_module(config: TrainConfig, num_classes: int) -> nn.Module:
     contract = contract_of(config)
     module = arch.build(config.arch, num_classes, contract.height, contract.width,
@@ -248,7 +256,7 @@ def fit(
     val = (arch.shrink_inputs(module, to_inputs(val_images, contract)), torch.as_tensor(val_labels))
     loop = Loop(config, step, data, val, cycle, Budget(deadline), generator, on_epoch,
                 steps_per_epoch, epochs, min_cycle=min_cycle)
-    result = loop.run(config.max_cycles if max_cycles is None else max_cycles)
+    result = loop.run(cycle_cap(config) if max_cycles is None else max_cycles)
     result.loop = loop
     return result
 
@@ -345,13 +353,21 @@ def _class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.as_tensor(weights)
 
 
-def predict_proba(
+def predict_logits(
     module: nn.Module, images: np.ndarray, contract: Contract, batch: int = 256
 ) -> np.ndarray:
-    """Softmax probabilities for uint8 NCHW images."""
+    """Logits (averaged over the model's test-time views, as served) for uint8 NCHW images."""
     module.eval()
     x = to_inputs(images, contract)
     with torch.inference_mode():
         if len(x) == 0:
             return np.zeros((0, 0), dtype=np.float32)
-        return torch.cat([torch.softmax(module(p), 1) for p in x.split(batch)]).numpy()
+        return torch.cat([module(p) for p in x.split(batch)]).numpy()
+
+
+def predict_proba(
+    module: nn.Module, images: np.ndarray, contract: Contract, batch: int = 256
+) -> np.ndarray:
+    """Plain softmax probabilities for uint8 NCHW images (uncalibrated)."""
+    logits = predict_logits(module, images, contract, batch)
+    return torch.softmax(torch.from_numpy(logits), 1).numpy() if len(logits) else logits

@@ -19,6 +19,7 @@ from tests.training.synthetic import notch_set, texture_set
 from training.config import load_config
 from training.evaluate import GateBar
 from training.pipeline import train_bundle
+from training.search import candidate_configs
 from training.train import fit
 
 MAX_PIXELS = 40_000_000
@@ -76,6 +77,24 @@ def test_training_goes_on_while_it_has_not_converged(textures: Path, tmp_path: P
     easy = fit(saturated, images[:60], labels[:60], images[60:], labels[60:], 3)
     if easy.history[-1].train_accuracy >= 0.99:
         assert easy.stopped == "converged" and {e.cycle for e in easy.history} == {1}
+
+
+def test_a_granted_budget_is_spent_while_cycles_help(textures: Path) -> None:
+    from cli.train import parse_budget
+    from training.prepare import prepare
+
+    assert parse_budget("27m") == {"budget_s": 1620.0, "spend_budget": True}
+    prepared = prepare(str(textures), load_config(), MAX_PIXELS)
+    images, labels = prepared.decoded.images, prepared.decoded.labels
+    slow = {"input_size": [32, 32], "epochs": 1, "max_cycles": 1, "lr": 0.0003, "threads": 1,
+            "budget_s": 60}
+    capped = fit(load_config("bn_cnn", overrides=slow), images[:60], labels[:60],
+                 images[60:], labels[60:], 3)
+    assert {e.cycle for e in capped.history} == {1}  # the budget is only a ceiling
+    spent = fit(load_config("bn_cnn", overrides={**slow, "spend_budget": True}), images[:60],
+                labels[:60], images[60:], labels[60:], 3)
+    assert len({e.cycle for e in spent.history}) > 1  # granted: more cycles while they help
+    assert spent.seconds < 60 + 10
 
 
 def test_a_round_part_with_a_small_notch(tmp_path: Path) -> None:
@@ -144,3 +163,28 @@ def test_no_cached_weights_and_no_network_is_one_clear_error(
 
 def _no_network(url: str, *args: object, **kwargs: object) -> None:
     raise OSError(f"no network here (asked for {url})")
+
+
+def _candidates(**overrides: object) -> list[str]:
+    return [name for name, _ in candidate_configs(load_config(overrides=overrides))]
+
+
+def test_auto_adds_a_pretrained_candidate_only_when_its_weights_are_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, textures: Path
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr("torch.hub.download_url_to_file", _no_network)
+    plain = ["bn_cnn", "dihedral_cnn", "wide_cnn"]
+    assert _candidates(input_size=[32, 32]) == plain  # nothing cached: never a download
+    assert _candidates(input_size=[32, 32], pretrained_source="download") == [
+        *plain, "linear_probe"]
+    _cached_weights(tmp_path / "torch", "mobilenet_v3_small")
+    assert _candidates(input_size=[32, 32]) == [*plain, "linear_probe"]
+    assert _candidates(input_size=[32, 32], pretrained_source="never") == plain
+    # in a search, it trains from the cached weights beside a from-scratch candidate
+    result = _train(textures, tmp_path, search=["seed"], epochs=1, budget_s=300)
+    rows = {r["candidate"]: r for r in result["search"]}
+    assert set(rows) == {"seed", "linear_probe"}
+    probe = rows["linear_probe"]
+    assert probe["arch"] == "mobilenet_v3_small"
+    assert probe["epochs"] >= 1 or "already perfect" in probe["note"]

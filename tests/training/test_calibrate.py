@@ -1,67 +1,164 @@
-"""The review band: a threshold chosen on validation data, and what it does."""
+"""Calibration and the review band on synthetic logits: the temperature, a threshold that
+holds still on small validation splits, and a higher threshold for the hard class."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
 
+from piston.calibration import Calibration
 from training.calibrate import (
+    T_BOUNDS,
+    CalibrationFigures,
     calibrate,
     choose_threshold,
+    class_thresholds,
     expected_calibration_error,
+    fit_temperature,
     review_figures,
+    softmax,
 )
 
+CLASSES = ["a", "b", "c"]
 
-def probs_of(confidences: list[float], predicted: list[int], classes: int = 3) -> np.ndarray:
-    rows = np.full((len(confidences), classes), 0.0)
-    for row, (c, p) in enumerate(zip(confidences, predicted, strict=True)):
-        rows[row] = (1 - c) / (classes - 1)
-        rows[row, p] = c
+
+def probs_of(confidences: Sequence[float] | np.ndarray, predicted: Sequence[int] | np.ndarray,
+             classes: int = 3) -> np.ndarray:
+    confidence = np.asarray(confidences, dtype=np.float64)
+    rows = np.repeat(((1 - confidence) / (classes - 1))[:, None], classes, axis=1)
+    rows[np.arange(len(rows)), np.asarray(predicted, dtype=np.int64)] = confidence
     return rows
 
 
-def test_the_threshold_is_the_lowest_confidence_that_keeps_errors_under_the_target() -> None:
+def drawn(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
+    """Labels drawn from softmax(logits / temperature): the truth of a miscalibrated model."""
+    cumulative = np.cumsum(softmax(logits, temperature).astype(np.float64), axis=1)
+    picked = (rng.random((len(logits), 1)) * cumulative[:, -1:] > cumulative).sum(1)
+    return np.minimum(picked, logits.shape[1] - 1)
+
+
+def test_the_fitted_temperature_recovers_a_known_one() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 4, (4000, 3))
+    for true in (0.5, 2.0):
+        labels = drawn(logits, true, rng)
+        assert fit_temperature(logits, labels) == pytest.approx(true, rel=0.1)
+
+
+def test_a_tiny_or_perfect_validation_split_keeps_a_sane_temperature() -> None:
+    assert fit_temperature(np.zeros((0, 3)), np.zeros(0, dtype=int)) == 1.0
+    logits = np.array([[4.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 4.0]] * 3)
+    labels = np.array([0, 1, 2] * 3)  # every one right: the NLL alone would send T to 0
+    t = fit_temperature(logits, labels)
+    assert T_BOUNDS[0] < t < 1.0
+    assert softmax(logits, t).max() < 0.99999  # the prior keeps confidence short of certainty
+    wrong = fit_temperature(logits, np.array([1, 2, 0] * 3))  # every one wrong: flatten
+    assert 1.0 < wrong <= T_BOUNDS[1]
+
+
+def test_the_count_only_threshold_is_the_lowest_confidence_that_keeps_errors_under_target() -> None:
     # sorted by confidence: right, right, right, wrong (0.7), right, wrong (0.5)
     probs = probs_of([0.99, 0.95, 0.9, 0.7, 0.6, 0.5], [0, 1, 2, 0, 1, 2])
     labels = np.array([0, 1, 2, 1, 1, 0])
-    assert choose_threshold(probs, labels, 0.01) == pytest.approx(0.9)
-    assert choose_threshold(probs, labels, 0.2) == pytest.approx(0.6)  # 1 error in 5
-    assert choose_threshold(probs, labels, 0.5) == pytest.approx(0.5)  # accept everything
+    assert choose_threshold(probs, labels, 0.01, prior_images=0) == pytest.approx(0.9)
+    assert choose_threshold(probs, labels, 0.2, prior_images=0) == pytest.approx(0.6)
+    assert choose_threshold(probs, labels, 0.5, prior_images=0) == pytest.approx(0.5)
 
 
 def test_edge_cases_of_the_threshold() -> None:
     empty = np.zeros((0, 3))
     assert choose_threshold(empty, np.zeros(0, dtype=int), 0.05) == 0.0
-    all_wrong = probs_of([0.9, 0.8], [0, 0])
+    all_wrong = probs_of([0.6, 0.55], [0, 0])
     assert choose_threshold(all_wrong, np.array([1, 1]), 0.05) == 1.0
+
+
+def population(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A calibrated model that is right 95% of the time: most images confident, a tail not."""
+    confidence = np.where(rng.random(n) < 0.85, rng.uniform(0.97, 1.0, n),
+                          rng.uniform(0.4, 0.97, n))
+    predicted = rng.integers(0, 3, n)
+    right = rng.random(n) < confidence
+    labels = np.where(right, predicted, (predicted + 1 + rng.integers(0, 2, n)) % 3)
+    return probs_of(confidence, predicted), labels
+
+
+def test_the_review_band_holds_still_when_a_small_validation_split_is_redrawn() -> None:
+    rng = np.random.default_rng(1)
+    big_probs, big_labels = population(20000, rng)
+
+    def on_population(threshold: float) -> tuple[float, float]:
+        share, accuracy, _ = review_figures(big_probs, big_labels,
+                                            Calibration(threshold=threshold), CLASSES)
+        return share, 1.0 - (accuracy or 0.0)
+
+    blended, counted = [], []
+    for _ in range(200):  # 200 validation splits of 40 images
+        probs, labels = population(40, rng)
+        blended.append(on_population(choose_threshold(probs, labels, 0.02)))
+        counted.append(on_population(choose_threshold(probs, labels, 0.02, prior_images=0)))
+    shares, errors = np.array(blended).T
+    counted_shares = np.array(counted)[:, 0]
+    spread = np.subtract(*np.percentile(shares, [90, 10]))
+    assert spread < 0.3 * np.subtract(*np.percentile(counted_shares, [90, 10]))
+    assert np.percentile(shares, 90) < 0.25 < np.percentile(counted_shares, 90)
+    assert np.median(errors) <= 0.02 and np.percentile(errors, 90) < 0.03
+
+
+def test_a_hard_class_gets_its_own_higher_threshold() -> None:
+    rng = np.random.default_rng(2)
+    n = 300
+    predicted = np.repeat([0, 1, 2], n // 3)
+    confidence = np.full(n, 0.995)
+    confidence[predicted == 2] = rng.uniform(0.9, 1.0, n // 3)
+    probs = probs_of(confidence, predicted)
+    labels = predicted.copy()
+    hard = np.nonzero((predicted == 2) & (confidence < 0.96))[0]
+    labels[hard[: len(hard) // 2]] = 0  # class c errs far more than its confidence says
+    threshold = choose_threshold(probs, labels, 0.02)
+    own = class_thresholds(probs, labels, CLASSES, threshold, 0.02)
+    assert set(own) == {"c"} and own["c"] > threshold
+    calibration = Calibration(threshold=threshold, class_thresholds=own)
+    _, accuracy, _ = review_figures(probs, labels, calibration, CLASSES)
+    _, plain, _ = review_figures(probs, labels, Calibration(threshold=threshold), CLASSES)
+    assert accuracy is not None and plain is not None and accuracy > plain
 
 
 def test_review_share_and_accepted_accuracy() -> None:
     probs = probs_of([0.99, 0.95, 0.9, 0.7, 0.6, 0.5], [0, 1, 2, 0, 1, 2])
     labels = np.array([0, 1, 2, 1, 1, 0])
-    figures = review_figures(probs, labels, 0.9)
-    assert figures["review_share"] == pytest.approx(0.5)
-    assert figures["accepted_accuracy"] == 1.0 and figures["accepted"] == 3
-    assert review_figures(probs, labels, 1.0)["accepted_accuracy"] is None
+    share, accuracy, accepted = review_figures(probs, labels, Calibration(threshold=0.9),
+                                               CLASSES)
+    assert share == pytest.approx(0.5) and accuracy == 1.0 and accepted == 3
+    assert review_figures(probs, labels, Calibration(threshold=1.0), CLASSES)[1] is None
+    by_class = Calibration(threshold=0.6, class_thresholds={"a": 0.8})  # drops the 0.7 error
+    assert review_figures(probs, labels, by_class, CLASSES)[:2] == (pytest.approx(1 / 3), 1.0)
 
 
 def test_expected_calibration_error_is_zero_when_confidence_matches_accuracy() -> None:
-    # ten predictions at 0.8 confidence, eight of them right: perfectly calibrated
-    probs = probs_of([0.8] * 10, [0] * 10)
+    probs = probs_of([0.8] * 10, [0] * 10)  # 0.8 confidence, eight of ten right
     labels = np.array([0] * 8 + [1] * 2)
     assert expected_calibration_error(probs, labels) == pytest.approx(0.0)
-    # the same confidence with half of them wrong: off by 0.3
     assert expected_calibration_error(probs, np.array([0] * 5 + [1] * 5)) == pytest.approx(0.3)
     assert expected_calibration_error(np.zeros((0, 3)), np.zeros(0, dtype=int)) is None
 
 
-def test_calibrate_uses_validation_for_the_threshold_and_test_for_the_figures() -> None:
-    val = probs_of([0.99, 0.6], [0, 0])
-    test = probs_of([0.95, 0.7, 0.65], [1, 1, 1])
-    out = calibrate(val, np.array([0, 1]), test, np.array([1, 1, 0]), 0.05, 0.5)
-    assert out["threshold"] == pytest.approx(0.99) and out["threshold_source"] == "validation"
-    assert out["review_share"] == pytest.approx(1.0)
-    fixed = calibrate(val, np.array([0, 1]), test, np.array([1, 1, 0]), None, 0.68)
-    assert fixed["threshold"] == 0.68 and fixed["threshold_source"] == "fixed"
-    assert fixed["review_share"] == pytest.approx(1 / 3) and fixed["accepted_accuracy"] == 1.0
+def test_calibrate_fits_on_validation_logits_and_reports_the_test_split() -> None:
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 3, (3000, 3)) * 3  # an overconfident model: truth at T = 3
+    labels = drawn(logits, 3.0, rng)
+    figures = calibrate(logits[:1000], labels[:1000], logits[1000:], labels[1000:], CLASSES,
+                        0.02, 0.5)
+    assert isinstance(figures, CalibrationFigures) and figures.threshold_source == "validation"
+    assert figures.temperature == pytest.approx(3.0, rel=0.15)
+    assert figures.ece is not None and figures.ece_uncalibrated is not None
+    assert figures.ece < 0.05 < figures.ece_uncalibrated
+    assert figures.accepted_accuracy is not None and figures.accepted_accuracy >= 0.96
+    assert figures.val_images == 1000
+    assert figures.accepted == round(2000 * (1 - figures.review_share))
+    assert figures.calibration() == Calibration(temperature=figures.temperature,
+                                                threshold=figures.threshold,
+                                                class_thresholds=figures.class_thresholds)
+    fixed = calibrate(logits[:10], labels[:10], logits[10:20], labels[10:20], CLASSES, None, 0.6)
+    assert fixed.threshold == 0.6 and fixed.temperature == 1.0 and fixed.threshold_source == "fixed"

@@ -6,14 +6,17 @@ import json
 from pathlib import Path
 
 import bentoml
+import numpy as np
 import pytest
 
 from piston.bundle import MODEL_NAME, Predictor, read_meta
 from piston.errors import DataError
 from piston.imaging import preprocess
 from piston.registry import Registry
+from piston.scoring import decide
 from piston.storage import LocalStorage
 from tests.conftest import synthetic_dataset
+from training.calibrate import T_BOUNDS
 from training.config import load_config
 from training.pipeline import GateBar, train_bundle
 
@@ -109,3 +112,33 @@ def test_too_little_data_is_refused_and_leaves_no_bundle(
         )
     assert {str(m.tag) for m in bentoml.models.list(MODEL_NAME)} == before
     assert registry.versions() == []
+
+
+def test_the_default_calibrates_on_the_pistons_and_every_edge_applies_it(
+    piston_data: Path, registry: Registry, tmp_path: Path
+) -> None:
+    # a ceiling far above the quiet machine's few seconds: a loaded one trains the same model
+    config = load_config(overrides={"budget_s": 3600, "threads": 1})
+    outcome = train_bundle(str(piston_data), config, registry, GateBar(), tmp_path / "runs",
+                           MAX_PIXELS)
+    figures = outcome.to_json()
+    cal = figures["calibration"]
+    assert figures["test_accuracy"] >= 0.9
+    # sane figures: confidence reads as a chance, few parts go to a person, those accepted
+    # are at least as right as all of them
+    assert figures["ece"] == cal["ece"] and 0.0 <= cal["ece"] <= 0.1
+    assert T_BOUNDS[0] < cal["temperature"] < T_BOUNDS[1]
+    assert 0.0 <= figures["review_share"] <= 0.3
+    assert figures["accepted_accuracy"] >= figures["test_accuracy"]
+    meta = registry.meta(outcome.version)
+    assert meta.calibration.temperature == cal["temperature"]
+    assert meta.summary()["review_share"] == cal["review_share"]
+    # the loaded bundle, scored the way serving and batch scoring score, sends the same share
+    # of the test split to review as training reported
+    predictor = Predictor.load(registry.fetch(outcome.version))
+    split = json.loads((registry.fetch(outcome.version) / "split.json").read_text())
+    batch = np.stack([preprocess((piston_data / key).read_bytes(), predictor.contract)
+                      for key in split["test"]])
+    decisions = decide(predictor, predictor.forward(batch))
+    flagged = sum(d.needs_review for d in decisions) / len(decisions)
+    assert flagged == pytest.approx(cal["review_share"], abs=1.5 / len(decisions))

@@ -172,6 +172,13 @@ function gatesCell(b) {
       `${g.passed ? "✓" : "✗"} ${g.name} ${num(g.value)} (bar ${g.threshold})`))));
 }
 
+function reviewLine(b) {  // the test split's review band, beside accuracy
+  if (b.review_share === undefined || b.review_share === null) return null;
+  return h("div", { class: "muted small", title: "test split: share sent to review, accuracy"
+    + " of the accepted ones, expected calibration error" },
+  `review ${pct(b.review_share)} · accepted ${pct(b.accepted_accuracy)} · ECE ${num(b.ece, 3)}`);
+}
+
 function modelRow(b) {
   const isProd = b.version === state.production;
   const rec = recalls(b);
@@ -188,7 +195,7 @@ function modelRow(b) {
     h("td", { class: "num nowrap" }, when(b.created_at)),
     h("td", { class: "nowrap" }, b.arch || "", h("div", { class: "muted small" }, inputSize(b))),
     h("td", {}, gatesCell(b)),
-    h("td", { class: "num" }, pct(metric(b, "accuracy"))),
+    h("td", { class: "num" }, pct(metric(b, "accuracy")), reviewLine(b)),
     h("td", { class: "num" }, num(metric(b, "macro_f1"))),
     h("td", {}, h("div", { class: "recall" }, Object.entries(rec).map(([c, r]) => [
       h("span", {}, c), h("span", { class: "meter" }, h("i", { style: { width: `${100 * (r || 0)}%` } })),
