@@ -55,6 +55,10 @@ class CalibrationFigures(BaseModel):
     accepted: int
     ece: float | None  # of the calibrated test confidences
     ece_uncalibrated: float | None  # of the plain softmax, for comparison
+    # the rule before calibration, on the same model: plain softmax, the threshold the lowest
+    # confidence whose accepted validation images err at most the target (errors counted)
+    plain_review_share: float | None = None
+    plain_accepted_accuracy: float | None = None
 
     def calibration(self) -> Calibration:
         """The record the bundle carries."""
@@ -63,6 +67,8 @@ class CalibrationFigures(BaseModel):
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    if len(logits) == 0:
+        return np.zeros((0, *np.shape(logits)[1:]), dtype=np.float32)
     return Calibration(temperature=temperature).probabilities(logits)
 
 
@@ -202,6 +208,8 @@ def fit_calibration(
     threshold, without temperature, when no target is set)."""
     if target_error is None:
         return Calibration(threshold=fixed_threshold)
+    if len(labels) == 0:  # nothing held out to learn from: accept everything, plain softmax
+        return Calibration(threshold=0.0)
     temperature = fit_temperature(logits, labels)
     probs = softmax(logits, temperature)
     threshold = choose_threshold(probs, labels, target_error)
@@ -222,8 +230,14 @@ def calibrate(
     """The calibration (from validation logits) and what it does on the test split."""
     calibration = fit_calibration(val_logits, val_labels, classes, target_error,
                                   fixed_threshold)
-    test_probs = calibration.probabilities(test_logits) if len(test_labels) else test_logits
+    test_probs = softmax(test_logits, calibration.temperature)
     share, accepted_accuracy, accepted = review_figures(test_probs, test_labels, calibration,
+                                                        classes)
+    plain_share, plain_accuracy = None, None
+    if target_error is not None and len(test_labels):
+        plain = Calibration(threshold=choose_threshold(softmax(val_logits), val_labels,
+                                                       target_error, prior_images=0))
+        plain_share, plain_accuracy, _ = review_figures(softmax(test_logits), test_labels, plain,
                                                         classes)
     return CalibrationFigures(
         temperature=calibration.temperature,
@@ -238,4 +252,6 @@ def calibrate(
         ece=expected_calibration_error(test_probs, test_labels),
         ece_uncalibrated=(expected_calibration_error(softmax(test_logits), test_labels)
                           if len(test_labels) else None),
+        plain_review_share=plain_share,
+        plain_accepted_accuracy=plain_accuracy,
     )

@@ -79,7 +79,8 @@ class CrossValResult:
         pooled = np.sum([f.metrics["confusion_matrix"] for f in self.folds], axis=0)
         cal = {k: _finite_mean([getattr(f.calibration, k) for f in self.folds])
                for k in ("review_share", "accepted_accuracy", "ece", "ece_uncalibrated",
-                         "threshold", "temperature")}
+                         "plain_review_share", "plain_accepted_accuracy", "threshold",
+                         "temperature")}
         return {
             "recipe": self.config.recipe,
             "arch": self.config.arch,

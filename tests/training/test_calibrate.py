@@ -160,5 +160,8 @@ def test_calibrate_fits_on_validation_logits_and_reports_the_test_split() -> Non
     assert figures.calibration() == Calibration(temperature=figures.temperature,
                                                 threshold=figures.threshold,
                                                 class_thresholds=figures.class_thresholds)
+    empty = calibrate(np.zeros((0, 3)), np.zeros(0, dtype=int), logits[:5], labels[:5], CLASSES,
+                      0.02, 0.5)  # no validation images: accept all, plain softmax
+    assert empty.threshold == 0.0 and empty.temperature == 1.0 and empty.review_share == 0.0
     fixed = calibrate(logits[:10], labels[:10], logits[10:20], labels[10:20], CLASSES, None, 0.6)
     assert fixed.threshold == 0.6 and fixed.temperature == 1.0 and fixed.threshold_source == "fixed"
