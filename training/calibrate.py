@@ -29,7 +29,7 @@ import math
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from piston.calibration import Calibration
 
@@ -44,17 +44,18 @@ class CalibrationFigures(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    temperature: float
+    # defaults: the figures of bundles trained before calibration (a threshold, no temperature)
+    temperature: float = 1.0
     threshold: float
-    class_thresholds: dict[str, float]
+    class_thresholds: dict[str, float] = Field(default_factory=dict)
     threshold_source: Literal["validation", "fixed"]
     target_error: float | None
-    val_images: int
+    val_images: int = 0
     review_share: float  # test images sent to review
     accepted_accuracy: float | None  # of the test images accepted (None when none is)
     accepted: int
     ece: float | None  # of the calibrated test confidences
-    ece_uncalibrated: float | None  # of the plain softmax, for comparison
+    ece_uncalibrated: float | None = None  # of the plain softmax, for comparison
     # the rule before calibration, on the same model: plain softmax, the threshold the lowest
     # confidence whose accepted validation images err at most the target (errors counted)
     plain_review_share: float | None = None

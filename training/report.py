@@ -147,6 +147,10 @@ def _review_band(raw: dict[str, Any] | None) -> str:
         f" <b>{cal.review_share:.1%}</b> of the test images; accuracy of the accepted ones"
         f" <b>{accepted}</b> ({cal.accepted} images); expected calibration error"
         f" <b>{_num(cal.ece)}</b> (plain softmax {_num(cal.ece_uncalibrated)}).</p>{hard}"
+        + (f"<p>The rule before calibration (plain softmax, errors counted) would send"
+           f" {cal.plain_review_share:.1%} to review, accepted accuracy"
+           f" {_num(cal.plain_accepted_accuracy)}.</p>" if cal.plain_review_share is not None
+           else "")
     )
 
 
