@@ -1,9 +1,10 @@
-"""`piston models list | show | promote | rollback | current | history`."""
+"""`piston models list | show | promote | rollback | current | history | shadow`."""
 
 from __future__ import annotations
 
 import argparse
 
+from cli import shadow
 from cli.output import emit, table
 from piston.registry import open_registry
 from piston.settings import load_settings
@@ -40,6 +41,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     rollback.add_argument("--expect", metavar="VERSION", help=EXPECT_HELP)
     rollback.add_argument("--json", action="store_true")
     rollback.set_defaults(handler=run_rollback)
+    shadow.register(sub)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -70,14 +72,21 @@ def run_history(args: argparse.Namespace) -> int:
 
 
 def run_promote(args: argparse.Namespace) -> int:
-    move = open_registry(load_settings()).promote(
+    settings = load_settings()
+    before = shadow.before_move(settings)
+    move = open_registry(settings).promote(
         args.version, args.reason, force=args.force, expected=args.expect)
-    emit(move.model_dump(), args.json, f"production: {move.previous} -> {move.version}")
+    evidence = shadow.after_move(settings, before, f"promoted {move.version}", move.version)
+    emit({**move.model_dump(), "shadow": evidence}, args.json,
+         f"production: {move.previous} -> {move.version}"
+         + (f" (shadow: {evidence})" if evidence else ""))
     return 0
 
 
 def run_rollback(args: argparse.Namespace) -> int:
-    move = open_registry(load_settings()).rollback(
-        args.reason, to=args.to, expected=args.expect)
+    settings = load_settings()
+    before = shadow.before_move(settings)
+    move = open_registry(settings).rollback(args.reason, to=args.to, expected=args.expect)
+    shadow.after_move(settings, before, f"rolled back to {move.version}")
     emit(move.model_dump(), args.json, f"production rolled back: {move.previous} -> {move.version}")
     return 0

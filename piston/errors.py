@@ -21,6 +21,7 @@ STATUS_BY_KIND: dict[str, int] = {
     "not_found": 404,
     "conflict": 409,
     "stale": 409,
+    "needs_redis": 409,
     "too_large": 413,
     "too_many_images": 413,
     "too_many_pixels": 413,
@@ -149,3 +150,9 @@ class JobQueueUnavailable(PistonError):
     """Redis (the broker and job records) cannot be reached: worth retrying later."""
 
     kind = "unavailable"
+
+
+class LiveStoreUnavailable(PistonError):
+    """Shadow scoring and the drift watch keep their counts in Redis, which cannot be reached."""
+
+    kind = "needs_redis"

@@ -66,6 +66,17 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(
         3.0, description="how often servers and workers check the production pointer")
 
+    # Evidence from live traffic (shadow scoring, drift watch): counts summed in Redis.
+    live_flush_s: float = Field(default=1.0, gt=0, description="how often a worker sends its"
+                                " counts to Redis")
+    shadow_ttl_s: int = Field(default=7 * 86400, ge=60, description="a shadow and its figures"
+                              " expire this long after the last write")
+    shadow_queue: int = Field(default=64, ge=1, description="images per worker waiting for the"
+                              " candidate; more are dropped (and counted)")
+    shadow_max_wait_s: float = Field(default=1.0, gt=0, description="an image waits this long"
+                                     " for production to go idle, then is dropped as busy")
+    shadow_samples: int = Field(default=24, ge=0, description="disagreeing images kept")
+
     # Distributed jobs.
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",

@@ -26,6 +26,7 @@ from piston.registry import Registry
 from service.engine import Engine
 from service.errors import error_response
 from service.schemas import PromoteBody, RetrainBody, RollbackBody, ScoreJobBody
+from service.shadow_api import end_shadow, shadow_evidence, shadow_handlers
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
 Handler = Callable[[Request, Engine], Awaitable[Any]]
@@ -102,7 +103,7 @@ def admin_routes(get_engine: Callable[[], Engine], get_config: Callable[[], Admi
                 return error_response(err)
         return endpoint
 
-    routes = {**registry_handlers(), **job_handlers(get_config)}
+    routes = {**registry_handlers(), **job_handlers(get_config), **shadow_handlers()}
     return [Route(path, guarded(handler), methods=[method])
             for (method, path), handler in routes.items()]
 
@@ -127,11 +128,14 @@ def registry_handlers() -> dict[tuple[str, str], Handler]:
     async def promote(request: Request, engine: Engine) -> dict[str, Any]:
         """Put a bundle in production (as `piston models promote`); this worker swaps at once."""
         body = await read_body(request, PromoteBody)
+        evidence = await shadow_evidence(engine, body.version)
         move = await asyncio.to_thread(
             functools.partial(registry_of(engine).promote, body.version, body.reason,
                               by="admin-api", force=body.force, expected=body.expected))
         await asyncio.to_thread(engine.refresh)
-        return {"move": move.model_dump(), "serving": engine.follower.status.version}
+        await end_shadow(engine, f"promoted {move.version}")
+        return {"move": move.model_dump(), "serving": engine.follower.status.version,
+                "shadow": evidence}
 
     async def rollback(request: Request, engine: Engine) -> dict[str, Any]:
         """Return production to the previous bundle, or to `to` (as `piston models rollback`)."""
@@ -140,6 +144,7 @@ def registry_handlers() -> dict[tuple[str, str], Handler]:
             functools.partial(registry_of(engine).rollback, body.reason, to=body.to,
                               by="admin-api", expected=body.expected))
         await asyncio.to_thread(engine.refresh)
+        await end_shadow(engine, f"rolled back to {move.version}")
         return {"move": move.model_dump(), "serving": engine.follower.status.version}
 
     async def reload(request: Request, engine: Engine) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from service.admin import AdminConfig
 from service.console.app import console_app
 from service.engine import Engine, Limits
 from service.errors import error_response
+from service.evidence import watch_live
 from service.inputs import ClassifyBatchInput, ClassifyInput, Upload
 from service.limits import RequestSizeLimit
 from service.metrics import service_metrics
@@ -98,6 +99,7 @@ class Inspector:
         self.admin = AdminConfig(token.get_secret_value() or None if token else None,
                                  self.settings.redis_url, self.settings.data_dir)
         self.engine.start_following()
+        watch_live(self.engine, self.settings, set_torch_threads)
         log.info("piston-inspector worker up (%s)", f"pinned to {pinned}" if pinned
                  else f"following {self.settings.registry}")
 
@@ -155,7 +157,7 @@ class Inspector:
         return predictor.probabilities(np.ascontiguousarray(batch, dtype=np.float32))
 
     def refuse(self, err: PistonError) -> Response:
-        self.engine.metrics.error(err.kind)
+        self.engine.error(err.kind)
         return error_response(err)
 
 

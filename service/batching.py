@@ -109,6 +109,11 @@ class Batcher:
                 if not item.future.done():
                     item.future.set_result(out.row(i))
 
+    @property
+    def busy(self) -> bool:
+        """A batch is in the inference thread or requests are queued (read from any thread)."""
+        return self._busy or (self._queue is not None and not self._queue.empty())
+
     def _may_inline(self, predictor: Predictor) -> bool:
         """Nothing queued or running, and this model's lone forward pass measured short."""
         assert self._queue is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from piston.scoring import Decision, ImageFailure, NetOutput, Outcome, Prepared,
 from service.batching import Batcher, InferFn
 from service.decoding import Decoder
 from service.metrics import ServiceMetrics
+from service.watch import Seen, Watchers
 
 log = logging.getLogger(__name__)
 # Images up to this many pixels decode on the event loop (about 2 ms at most; a thread hop
@@ -58,6 +60,7 @@ class Engine:
         self.batcher = Batcher(infer, limits.max_batch_images, thread_init)
         self.decode = Decoder(limits.max_image_pixels, INLINE_DECODE_PIXELS,
                               limits.decode_threads, limits.decode_queue)
+        self.watchers = Watchers()  # shadow scoring, drift watch: told after each answer
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -92,8 +95,13 @@ class Engine:
         self._thread = threading.Thread(target=loop, name="model-follower", daemon=True)
         self._thread.start()
 
+    def start_watching(self, interval_s: float) -> None:
+        """Tick the watchers (Redis reads, flushes, candidate loads) on their own thread."""
+        self.watchers.start(interval_s, lambda: self.follower.status.version)
+
     def stop(self) -> None:
         self._stop.set()
+        self.watchers.close()
         self.batcher.close()
         self.decode.close()
 
@@ -114,24 +122,38 @@ class Engine:
     async def classify(self, data: bytes) -> Decision:
         """One image -> its decision; `InputError` for a bad image, `Overloaded` when busy."""
         predictor = self.predictor()  # the model this request finishes on, even across a swap
+        began = time.perf_counter()
         array = await self.decode(data, predictor.contract)
         decision = decide(predictor, await self.batcher.score(predictor, [array]))[0]
         self.metrics.record([decision])
+        self.watchers.seen(predictor, [Seen(data, array, decision)], time.perf_counter() - began)
         return decision
+
+    def error(self, kind: str) -> None:
+        """A refused request or image: counted in Prometheus and by the watchers."""
+        self.metrics.error(kind)
+        self.watchers.error(self.follower.status.version, kind)
 
     async def classify_many(self, images: list[bytes]) -> list[Outcome]:
         """Many images -> a `Decision` or an `ImageFailure` each, in order."""
         predictor = self.predictor()
+        began = time.perf_counter()
         prepared: list[Prepared] = []
         for data in images:  # one at a time: a batch never holds more than one decode thread
             try:
                 prepared.append(await self.decode(data, predictor.contract))
             except (InputError, Overloaded) as err:
-                self.metrics.error(err.kind)
+                self.error(err.kind)
                 prepared.append(ImageFailure(error=str(err), kind=err.kind))
         arrays = [p for p in prepared if not isinstance(p, ImageFailure)]
         decisions = decide(predictor, await self.batcher.score(predictor, arrays)) if arrays else []
         self.metrics.record(decisions)
+        if decisions:
+            blobs = [d for d, p in zip(images, prepared, strict=True)
+                     if not isinstance(p, ImageFailure)]
+            self.watchers.seen(predictor, [Seen(*row) for row in zip(blobs, arrays, decisions,
+                                                                      strict=True)],
+                               time.perf_counter() - began)
         rows = iter(decisions)
         return [p if isinstance(p, ImageFailure) else next(rows) for p in prepared]
 
@@ -147,6 +169,7 @@ class Engine:
             "refused": status.refused,
             "last_error": status.last_error,
             "batching": self.batcher.stats(),
+            **self.watchers.info(),
         }
         predictor = self.follower.current
         if predictor is not None:

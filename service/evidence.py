@@ -1,0 +1,26 @@
+"""The live watchers a serving engine gets from the settings: shadow scoring (drift: later)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from piston.settings import Settings
+from service.engine import Engine
+from service.shadow import ShadowLimits, ShadowScorer
+
+
+def watch_live(engine: Engine, settings: Settings,
+               thread_init: Callable[[], None] | None = None) -> None:
+    """Give `engine` its watchers and start their thread (in a worker, after BentoML set up)."""
+    limits = ShadowLimits(settings.shadow_queue, settings.shadow_max_wait_s,
+                          settings.shadow_samples, settings.shadow_ttl_s,
+                          settings.max_image_pixels)
+    engine.watchers.add(ShadowScorer(engine.follower.registry, settings.redis_url, limits,
+                                     lambda: engine.batcher.busy, engine.batcher.infer,
+                                     thread_init))
+    engine.start_watching(settings.live_flush_s)
+
+
+def shadow_of(engine: Engine) -> ShadowScorer | None:
+    """This worker's shadow scorer, if it has one."""
+    return next((w for w in engine.watchers.items if isinstance(w, ShadowScorer)), None)
