@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 from pydantic import BaseModel, Field
 
+from piston.drift import Figures
 from piston.scoring import Decision, ImageFailure, Outcome
 
 
@@ -97,3 +98,7 @@ class JobSummary(BaseModel):
     images_per_second: float = 0.0
     finished_at: str = ""
     reason: str | None = None
+    # The drift watch's figures for this job beside the bundle's test split (piston.drift).
+    figures: Figures | None = None
+    test_split: Figures | None = None
+    drift: list[str] = Field(default_factory=list, description="why it drifted; empty: it did not")

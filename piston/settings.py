@@ -77,6 +77,17 @@ class Settings(BaseSettings):
                                      " for production to go idle, then is dropped as busy")
     shadow_samples: int = Field(default=24, ge=0, description="disagreeing images kept")
 
+    drift_window_s: int = Field(default=300, ge=1, description="the drift watch's short window")
+    drift_keep_windows: int = Field(default=288, ge=2, description="short windows kept (then"
+                                    " they expire); day windows are kept 8 days")
+    drift_min_images: int = Field(default=50, ge=1, description="a window judged needs this many")
+    drift_max_class_shift: float = Field(default=0.25, ge=0, le=1, description="class mix: total"
+                                         " variation distance from the test split")
+    drift_max_review_shift: float = Field(default=0.15, ge=0, le=1, description="review share:"
+                                          " distance from the test split's")
+    drift_max_novelty_shift: float = Field(default=0.10, ge=0, le=1, description="novelty share:"
+                                           " distance from the test split's")
+
     # Distributed jobs.
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",

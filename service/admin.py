@@ -25,6 +25,7 @@ from piston.errors import AccessDenied, PistonError, RegistryError
 from piston.registry import Registry
 from service.engine import Engine
 from service.errors import error_response
+from service.monitor_api import monitor_handlers
 from service.schemas import PromoteBody, RetrainBody, RollbackBody, ScoreJobBody
 from service.shadow_api import end_shadow, shadow_evidence, shadow_handlers
 
@@ -103,7 +104,8 @@ def admin_routes(get_engine: Callable[[], Engine], get_config: Callable[[], Admi
                 return error_response(err)
         return endpoint
 
-    routes = {**registry_handlers(), **job_handlers(get_config), **shadow_handlers()}
+    routes = {**registry_handlers(), **job_handlers(get_config), **shadow_handlers(),
+              **monitor_handlers()}
     return [Route(path, guarded(handler), methods=[method])
             for (method, path), handler in routes.items()]
 

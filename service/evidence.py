@@ -1,10 +1,12 @@
-"""The live watchers a serving engine gets from the settings: shadow scoring (drift: later)."""
+"""The live watchers a serving engine gets from the settings: shadow scoring, drift watch."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from piston.drift import bounds_of
 from piston.settings import Settings
+from service.drift import DriftWatch
 from service.engine import Engine
 from service.shadow import ShadowLimits, ShadowScorer
 
@@ -18,9 +20,16 @@ def watch_live(engine: Engine, settings: Settings,
     engine.watchers.add(ShadowScorer(engine.follower.registry, settings.redis_url, limits,
                                      lambda: engine.batcher.busy, engine.batcher.infer,
                                      thread_init))
+    engine.watchers.add(DriftWatch(settings.redis_url, bounds_of(settings), engine.metrics,
+                                   lambda: engine.follower.current))
     engine.start_watching(settings.live_flush_s)
 
 
 def shadow_of(engine: Engine) -> ShadowScorer | None:
     """This worker's shadow scorer, if it has one."""
     return next((w for w in engine.watchers.items if isinstance(w, ShadowScorer)), None)
+
+
+def drift_of(engine: Engine) -> DriftWatch | None:
+    """This worker's drift watch, if it has one."""
+    return next((w for w in engine.watchers.items if isinstance(w, DriftWatch)), None)

@@ -22,6 +22,8 @@ class ServiceMetrics:
     needs_review: Any  # Counter: model_version
     errors: Any  # Counter: kind
     serving: Any  # Gauge: version -> 1 for the serving version, per worker
+    drifting: Any = None  # Gauge: version -> 1 while its live windows drift (drift watch)
+    drift_verdicts: Any = None  # Counter: version, verdict -> drift checks
     _serving_version: str | None = None
 
     def record(self, decisions: list[Decision]) -> None:
@@ -59,5 +61,9 @@ def service_metrics() -> ServiceMetrics:
                                ["kind"]),
                 serving=Gauge("piston_serving_model", "1 for the bundle version a worker serves",
                               ["version"], multiprocess_mode="liveall"),
+                drifting=Gauge("piston_drifting", "1 while a version's live figures drift from"
+                               " its test split", ["version"], multiprocess_mode="livemax"),
+                drift_verdicts=Counter("piston_drift_checks", "Drift checks of a version's"
+                                       " newest window, by verdict", ["version", "verdict"]),
             )
         return _metrics

@@ -17,6 +17,8 @@ from typing import Any, NoReturn
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
+from piston import drift
+from piston.drift import Figures
 from piston.errors import PistonError, StorageError, StorageUnavailable
 from piston.jobs import (
     FINALIZE_TASK,
@@ -28,7 +30,7 @@ from piston.jobs import (
     now,
 )
 from piston.limits import check_retrain
-from piston.records import JobSummary, ShardCounts
+from piston.records import JobSummary, ScoreRecord, ShardCounts
 from workers import results
 from workers.runtime import Runtime, runtime
 from workers.scoring import plan_job, score_shard
@@ -224,13 +226,26 @@ def _merge(rt: Runtime, record: JobRecord, fields: dict[str, Any]) -> JobSummary
     mine = results.read_parts(out, record.job_id, int(fields.get("shards", 0)))
     results.merge_results(out, mine)
     seconds = max(time.time() - float(fields.get("started_ts", time.time())), 1e-9)
+    figures, test_split, reasons = job_drift(rt, fields.get("model_version"), mine)
     return JobSummary(
         job_id=record.job_id, src=str(fields.get("src")), out=out.uri,
         model_version=fields.get("model_version"), total=int(fields.get("total", 0)),
         skipped=int(fields.get("skipped", 0)),
         **ShardCounts.of(mine).model_dump(exclude={"done"}),
         seconds=round(seconds, 3), images_per_second=round(len(mine) / seconds, 2),
-        finished_at=now())
+        finished_at=now(), figures=figures, test_split=test_split, drift=reasons)
+
+
+def job_drift(rt: Runtime, version: str | None, records: list[ScoreRecord],
+              ) -> tuple[Figures, Figures | None, list[str]]:
+    """The job's figures beside its bundle's test split (none when the bundle is unknown)."""
+    meta = None
+    if version:
+        try:
+            meta = rt.registry.meta(version)
+        except PistonError as err:
+            log.warning("no test split to compare job figures with: %s", err)
+    return drift.job_verdict(meta, records, drift.bounds_of(rt.settings))
 
 
 def _discard(rt: Runtime, record: JobRecord, out_uri: str | None = None) -> None:

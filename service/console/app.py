@@ -27,7 +27,8 @@ from service.errors import error_response
 STATIC = Path(__file__).parent / "static"
 ASSETS = {"console.css": "text/css; charset=utf-8",
           "console.js": "text/javascript; charset=utf-8",
-          "favicon.svg": "image/svg+xml"}
+          "favicon.svg": "image/svg+xml",
+          "live.js": "text/javascript; charset=utf-8", "live.css": "text/css; charset=utf-8"}
 # The page loads nothing from elsewhere; reports show in a sandboxed frame.
 CSP = ("default-src 'self'; img-src 'self' data: blob:; frame-src 'self' blob: data:;"
        " style-src 'self' 'unsafe-inline'; script-src 'self'")

@@ -100,7 +100,7 @@ function setupToken() {
 }
 
 function show(view, force = false) {
-  if (!["models", "try", "jobs", "review"].includes(view)) view = "models";
+  if (!["models", "try", "jobs", "review", "monitor"].includes(view)) view = "models";
   if (view === state.view && !force) return;
   state.view = view;
   document.querySelectorAll(".view").forEach((el) => { el.hidden = el.id !== `view-${view}`; });
@@ -109,6 +109,7 @@ function show(view, force = false) {
   if (view === "models") loadModels();
   if (view === "jobs") { loadJobs(); state.jobTimer = setInterval(loadJobs, 2000); }
   if (view === "review") loadReviewJobs();
+  if (view === "monitor") { loadMonitor(); state.jobTimer = setInterval(loadMonitor, 3000); }  // live.js
 }
 
 function route() {
@@ -123,7 +124,8 @@ function route() {
 async function loadServing() {
   try {
     state.info = await api("/model");
-    $("serving").replaceChildren("serving: ", h("b", {}, state.info.version || "nothing yet"));
+    $("serving").replaceChildren("serving: ", h("b", {}, state.info.version || "nothing yet"),
+      state.info.drifting ? h("a", { class: "pill bad", href: "#monitor", id: "serving-drift" }, "drifting") : "");
   } catch (err) {
     $("serving").textContent = `serving: ${err.message}`;
   }
@@ -187,8 +189,10 @@ function modelRow(b) {
     isProd
       ? h("button", { class: "danger small", type: "button", "data-action": "rollback",
         onclick: () => askMove("rollback", b) }, "Roll back")
-      : h("button", { class: "small", type: "button", "data-action": "promote",
-        onclick: () => askMove("promote", b) }, "Promote"));
+      : [h("button", { class: "small", type: "button", "data-action": "promote",
+        onclick: () => askMove("promote", b) }, "Promote"),
+      h("button", { class: "ghost small", type: "button", "data-action": "shadow",
+        onclick: () => askShadow(b) }, "Shadow")]);  // live.js
   return h("tr", { class: isProd ? "production" : "", "data-version": b.version },
     h("td", {}, h("div", { class: "version" }, b.version),
       isProd ? h("span", { class: "pill prod" }, "production") : null),
@@ -259,7 +263,8 @@ async function doMove(action, version, reason, force) {
   try {
     const answer = await api(`/admin/${action}`, { method: "POST", body, admin: true });
     const to = (answer.move && answer.move.version) || version;
-    toast(`${action === "promote" ? "Promoted" : "Rolled back"}: production is ${to} now.`);
+    toast(`${action === "promote" ? "Promoted" : "Rolled back"}: production is ${to} now.`
+      + (answer.shadow ? ` Its shadow: ${answer.shadow}.` : ""));
   } catch (err) {
     if (err.kind === "stale") {
       toast(`Refused: production moved since this page loaded (${err.message}). `
