@@ -66,6 +66,7 @@ class Tally:
         self._pending = _Pending()
         self.max_list_items = max_list_items
         self.lost = 0  # counts dropped because Redis could not be reached (logged)
+        self._down = False
 
     def add(self, key: str, fields: Mapping[str, float], ttl_s: int) -> None:
         """Add each field's value to the hash `key` (which expires `ttl_s` after its last write)."""
@@ -102,10 +103,16 @@ class Tally:
             pipe.expire(key, ttl)
         try:
             pipe.execute()
-        except Exception as err:  # Redis down: these counts are lost, and say so
+        except Exception as err:  # Redis down: these counts are lost, and say so (once)
             self.lost += sum(len(c) for c in pending.counts.values()) + len(pending.lists)
-            log.warning("could not add live counts to Redis (%d fields lost so far): %s",
-                        self.lost, redact(str(err)))
+            if not self._down:
+                log.warning("cannot add live counts to Redis; dropping them until it is back:"
+                            " %s", redact(str(err)))
+            self._down = True
+            return
+        if self._down:
+            log.warning("Redis is back: live counts resume (%d fields were lost)", self.lost)
+            self._down = False
 
 
 def every(interval_s: float, stop: threading.Event, fn: Callable[[], None], name: str,

@@ -89,6 +89,33 @@ def accounted(url: str, images: int) -> Callable[[], dict[str, Any] | None]:
     return check
 
 
+# First: the only traffic in its windows is the shifted feed.
+def test_a_shifted_darkened_feed_is_marked_drifting(live: str, bundles: Bundles,
+                                                   piston_data: Path) -> None:
+    dark = [darkened(p) for p in sorted((piston_data / "normal").glob("*.jp*g"))[:40]]
+    with httpx.Client(base_url=live, timeout=30) as client:
+        for data in dark:
+            assert client.post("/classify", content=data,
+                               headers={"content-type": "image/jpeg"}).status_code == 200
+
+    def drifting() -> dict[str, Any] | None:
+        model = httpx.get(f"{live}/model", timeout=10).json()
+        return model if model["drifting"] else None
+    try:
+        model = wait_for(drifting, "/model to say drifting", seconds=WINDOW_S)
+    except AssertionError:
+        monitor = httpx.get(f"{live}/admin/monitor", headers=AUTH, timeout=10).json()
+        raise AssertionError(f"not drifting: {monitor['versions'][0]}") from None
+    assert model["drift"]["reasons"]
+    monitor = httpx.get(f"{live}/admin/monitor", headers=AUTH, timeout=10).json()
+    assert monitor["drifting"] is True and monitor["serving"] == bundles.good
+    serving = monitor["versions"][0]
+    assert serving["version"] == bundles.good and serving["drifting"] is True
+    assert serving["test_split"]["class_mix"] and serving["judged"]["mean_brightness"] < 0.4
+    metrics = httpx.get(f"{live}/metrics", timeout=10).text
+    assert f'piston_drifting{{version="{bundles.good}"}} 1.0' in metrics
+
+
 def test_shadow_counts_a_known_set_exactly(served: Live, bundles: Bundles,
                                            piston_data: Path) -> None:
     live = served.url
@@ -140,28 +167,6 @@ def test_images_dropped_when_busy_are_counted(live: str, bundles: Bundles,
     report = wait_for(accounted(live, sent), "every picked image to be accounted for")
     assert sum(report["dropped"].values()) > 0, report  # a queue of 4 per worker overflows
     assert report["compared"] + sum(report["dropped"].values()) + report["failed"] == sent
-
-
-def test_a_shifted_darkened_feed_is_marked_drifting(live: str, bundles: Bundles,
-                                                   piston_data: Path) -> None:
-    dark = [darkened(p) for p in sorted((piston_data / "normal").glob("*.jp*g"))[:40]]
-    with httpx.Client(base_url=live, timeout=30) as client:
-        for data in dark:
-            assert client.post("/classify", content=data,
-                               headers={"content-type": "image/jpeg"}).status_code == 200
-
-    def drifting() -> dict[str, Any] | None:
-        model = httpx.get(f"{live}/model", timeout=10).json()
-        return model if model["drifting"] else None
-    model = wait_for(drifting, "/model to say drifting", seconds=WINDOW_S)
-    assert model["drift"]["reasons"]
-    monitor = httpx.get(f"{live}/admin/monitor", headers=AUTH, timeout=10).json()
-    assert monitor["drifting"] is True and monitor["serving"] == bundles.good
-    serving = monitor["versions"][0]
-    assert serving["version"] == bundles.good and serving["drifting"] is True
-    assert serving["test_split"]["class_mix"] and serving["windows"][-1]["mean_brightness"] < 0.4
-    metrics = httpx.get(f"{live}/metrics", timeout=10).text
-    assert f'piston_drifting{{version="{bundles.good}"}} 1.0' in metrics
 
 
 def test_promote_reports_the_shadow_and_ends_it(live: str, bundles: Bundles) -> None:

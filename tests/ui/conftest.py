@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,17 +69,26 @@ def batch_folder(root: Path, data: Path) -> Path:
     return root / "batch"
 
 
+@contextmanager
+def tiny_registry(piston_data: Path, prefix: str) -> Iterator[tuple[Path, str, str]]:
+    """A work folder whose `registry` holds two tiny bundles, the first in production."""
+    from piston.registry import Registry
+    from piston.storage import open_storage
+
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        first, second = train_tiny(root / "registry", root / "runs", piston_data)
+        Registry(open_storage(root / "registry")).promote(first, "console tests: start")
+        yield root, first, second
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def console(piston_data: Path) -> Iterator[Console]:
     import redis
 
-    root = Path(tempfile.mkdtemp(prefix="piston-console-"))
-    try:
-        first, second = train_tiny(root / "registry", root / "runs", piston_data)
-        from piston.registry import Registry
-        from piston.storage import open_storage
-
-        Registry(open_storage(root / "registry")).promote(first, "console tests: start")
+    with tiny_registry(piston_data, "piston-console-") as (root, first, second):
         redis.Redis.from_url(REDIS_URL).flushdb()
         # Retrain sets are built under the job's output prefix: a root retrains may read.
         roots = json.dumps([str(piston_data), str(root / "results")])
@@ -94,8 +104,6 @@ def console(piston_data: Path) -> Iterator[Console]:
                               batch_folder(root, piston_data), root / "results")
         finally:
             worker.stop()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
