@@ -17,6 +17,7 @@ from cli.output import emit
 from cli.train import parse_overrides
 from piston import jobs
 from piston.errors import PistonError
+from piston.limits import check_job_paths, check_retrain
 from piston.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -67,28 +68,30 @@ def register(commands: argparse._SubParsersAction) -> None:
     beat.set_defaults(handler=run_beat)
 
 
-def _location(text: str, must_exist: bool, settings: Settings) -> str:
+def _location(text: str) -> str:
     """An s3:// URI as given, or a local folder made absolute (workers resolve it themselves)."""
-    if text.startswith("s3://"):
-        return text
-    path = Path(text).resolve()
-    if must_exist and not path.exists():
-        raise PistonError(f"{text} does not exist: give an image folder or an s3:// prefix")
-    return str(path)
+    return text if text.startswith("s3://") else str(Path(text).resolve())
+
+
+def _exists(location: str) -> str:
+    if not location.startswith("s3://") and not Path(location).exists():
+        raise PistonError(f"{location} does not exist: give an image folder or an s3:// prefix")
+    return location
 
 
 def run_score(args: argparse.Namespace) -> int:
     settings = load_settings()
-    src = _location(args.src, True, settings)
-    job_id = jobs.enqueue_score(settings.redis_url, src, _location(args.out, False, settings),
-                                args.only_new)
+    src, out = _location(args.src), _location(args.out)
+    check_job_paths(settings, src, out)
+    job_id = jobs.enqueue_score(settings.redis_url, _exists(src), out, args.only_new)
     return _after_enqueue(settings, job_id, args)
 
 
 def run_retrain(args: argparse.Namespace) -> int:
     settings = load_settings()
-    dataset = _location(args.dataset, True, settings)
-    job_id = jobs.enqueue_retrain(settings.redis_url, dataset, parse_overrides(args.set),
+    dataset, overrides = _location(args.dataset), parse_overrides(args.set)
+    check_retrain(settings, dataset, overrides)
+    job_id = jobs.enqueue_retrain(settings.redis_url, _exists(dataset), overrides,
                                   args.promote_if_better, args.min_accuracy, args.recipe)
     return _after_enqueue(settings, job_id, args)
 
@@ -191,6 +194,8 @@ def run_beat(args: argparse.Namespace) -> int:
     settings = load_settings()
     if not settings.score_schedule:
         log.warning("PISTON_SCORE_SCHEDULE is empty: beat has nothing to schedule")
+    for src, out in settings.score_schedule.items():  # workers refuse them too
+        check_job_paths(settings, src, out)
     app = create_app(settings)
     with single_beat(settings.redis_url):
         return int(app.start(["beat", f"--schedule={args.schedule_file}",

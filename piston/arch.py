@@ -104,8 +104,10 @@ def load_pretrained(module: nn.Module, path: str | Path) -> int:
     sized for another class count, is left fresh). Returns how many tensors were loaded."""
     try:
         state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as err:
-        raise ConfigError(f"cannot read pretrained weights {path}: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read pretrained weights {path}: {err.strerror}") from None
+    except Exception:  # pickle's and torch's messages quote the file's bytes: never echoed
+        raise ConfigError(f"pretrained weights {path} are not a torch state_dict file") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     return copy_matching(module, state, str(path))

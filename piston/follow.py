@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass, field
 
 import numpy as np
+from pydantic import ValidationError
 
 from piston.bundle import Predictor
 from piston.errors import PistonError, StorageUnavailable
@@ -58,7 +59,7 @@ class ModelFollower:
         with self._lock:  # one loader at a time; readers never wait on it
             try:
                 wanted = self._wanted()
-            except PistonError as err:
+            except (PistonError, ValidationError) as err:  # keep serving what we have
                 self.status.last_error = str(err)
                 log.warning("cannot read the production pointer: %s", err)
                 return False

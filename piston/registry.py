@@ -14,7 +14,10 @@ moving it at once cannot both win the same sequence number. A move may name the 
 expects production to be at (`expected`): checked against the entry it builds on, so a stale
 or repeated move is refused and changes nothing.
 
-Versions are checked (`piston.names`) before they touch a key.
+Versions are checked (`piston.names`) before they touch a key. The registry reads only its own
+key shapes (`history/<8 digits>.json`, top-level `bundles/<version>.json`): any other key under
+its prefix is foreign (logged once, never production), and a history entry that does not parse
+is a `RegistryError` naming its key, so a stray object can neither move nor wedge the pointer.
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ import getpass
 import hashlib
 import json
 import logging
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from piston.bundle import (
     BundleMeta,
@@ -39,19 +43,22 @@ from piston.bundle import (
     read_meta,
 )
 from piston.errors import (
+    InputError,
     RegistryError,
     StaleProduction,
     StorageError,
     StorageUnavailable,
     UnknownBundle,
 )
-from piston.names import NOTHING, check_version
+from piston.names import NOTHING, VERSION_RE, check_version
 from piston.storage import Storage, open_storage
 
 if TYPE_CHECKING:
     from piston.settings import Settings
 
 log = logging.getLogger(__name__)
+HISTORY_KEY = re.compile(r"history/(\d{8})\.json")
+MAX_REASON_CHARS = 500  # a promote's or rollback's reason, kept in every history entry
 
 
 class Move(BaseModel):
@@ -78,6 +85,19 @@ class Registry:
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
+        self._foreign: set[str] = set()  # keys already warned about
+
+    def _own(self, prefix: str, shape: re.Pattern[str]) -> list[str]:
+        """Keys under `prefix` of the registry's own `shape`, sorted; others warned about once."""
+        keys = []
+        for obj in self.storage.list(prefix):
+            if shape.fullmatch(obj.key) and ".." not in obj.key:
+                keys.append(obj.key)
+            elif obj.key not in self._foreign:
+                self._foreign.add(obj.key)
+                log.warning("ignoring %s/%s: not a key the registry writes (foreign object)",
+                            self.storage.uri, obj.key)
+        return sorted(keys)
 
     # -- bundles ---------------------------------------------------------------------------
 
@@ -106,8 +126,9 @@ class Registry:
         log.info("published bundle %s to %s", version, self.storage.uri)
 
     def versions(self) -> list[str]:
-        names = [o.key.rsplit("/", 1)[-1] for o in self.storage.list("bundles/")]
-        return sorted(n.removesuffix(".json") for n in names if n.endswith(".json"))
+        names = (k.removeprefix("bundles/").removesuffix(".json")
+                 for k in self._own("bundles/", _BUNDLE_FILE) if k.endswith(".json"))
+        return sorted(n for n in names if ".." not in n and n != NOTHING)
 
     def meta(self, version: str) -> BundleMeta:
         check_version(version)
@@ -134,25 +155,37 @@ class Registry:
     def fetch(self, version: str) -> Path:
         """The bundle's folder in the local BentoML store, importing it from the registry if new.
 
-        The archive must match the SHA-256 recorded when it was published, and the model it
-        holds must be the version asked for; otherwise nothing is imported.
+        The archive must pass `archive`'s checks, and the model it holds must be the version
+        asked for; otherwise nothing is imported.
         """
         with local_store_lock():  # BentoML's import copies over a concurrent one
             try:
                 return Path(local_model(check_version(version)).path)
             except RegistryError:
                 pass
-            meta = self.meta(version)
-            data = self.storage.read(_archive_key(version))
-            digest = hashlib.sha256(data).hexdigest()
-            if meta.archive_sha256 is None:
-                log.warning("bundle %s has no recorded digest (published before digests)", version)
-            elif digest != meta.archive_sha256:
+            return import_archive(version, self.archive(version))
+
+    def archive(self, version: str) -> bytes:
+        """The bundle's archive, checked against the SHA-256 recorded when it was published
+        (its sidecar) and against every history entry that put it in production.
+
+        The sidecar is rewritten by a publish; history entries are created once and never
+        replaced, so an archive swapped together with its sidecar is still caught.
+        """
+        meta = self.meta(version)
+        data = self.storage.read(_archive_key(version))
+        digest = hashlib.sha256(data).hexdigest()
+        recorded = [("its sidecar", meta.archive_sha256)]
+        recorded += [(f"history entry {m.seq}", m.sha256) for m in self.history()
+                     if m.version == version]
+        if not any(sha for _, sha in recorded):
+            log.warning("bundle %s has no recorded digest (published before digests)", version)
+        for source, sha in recorded:
+            if sha is not None and digest != sha:
                 raise RegistryError(
-                    f"the archive of bundle {version} does not match its recorded SHA-256"
-                    f" ({digest[:12]} != {meta.archive_sha256[:12]}): refused; publish it again"
-                )
-            return import_archive(version, data)
+                    f"the archive of bundle {version} does not match its recorded SHA-256 in"
+                    f" {source} ({digest[:12]} != {sha[:12]}): refused; publish it again")
+        return data
 
     def split(self, version: str) -> dict[str, list[str]]:
         """The bundle's split lists (train/val/test keys), fetched into the local store."""
@@ -167,13 +200,26 @@ class Registry:
     # -- the production pointer ------------------------------------------------------------
 
     def history(self) -> list[Move]:
-        entries = [o.key for o in self.storage.list("history/") if o.key.endswith(".json")]
-        return [Move.model_validate_json(self.storage.read(k)) for k in sorted(entries)]
+        return [self._entry(k) for k in self._own("history/", HISTORY_KEY)]
 
     def _last_move(self) -> Move | None:
         """The newest history entry, read alone: polled every few seconds by every server."""
-        keys = sorted(o.key for o in self.storage.list("history/") if o.key.endswith(".json"))
-        return Move.model_validate_json(self.storage.read(keys[-1])) if keys else None
+        keys = self._own("history/", HISTORY_KEY)
+        return self._entry(keys[-1]) if keys else None
+
+    def _entry(self, key: str) -> Move:
+        """One history entry; a `RegistryError` naming the key when it does not parse."""
+        where = f"history entry {self.storage.uri}/{key}"
+        try:
+            move = Move.model_validate_json(self.storage.read(key))
+        except ValidationError as err:
+            first = err.errors(include_url=False)[0]
+            field = ".".join(str(p) for p in first["loc"]) or "entry"
+            raise RegistryError(f"{where} does not parse ({field}: {first['msg']}):"
+                                " fix or remove it") from None
+        if key != f"history/{move.seq:08d}.json":  # the next move would be created below it
+            raise RegistryError(f"{where} says seq {move.seq}: fix or remove it")
+        return move
 
     def current(self) -> str | None:
         """The version in production, or None before the first promote."""
@@ -233,6 +279,9 @@ class Registry:
     def _move(self, action: str, target: Callable[[Move | None], BundleMeta], reason: str,
               by: str | None, force: bool, expected: str | None) -> Move:
         """Create the next history entry, built on the newest one and checked against it."""
+        if len(reason) > MAX_REASON_CHARS:
+            raise InputError("invalid", f"the reason is {len(reason)} characters long, over the"
+                             f" limit of {MAX_REASON_CHARS}: say it shorter")
         for _ in range(20):
             last = self._last_move()
             previous = last.version if last else None
@@ -254,6 +303,10 @@ class Registry:
                 log.info("%s: production %s -> %s (%s)", action, previous, move.version, reason)
                 return move
         raise RegistryError("the production pointer kept moving under us; try again")
+
+
+# `bundles/<version>.json` and `.bentomodel`, top level only (the metadata is what lists one)
+_BUNDLE_FILE = re.compile(rf"bundles/{VERSION_RE.pattern}\.(json|bentomodel)")
 
 
 def _archive_key(version: str) -> str:

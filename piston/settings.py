@@ -45,6 +45,10 @@ class Settings(BaseSettings):
         default=20 * 1024 * 1024, ge=1, description="largest image: upload or stored object")
     max_batch_images: int = Field(
         64, description="images per /classify_batch request (and per forward pass)")
+    max_body_bytes_in_flight: int = Field(
+        default=64 * 1024 * 1024, ge=1, description="request body bytes one service worker"
+        " holds at once (each request counts its Content-Length, a chunked one the upload"
+        " limit); past it: 503 with Retry-After. Bounds memory under upload floods")
 
     # Serving and scoring: what runs the network.
     runtime: RuntimeName = Field(
@@ -103,6 +107,12 @@ class Settings(BaseSettings):
     )
     score_schedule_every_s: float = Field(
         default=300.0, gt=0, description="beat: seconds between two scheduled runs")
+    job_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="folders and s3:// prefixes a scoring job may read"
+        " (src) and write (out), JSON list; compared by path segment, never inside the"
+        " registry; empty: data_dir and results_dir")
+    results_dir: str = Field("results", description="the default results prefix (folder or"
+                             " s3://): a job root unless PISTON_JOB_ROOTS says otherwise")
     score_time_limit_s: int = Field(default=900, ge=10, description="hard limit of one shard")
     retrain_time_limit_s: int = Field(default=3600, ge=60, description="hard limit of a retrain")
     score_decode_threads: int = Field(default=2, ge=1, description="decodes at once per process")
@@ -123,10 +133,16 @@ class Settings(BaseSettings):
         default_factory=list, description="data set prefixes a retrain may read (JSON list);"
         " empty: only data_dir")
     retrain_max_epochs: int = Field(default=200, ge=1, description="most epochs a retrain may ask")
+    retrain_max_cycles: int = Field(
+        default=5, ge=1, description="most learning-rate cycles (max_cycles) a retrain may ask")
+    retrain_max_steps: int = Field(
+        default=20_000, ge=0, description="most steps per cycle (min_steps) a retrain may ask")
     retrain_max_batch_size: int = Field(
         default=512, ge=1, description="largest batch size a retrain may ask")
     retrain_max_input_pixels: int = Field(
-        default=512 * 512, ge=1, description="largest input (width x height) a retrain may ask")
+        default=512 * 512, ge=1, description="largest input (height x width, and"
+        " max_input_side squared) a retrain may ask; its budget_s is bounded by"
+        " retrain_time_limit_s")
 
     @field_validator("score_schedule", mode="before")
     @classmethod
@@ -136,7 +152,7 @@ class Settings(BaseSettings):
             return json.loads(value) if value.strip() else {}
         return value
 
-    @field_validator("retrain_dataset_roots", mode="before")
+    @field_validator("retrain_dataset_roots", "job_roots", mode="before")
     @classmethod
     def _roots_json(cls, value: object) -> object:
         if isinstance(value, str):
@@ -148,23 +164,27 @@ class Settings(BaseSettings):
         """Refuse example secrets and short admin tokens at start-up, saying what to set."""
         if self.admin_token is not None:
             token = self.admin_token.get_secret_value()
-            if _placeholder(token) or len(token) < MIN_TOKEN_CHARS:
+            if is_placeholder(token) or len(token) < MIN_TOKEN_CHARS:
                 raise ValueError(
                     f"PISTON_ADMIN_TOKEN is a placeholder or shorter than {MIN_TOKEN_CHARS}"
                     " characters: set a random one (e.g. `openssl rand -hex 24`)")
         password = _url_password(self.redis_url)
-        if password is not None and _placeholder(password):
+        if password is not None and is_placeholder(password):
             raise ValueError("the password in PISTON_REDIS_URL is a placeholder: set a real one")
         aws = self.aws_secret_access_key
-        if aws is not None and _placeholder(aws.get_secret_value()):
+        if aws is not None and is_placeholder(aws.get_secret_value()):
             raise ValueError("AWS_SECRET_ACCESS_KEY is a placeholder: set the services' real one")
         return self
 
     def dataset_roots(self) -> list[str]:
         return self.retrain_dataset_roots or [self.data_dir]
 
+    def score_roots(self) -> list[str]:
+        """Where scoring jobs may read and write."""
+        return self.job_roots or [self.data_dir, self.results_dir]
 
-def _placeholder(secret: str) -> bool:
+
+def is_placeholder(secret: str) -> bool:
     return secret.strip().lower() in PLACEHOLDERS or "change-me" in secret.lower()
 
 

@@ -29,7 +29,7 @@ from piston.jobs import (
     JobRecord,
     now,
 )
-from piston.limits import check_retrain
+from piston.limits import check_job_paths, check_retrain
 from piston.records import JobSummary, ScoreRecord, ShardCounts
 from workers import results
 from workers.runtime import Runtime, runtime
@@ -105,6 +105,7 @@ def score(self: Task, src: str, out: str, only_new: bool = False,
 
 
 def _plan(rt: Runtime, record: JobRecord, src_uri: str, out_uri: str, only_new: bool) -> None:
+    check_job_paths(rt.settings, src_uri, out_uri)  # beat and other senders are checked here
     src, out = rt.storage(src_uri), rt.storage(out_uri)
     record.set(src=src_uri, out=out_uri, started_at=now(), started_ts=time.time())
     if only_new:  # scheduled runs: one at a time per output, or two would score the same images
@@ -170,6 +171,7 @@ def _run_shard(rt: Runtime, record: JobRecord, shard: int, items: list[Any], ver
                src_uri: str, out_uri: str) -> bool:
     """Score, stage the part, record the shard done; True when it was the last one."""
     s = rt.settings
+    check_job_paths(s, src_uri, out_uri)
     worker = _worker_id()
     record.progress(shard, ShardCounts(), worker)
     records = score_shard(

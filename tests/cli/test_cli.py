@@ -146,3 +146,30 @@ def test_strict_training_refuses_label_conflicts_in_one_line(
     report = json.loads(capsys.readouterr().out)
     assert [sorted(c["keys"]) for c in report["label_conflicts"]] == [
         ["a/a_0.png", "b/also_a.png"]]
+
+
+def test_job_paths_and_overrides_are_checked_before_anything_is_queued(
+    registry_env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused in one line before Redis is reached (nothing listens on port 1)."""
+    monkeypatch.setenv("PISTON_REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("PISTON_JOB_ROOTS", json.dumps([str(tmp_path)]))
+    monkeypatch.setenv("PISTON_RETRAIN_DATASET_ROOTS", json.dumps([str(tmp_path)]))
+    (tmp_path / "in").mkdir()
+    for args, message in (
+        (["jobs", "score", "/", "--out", str(tmp_path / "out")], "give a folder"),
+        (["jobs", "score", str(tmp_path / "in"), "--out", str(registry_env / "history")],
+         "overlaps the model registry"),
+        (["jobs", "score", "/etc", "--out", str(tmp_path / "out")], "not under a job root"),
+        (["jobs", "retrain", str(tmp_path / "in"), "--set", "epochs=100000"],
+         "override epochs=100000: must be a whole number from 1 to 200"),
+        (["jobs", "retrain", str(tmp_path / "in"), "--set", "pretrained_weights=/etc/passwd"],
+         "under a retrain root"),
+    ):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    monkeypatch.setenv("PISTON_SCORE_SCHEDULE", json.dumps({str(tmp_path / "in"): "/tmp/out"}))
+    assert main(["beat"]) == 2
+    assert "out '/tmp/out' is not under a job root" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -10,9 +11,15 @@ import pytest
 
 from piston import arch
 from piston.bundle import BundleMeta, Gate, Predictor, create_bundle, new_version
-from piston.errors import InvalidName, RegistryError, StaleProduction, StorageUnavailable
+from piston.errors import (
+    InputError,
+    InvalidName,
+    RegistryError,
+    StaleProduction,
+    StorageUnavailable,
+)
 from piston.follow import ModelFollower
-from piston.registry import Registry
+from piston.registry import Move, Registry
 from piston.storage import LocalStorage
 
 
@@ -239,3 +246,75 @@ def test_history_entries_carry_the_archive_digest(registry: Registry) -> None:
     move = registry.promote(version, "first")
     assert move.sha256 == registry.meta(version).archive_sha256
     assert registry.history()[-1].sha256 == move.sha256
+
+
+def test_a_foreign_key_under_history_is_ignored_with_a_warning(
+        registry: Registry, caplog: pytest.LogCaptureFixture) -> None:
+    """What the history-poisoning job wrote (`history/jobs/<id>.json`) is never production."""
+    first, second = make_bundle(registry), make_bundle(registry)
+    registry.promote(first, "first")
+    summary = b'{"job_id": "x", "src": "/data", "out": "registry/history", "total": 3}'
+    for key in ("history/jobs/0b1c.json", "history/results.jsonl", "history/99.json",
+                "bundles/nested/x.json", "bundles/_parts/y.json"):
+        registry.storage.write(key, summary)
+    with caplog.at_level(logging.WARNING, logger="piston.registry"):
+        assert registry.current() == first
+        assert registry.versions() == sorted([first, second])
+        registry.promote(second, "second")
+        assert registry.rollback("back").version == first
+        assert [m.seq for m in registry.history()] == [1, 2, 3]
+    warned = [r.getMessage() for r in caplog.records if "foreign object" in r.getMessage()]
+    assert len(warned) == 5 and any("history/jobs/0b1c.json" in w for w in warned)  # once each
+
+
+def test_a_history_entry_that_does_not_parse_names_its_key_and_the_follower_keeps_serving(
+        registry: Registry) -> None:
+    version = make_bundle(registry)
+    registry.promote(version, "first")
+    follower = ModelFollower(registry)
+    assert follower.refresh() and follower.status.version == version
+    registry.storage.write("history/00000002.json", b'{"job_id": "x"}')
+    with pytest.raises(RegistryError, match=r"history entry .*history/00000002\.json does not"
+                                            r" parse \(seq: Field required\)"):
+        registry.current()
+    assert follower.refresh() is False and follower.current is not None
+    assert "history/00000002.json" in (follower.status.last_error or "")
+    registry.storage.write("history/00000002.json",
+                           registry.storage.read("history/00000001.json"))  # seq 1 in key 2
+    with pytest.raises(RegistryError, match="says seq 1"):
+        registry.current()
+
+    class Unparsed(Registry):  # a pydantic error that is not ours still leaves it serving
+        def current(self) -> str | None:
+            Move.model_validate_json(b"{}")
+            return None
+
+    stubborn = ModelFollower(Unparsed(registry.storage))
+    stubborn._current = follower.current
+    assert stubborn.refresh() is False and stubborn.current is follower.current
+    assert "validation error" in (stubborn.status.last_error or "")
+
+
+def test_an_archive_is_checked_against_its_history_entries_too(registry: Registry) -> None:
+    import bentoml
+
+    real, other = make_bundle(registry), make_bundle(registry)
+    registry.promote(real, "first")
+    swapped = registry.storage.read(f"bundles/{other}.bentomodel")
+    registry.storage.write(f"bundles/{real}.bentomodel", swapped)
+    meta = registry.meta(real).model_copy(  # the sidecar rewritten to match: still caught
+        update={"archive_sha256": registry.meta(other).archive_sha256})
+    registry.storage.write(f"bundles/{real}.json", meta.model_dump_json().encode())
+    bentoml.models.delete(f"piston-classifier:{real}")
+    with pytest.raises(RegistryError, match="does not match its recorded SHA-256 in history"
+                                            " entry 1"):
+        registry.fetch(real)
+    with pytest.raises(RegistryError, match="history entry 1"):
+        registry.archive(real)
+
+
+def test_a_reason_has_a_length_limit(registry: Registry) -> None:
+    version = make_bundle(registry)
+    with pytest.raises(InputError, match="over the limit of 500"):
+        registry.promote(version, "x" * 501)
+    assert registry.history() == []

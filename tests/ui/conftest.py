@@ -94,7 +94,8 @@ def console(piston_data: Path) -> Iterator[Console]:
         roots = json.dumps([str(piston_data), str(root / "results")])
         env = {"PISTON_REGISTRY": str(root / "registry"), "PISTON_POLL_INTERVAL_S": POLL_S,
                "PISTON_ADMIN_TOKEN": TOKEN, "PISTON_REDIS_URL": REDIS_URL,
-               "PISTON_DATA_DIR": str(piston_data), "PISTON_RETRAIN_DATASET_ROOTS": roots}
+               "PISTON_DATA_DIR": str(piston_data), "PISTON_RETRAIN_DATASET_ROOTS": roots,
+               "PISTON_JOB_ROOTS": json.dumps([str(root / "batch"), str(root / "results")])}
         worker_env = {**os.environ, **env, "BENTOML_HOME": str(root / "worker-home"),
                       "PISTON_RUNS_DIR": str(root / "worker-runs")}
         worker = start_worker(worker_env, root / "worker.log", concurrency=1, name="console")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -266,6 +267,7 @@ def worker_env(work_dir: Path, s3_url: str, registry: str, **extra: str) -> dict
         "PISTON_GATE_MIN_CLASS_F1": "0.2",
         "PISTON_GATE_MIN_CLASS_RECALL": "0.2",
         "PISTON_RETRAIN_DATASET_ROOTS": f'["s3://{BUCKET}"]',
+        "PISTON_JOB_ROOTS": json.dumps([f"s3://{BUCKET}", "s3://doomed", str(work_dir)]),
     })
     env.update(extra)
     return env

@@ -50,7 +50,8 @@ def test_score_wait_status_and_errors(worker: Worker, moto: MotoServer, work_dir
     assert unknown.returncode == 2
     assert unknown.stderr.strip().splitlines()[-1] == \
         "error: no job no-such-job (unknown id, or its record expired)"
-    missing = piston(env, "jobs", "score", str(work_dir / "nowhere"), "--out", "x")
+    missing = piston(env, "jobs", "score", str(work_dir / "nowhere"), "--out",
+                     str(work_dir / "x"))
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     assert "Traceback" not in unknown.stderr + missing.stderr
 

@@ -15,7 +15,9 @@ import pytest
 import yaml
 
 from cli.main import build_parser
+from piston import preflight
 from piston.errors import ConfigError
+from piston.limits import check_job_paths
 from piston.settings import Settings, load_settings
 
 ROOT = Path(__file__).parents[2]
@@ -54,8 +56,8 @@ def setting_names() -> set[str]:
 
 def test_services_and_pinned_images(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"minio", "minio-init", "bucket-init", "redis", "api", "worker",
-                             "trainer", "beat", "flower"}
+    assert set(services) == {"preflight", "minio", "minio-init", "bucket-init", "redis", "api",
+                             "worker", "trainer", "beat", "flower"}
     minio = services["minio"]["image"]
     assert re.fullmatch(r"[\w./-]*minio/minio:RELEASE\.\d{4}-\d\d-\d\dT[\d-]+Z", minio), minio
     assert all(":" in s["image"] and not s["image"].endswith(":latest")
@@ -81,8 +83,10 @@ def test_every_command_is_a_piston_command(compose: dict[str, Any]) -> None:
 
 def real_secrets(example: dict[str, str]) -> dict[str, str]:
     """The example .env with every placeholder replaced, as an operator must."""
-    return {k: (f"{k.lower()}-" + "s3cr3t" * 5 if "change-me" in v else v)
-            for k, v in example.items()}
+    def real(key: str, value: str) -> str:
+        user = value.partition(":")[0] + ":" if key == "FLOWER_BASIC_AUTH" else ""
+        return f"{user}{key.lower()}-" + "s3cr3t" * 5 if "change-me" in value else value
+    return {k: real(k, v) for k, v in example.items()}
 
 
 def test_environment_matches_the_settings(compose: dict[str, Any]) -> None:
@@ -99,6 +103,9 @@ def test_environment_matches_the_settings(compose: dict[str, Any]) -> None:
         bucket = services["bucket-init"]["command"][-1]
         assert settings.registry.startswith(bucket + "/")
         assert settings.score_schedule  # the example schedule parses as JSON
+        for src, out in settings.score_schedule.items():  # and lies under the job roots
+            check_job_paths(settings, src, out)
+        check_job_paths(settings, settings.data_dir, settings.results_dir + "/x")
         for key in AWS:
             assert env[key]
     # without a schedule in .env, compose passes an empty value: no schedule, not an error
@@ -156,6 +163,48 @@ def _settings(env: dict[str, str]) -> Settings:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def test_the_preflight_refuses_placeholder_minio_and_flower_secrets(
+        compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in ("minio", "flower"):  # neither starts before the preflight has passed
+        assert services[name]["depends_on"]["preflight"] == {
+            "condition": "service_completed_successfully"}, name
+    assert services["preflight"]["command"] == ["python", "-m", "piston.preflight"]
+    example = dotenv(ROOT / ".env.example")
+    raw = services["preflight"]["environment"]
+    shipped = {k: interpolate(str(v), example) for k, v in raw.items()}
+    assert [line.split()[0] for line in preflight.problems(shipped)] == [
+        "MINIO_ROOT_PASSWORD", "FLOWER_BASIC_AUTH"]
+    real = {k: interpolate(str(v), real_secrets(example)) for k, v in raw.items()}
+    assert preflight.problems(real) == []
+    for name, value in (("MINIO_ROOT_PASSWORD", "minioadmin"), ("MINIO_ROOT_PASSWORD", "short"),
+                        ("FLOWER_BASIC_AUTH", "admin:admin"), ("FLOWER_BASIC_AUTH", "nocolon")):
+        assert [p.split()[0] for p in preflight.problems({**real, name: value})] == [name]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PISTON_")}
+    result = subprocess.run([sys.executable, "-m", "piston.preflight"], env={**env, **shipped},
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert [line.split()[1] for line in lines] == [
+        "MINIO_ROOT_PASSWORD", "FLOWER_BASIC_AUTH", "bad"], lines  # then the settings' own
+    passed = subprocess.run([sys.executable, "-m", "piston.preflight"], env={**env, **real},
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert passed.returncode == 0, passed.stderr
+
+
+def test_the_image_runs_as_a_non_root_user() -> None:
+    lines = [line.split(None, 1) for line in (ROOT / "Dockerfile").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    instructions = [(words[0].upper(), words[1] if len(words) > 1 else "") for words in lines
+                    if words[0].isupper()]
+    users = [i for i, (op, _) in enumerate(instructions) if op == "USER"]
+    assert users, "the Dockerfile never leaves root"
+    last_user = instructions[users[-1]][1].strip()
+    assert last_user.split(":")[0] not in ("root", "0")
+    assert all(op not in ("RUN", "USER") for op, _ in instructions[users[-1] + 1:])
+    assert instructions[-1][0] == "CMD"
 
 
 def test_the_stack_script_parses() -> None:
