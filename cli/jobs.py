@@ -151,7 +151,8 @@ def _human(s: dict[str, Any]) -> str:
     if s.get("kind") == "score" and "total" in s:
         labels = ", ".join(f"{k} {v}" for k, v in sorted(s.get("by_label", {}).items()))
         head += (f"\n{s.get('scored', 0)} scored, {s.get('errors', 0)} errors,"
-                 f" {s.get('needs_review', 0)} need review of {s['total']}"
+                 f" {s.get('needs_review', 0)} need review ({s.get('novel', 0)} novel)"
+                 f" of {s['total']}"
                  f" ({s.get('skipped', 0)} skipped as already scored); {labels or 'no labels yet'}")
         if "images_per_second" in s:
             head += f"\n{s['images_per_second']} images/s, results in {s.get('out')}"

@@ -9,7 +9,7 @@ from typing import Any
 from cli.output import emit
 from piston.bundle import Predictor
 from piston.registry import open_registry
-from piston.scoring import ImageFailure, score_blobs
+from piston.scoring import Decision, ImageFailure, score_blobs
 from piston.settings import load_settings
 
 
@@ -31,6 +31,18 @@ def _read(name: str, max_bytes: int) -> bytes | ImageFailure:
         return ImageFailure(error=err.strerror or str(err), kind="unreadable")
 
 
+def _line(outcome: Decision | ImageFailure) -> str:
+    """`normal (0.987)`, `defect_1 (0.912)  needs review: novel (novelty 75.2)`, `error: ...`."""
+    if isinstance(outcome, ImageFailure):
+        return f"error: {outcome.error}"
+    line = f"{outcome.label} ({outcome.confidence:.3f})"
+    if outcome.needs_review:
+        line += f"  needs review: {outcome.review_reason}"
+    if outcome.novel and outcome.novelty is not None:
+        line += f" (novelty {outcome.novelty:.1f})"
+    return line
+
+
 def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     registry = open_registry(settings)
@@ -42,10 +54,6 @@ def run(args: argparse.Namespace) -> int:
         {"image": name, **outcome.model_dump()} for name, outcome in zip(args.images, outcomes,
                                                                        strict=True)
     ]
-    lines = [
-        f"{name}: error: {o.error}" if isinstance(o, ImageFailure)
-        else f"{name}: {o.label} ({o.confidence:.3f}){'  needs review' if o.needs_review else ''}"
-        for name, o in zip(args.images, outcomes, strict=True)
-    ]
+    lines = [f"{name}: {_line(o)}" for name, o in zip(args.images, outcomes, strict=True)]
     emit(results, args.json, "\n".join(lines))
     return 1 if any(isinstance(o, ImageFailure) for o in outcomes) else 0

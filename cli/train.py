@@ -132,6 +132,14 @@ def _review(r: dict[str, Any]) -> str:
             f" {'-' if ece is None else f'{ece:.3f}'} (temperature {cal['temperature']:.2f})")
 
 
+def _novelty_line(info: dict[str, Any] | None) -> list[str]:
+    if not info:
+        return []
+    test = info.get("test_flagged")
+    return [f"novelty: {info['method']} over {info['threshold']:.3f} is novel; flags"
+            f" {info['val_flagged']:.1%} of val, {'-' if test is None else f'{test:.1%}'} of test"]
+
+
 def _human(r: dict[str, Any]) -> str:
     lines = [
         f"bundle {r['version']}: test accuracy {r['test_accuracy']:.3f}, macro-F1"
@@ -148,6 +156,7 @@ def _human(r: dict[str, Any]) -> str:
             for n, c in r["per_class"].items()
         ),
         f"confusion matrix (rows true {r['classes']}): {r['confusion_matrix']}",
+        *_novelty_line(r.get("novelty")),
         "gates: "
         + ", ".join(f"{g['name']} {'pass' if g['passed'] else 'FAIL'}" for g in r["gates"]),
         f"report: {r['report']}",

@@ -23,6 +23,8 @@ from pydantic import BaseModel, Field, model_validator
 from piston.calibration import Calibration
 from piston.errors import RegistryError
 from piston.imaging import Contract
+from piston.novelty import NoveltyInfo
+from piston.novelty import load as load_novelty
 from piston.runtime import (
     DEFAULT_RUNTIME,
     WEIGHTS_FILE,
@@ -91,6 +93,7 @@ class BundleMeta(BaseModel):
     arch_params: dict[str, Any] = Field(default_factory=dict)
     contract: dict[str, Any]
     calibration: Calibration = Field(default_factory=Calibration)
+    novelty: NoveltyInfo | None = None  # None: a bundle without a novelty check (older ones)
     config: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     gates: list[Gate] = Field(default_factory=list)
@@ -249,7 +252,8 @@ class Predictor:
              threads: int | None = None) -> Predictor:
         """The bundle in `runtime` (torch when it has no model.onnx), `threads` intra-op."""
         meta = read_meta(model_dir)
-        return cls(meta, load_runtime(model_dir, meta, runtime, threads))
+        novelty = load_novelty(model_dir, meta.novelty) if meta.novelty else None
+        return cls(meta, load_runtime(model_dir, meta, runtime, threads), novelty)
 
     def forward(self, batch: np.ndarray) -> NetOutput:
         """Logits and features for a (N, 3, H, W) float32 batch."""

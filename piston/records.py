@@ -52,6 +52,7 @@ class ShardCounts(BaseModel):
     scored: int = 0
     errors: int = 0
     needs_review: int = 0
+    novel: int = 0  # unlike the training images (they need review too)
     by_label: dict[str, int] = Field(default_factory=dict)
 
     @classmethod
@@ -64,6 +65,7 @@ class ShardCounts(BaseModel):
                 continue
             counts.scored += 1
             counts.needs_review += int(r.needs_review)
+            counts.novel += int(r.novel)
             counts.by_label[r.label] = counts.by_label.get(r.label, 0) + 1
         return counts
 
@@ -75,6 +77,7 @@ class ShardCounts(BaseModel):
             out.scored += p.scored
             out.errors += p.errors
             out.needs_review += p.needs_review
+            out.novel += p.novel
             for label, n in p.by_label.items():
                 out.by_label[label] = out.by_label.get(label, 0) + n
         return out
@@ -93,6 +96,7 @@ class JobSummary(BaseModel):
     scored: int = 0
     errors: int = 0
     needs_review: int = 0
+    novel: int = 0
     by_label: dict[str, int] = Field(default_factory=dict)
     seconds: float = 0.0
     images_per_second: float = 0.0

@@ -20,6 +20,7 @@ _metrics: ServiceMetrics | None = None
 class ServiceMetrics:
     predictions: Any  # Counter: label, model_version
     needs_review: Any  # Counter: model_version
+    novel: Any  # Counter: model_version
     errors: Any  # Counter: kind
     serving: Any  # Gauge: version -> 1 for the serving version, per worker
     drifting: Any = None  # Gauge: version -> 1 while its live windows drift (drift watch)
@@ -31,6 +32,8 @@ class ServiceMetrics:
             self.predictions.labels(label=d.label, model_version=d.model_version).inc()
             if d.needs_review:
                 self.needs_review.labels(model_version=d.model_version).inc()
+            if d.novel:
+                self.novel.labels(model_version=d.model_version).inc()
 
     def error(self, kind: str) -> None:
         self.errors.labels(kind=kind).inc()
@@ -57,6 +60,8 @@ def service_metrics() -> ServiceMetrics:
                                     ["label", "model_version"]),
                 needs_review=Counter("piston_needs_review", "Decisions flagged for review",
                                      ["model_version"]),
+                novel=Counter("piston_novel", "Decisions unlike the training images (novel)",
+                              ["model_version"]),
                 errors=Counter("piston_request_errors", "Rejected inputs and failures, by kind",
                                ["kind"]),
                 serving=Gauge("piston_serving_model", "1 for the bundle version a worker serves",

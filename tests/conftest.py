@@ -39,6 +39,45 @@ def piston_data() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def fabric_data(piston_data: Path) -> Path:
+    """A second inspection set (fabric), from PISTON_FABRIC_DIR (default: beside the pistons)."""
+    path = Path(os.environ.get("PISTON_FABRIC_DIR", piston_data.parent / "fabric-stain"))
+    if not (path / "stain").is_dir():
+        pytest.fail(f"the fabric data set is not at {path}: set PISTON_FABRIC_DIR")
+    return path
+
+
+def made_up_images(per_kind: int = 10, seed: int = 0) -> dict[str, list[bytes]]:
+    """Images that are no part at all, by kind: noise, blank, text and checkerboards."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[bytes]] = {"noise": [], "blank": [], "text": [], "checkerboard": []}
+    for i in range(per_kind):
+        side = int(rng.integers(60, 300))
+        out["noise"].append(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        out["blank"].append(np.full((side, side, 3), [(0,) * 3, (255,) * 3, colour][min(i, 2)],
+                                    dtype=np.uint8))
+        page = Image.new("RGB", (side, side), (255, 255, 255))
+        draw = ImageDraw.Draw(page)
+        for row in range(0, side, 12):
+            draw.text((4, row), f"INSPECTION REPORT lot {i} " * 3, fill=(0, 0, 0))
+        out["text"].append(np.asarray(page))
+        square = int(rng.integers(3, 40))
+        yy, xx = np.mgrid[0:side, 0:side]
+        board = ((yy // square + xx // square) % 2 * 255).astype(np.uint8)
+        out["checkerboard"].append(np.repeat(board[..., None], 3, 2))
+    return {kind: [_png(pixels) for pixels in images] for kind, images in out.items()}
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 @pytest.fixture
 def registry_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh registry and runs folder for one test, through the settings' env vars."""

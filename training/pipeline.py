@@ -21,11 +21,14 @@ from torch import nn
 
 from piston.bundle import BundleMeta, code_version, create_bundle, new_version, review_headline
 from piston.errors import DataError
+from piston.novelty import NOVELTY_FILE, Scorer
+from piston.novelty import save as save_novelty
 from piston.registry import Registry
 from piston.runtime import ONNX_FILE
 from training.config import TrainConfig
 from training.decode import DecodedSet
 from training.evaluate import Evaluation, GateBar, evaluate_model
+from training.novelty import fit_for_bundle
 from training.onnx_export import with_onnx
 from training.prepare import Prepared, prepare
 from training.report import misclassified, write_report
@@ -66,7 +69,7 @@ class TrainOutcome:
         m = self.metrics
         keys = ("confusion_matrix", "classes", "per_class", "gates", "split", "support_by_split",
                 "input_size", "candidate", "search", "data", "train_accuracy", "val_accuracy",
-                "epochs", "stopped", "warnings", "calibration")
+                "epochs", "stopped", "warnings", "calibration", "novelty")
         return {
             "version": self.version,
             "test_accuracy": m["accuracy"],
@@ -137,13 +140,17 @@ def train_bundle(
     fitted = fit_split(config, parts, prepared.classes, on_epoch)
     evaluation = evaluate_model(fitted.module, fitted.config, parts["val"], parts["test"],
                                 prepared.classes, bar)
+    novelty, novelty_info = fit_for_bundle(fitted.module, evaluation.contract, parts,
+                                           len(prepared.classes))
     metrics = describe(evaluation, fitted, prepared, split, config)
+    metrics["novelty"] = novelty_info.model_dump()
     version = new_version()
     report_dir = runs_dir / version
     write_report(report_dir, f"piston-classifier {version}", metrics, fitted.history,
                  prepared.classes, misclassified(parts["test"], evaluation, prepared.classes))
     meta = build_meta(version, fitted.config, evaluation, metrics, prepared, registry)
-    write_bundle(meta, fitted.module, report_dir, parts, prepared)
+    meta = meta.model_copy(update={"novelty": novelty_info})
+    write_bundle(meta, fitted.module, report_dir, parts, prepared, novelty)
     registry.publish(version)
     return TrainOutcome(version, metrics, fitted.seconds, prepared.decode_seconds,
                         time.perf_counter() - start, report_dir, evaluation, fitted.history)
@@ -201,9 +208,10 @@ def build_meta(
 
 def write_bundle(
     meta: BundleMeta, module: nn.Module, report_dir: Path, parts: dict[str, DecodedSet],
-    prepared: Prepared,
+    prepared: Prepared, novelty: Scorer | None = None,
 ) -> None:
-    """The bundle: weights, meta, the split's file lists, the data check and the report."""
+    """The bundle: weights, meta, the split's file lists, the data check, the report and the
+    novelty model."""
     with tempfile.TemporaryDirectory() as tmp:
         extra = Path(tmp)
         (extra / "split.json").write_text(
@@ -214,6 +222,9 @@ def write_bundle(
         meta = with_onnx(meta, module, parts["test"].images, extra / ONNX_FILE)
         if meta.onnx is not None:
             files[ONNX_FILE] = extra / ONNX_FILE
+        if novelty is not None:
+            save_novelty(novelty, extra / NOVELTY_FILE)
+            files[NOVELTY_FILE] = extra / NOVELTY_FILE
         create_bundle(meta, module.state_dict(), files)
 
 

@@ -44,6 +44,7 @@ input size {html.escape(str(metrics.get("input_size", "")))}, recipe
 <h2>Warnings</h2><ul>{warnings or "<li>none</li>"}</ul>
 <h2>Quality gates</h2><ul>{_gates(metrics)}</ul>
 <h2>Review band</h2>{_review_band(metrics.get("calibration"))}
+<h2>Novelty check</h2>{_novelty(metrics.get("novelty"))}
 <h2>Per class</h2>{_per_class(metrics)}
 <h2>Images per split</h2>{_support(metrics)}
 {_search(metrics.get("search") or [])}
@@ -151,6 +152,20 @@ def _review_band(raw: dict[str, Any] | None) -> str:
            f" {cal.plain_review_share:.1%} to review, accepted accuracy"
            f" {_num(cal.plain_accepted_accuracy)}.</p>" if cal.plain_review_share is not None
            else "")
+    )
+
+
+def _novelty(info: dict[str, Any] | None) -> str:
+    """The novelty threshold and the share of familiar images it flags."""
+    if not info:
+        return "<p>No novelty model.</p>"
+    test = info.get("test_flagged")
+    return (
+        f"<p>Images whose {html.escape(str(info['method']))} novelty is over"
+        f" <b>{info['threshold']:.3f}</b> (a {html.escape(str(info['threshold_source']))},"
+        f" target {info['target_share']:.0%}) are flagged novel and always need review:"
+        f" <b>{info['val_flagged']:.1%}</b> of the validation images,"
+        f" <b>{'-' if test is None else f'{test:.1%}'}</b> of the test images.</p>"
     )
 
 

@@ -85,19 +85,26 @@ def merge_results(out: Storage, records: list[ScoreRecord]) -> list[ScoreRecord]
     ]))
     out.write(REVIEW, _csv(["image_path", "predicted", "confidence", "reason"], [
         [r.key, r.label or "", "" if r.confidence is None else f"{r.confidence:.4f}",
-         r.error or "low confidence"]
+         r.error or review_reason(r)]
         for r in latest if r.error or r.needs_review
     ]))
     return rows
 
 
+def review_reason(record: ScoreRecord) -> str:
+    """Why a scored image is in the review queue, as the queue shows it."""
+    return "novel" if record.novel else "low confidence"
+
+
 def results_csv(rows: list[ScoreRecord]) -> bytes:
     classes = sorted({c for r in rows for c in (r.probabilities or {})})
-    header = ["key", "etag", "size", "label", "confidence", "needs_review", "model_version",
-              "error", "metadata", *(f"p_{c}" for c in classes)]
+    header = ["key", "etag", "size", "label", "confidence", "needs_review", "review_reason",
+              "novelty", "novel", "model_version", "error", "metadata",
+              *(f"p_{c}" for c in classes)]
     return _csv(header, [
         [r.key, r.etag, r.size, r.label or "", "" if r.confidence is None else r.confidence,
-         r.needs_review, r.model_version, r.error or "",
+         r.needs_review, r.review_reason or "", "" if r.novelty is None else r.novelty, r.novel,
+         r.model_version, r.error or "",
          json.dumps(r.metadata) if r.metadata else "",
          *((r.probabilities or {}).get(c, "") for c in classes)]
         for r in rows

@@ -117,12 +117,15 @@ def test_bad_input_table(served: tuple[str, Path]) -> None:
             response = client.post("/classify", **request)  # type: ignore[arg-type]
             assert response.status_code == status, (name, response.status_code, response.text)
             assert response.json()["error"], name
-        assert client.post("/classify", content=image_bytes(), headers=jpeg).status_code == 200
+        blank = client.post("/classify", content=image_bytes(), headers=jpeg)
+        assert blank.status_code == 200
+        assert (blank.json()["novel"], blank.json()["review_reason"]) == (True, "novel")
         assert client.post("/admin/reload").status_code == 401
         metrics = client.get("/metrics").text
     for kind in ("empty", "not_an_image", "truncated", "unsupported_media_type"):
         assert f'piston_request_errors_total{{kind="{kind}"}}' in metrics, kind
     assert "piston_predictions_total{label=" in metrics, metrics
+    assert "piston_novel_total{model_version=" in metrics, metrics  # the blank image
     assert "bentoml_service_request_total" in metrics  # BentoML's built-ins are still there
 
 

@@ -99,16 +99,20 @@ def test_a_shard_with_a_corrupt_and_an_oversize_image(tmp_path: Path, piston_dat
 def test_merging_twice_changes_nothing_and_keeps_other_versions(tmp_path: Path) -> None:
     out = LocalStorage(tmp_path / "out")
     merge_results(out, [record("a.jpg", "v0", job="j0")])
-    mine = [record("a.jpg"), record("b.jpg", label=None), record("c.jpg", needs_review=True)]
+    mine = [record("a.jpg"), record("b.jpg", label=None), record("c.jpg", needs_review=True),
+            record("d.jpg", needs_review=True, review_reason="novel", novelty=80.5, novel=True)]
     first = merge_results(out, mine)
     files = {k: out.read(k) for k in (RESULTS, RESULTS_CSV, PRELABELS, REVIEW)}
     assert merge_results(out, mine) == first  # a redelivered merge
     assert {k: out.read(k) for k in files} == files
     assert [(r.key, r.model_version) for r in read_results(out)] == [
-        ("a.jpg", "v0"), ("a.jpg", "v1"), ("b.jpg", "v1"), ("c.jpg", "v1")]
+        ("a.jpg", "v0"), ("a.jpg", "v1"), ("b.jpg", "v1"), ("c.jpg", "v1"), ("d.jpg", "v1")]
     review = list(csv.DictReader(io.StringIO(out.read(REVIEW).decode())))
     assert [(r["image_path"], r["reason"]) for r in review] == [
-        ("b.jpg", "truncated: cut short"), ("c.jpg", "low confidence")]
+        ("b.jpg", "truncated: cut short"), ("c.jpg", "low confidence"), ("d.jpg", "novel")]
+    rows = {r["key"]: r for r in csv.DictReader(io.StringIO(out.read(RESULTS_CSV).decode()))}
+    assert (rows["d.jpg"]["novel"], rows["d.jpg"]["novelty"]) == ("True", "80.5")
+    assert ShardCounts.of(mine).novel == 1
     prelabels = out.read(PRELABELS).decode().splitlines()
     assert prelabels == ["image_path,target", "a.jpg,normal"]
 

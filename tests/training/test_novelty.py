@@ -1,0 +1,80 @@
+"""Fitting the novelty check on synthetic features: distances, the shrunk covariance, the
+threshold, and the figures the bundle records."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training.novelty import (
+    TARGET_SHARE,
+    fit_mahalanobis,
+    fit_novelty,
+    ledoit_wolf,
+    tail_threshold,
+)
+
+
+def clusters(n: int, seed: int, dim: int = 16,
+             classes: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features of `classes` Gaussian clusters (correlated, non-negative like ReLU outputs)."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(99).uniform(2, 6, (classes, dim))
+    mix = np.random.default_rng(98).normal(0, 0.3, (dim, dim)) + np.eye(dim)
+    labels = rng.integers(0, classes, n)
+    features = centres[labels] + rng.normal(0, 1, (n, dim)) @ mix
+    return np.maximum(features, 0).astype(np.float32), labels, centres
+
+
+def test_the_score_is_the_distance_to_the_nearest_class_under_the_shared_covariance() -> None:
+    features, labels, _ = clusters(300, 0)
+    scorer = fit_mahalanobis(features, labels, 3)
+    means = np.stack([features[labels == c].mean(0) for c in range(3)])
+    cov, _ = ledoit_wolf(features - means[labels])
+    precision = np.linalg.inv(cov)
+    probe, _, _ = clusters(7, 1)
+    expected = [min(float(np.sqrt((x - m) @ precision @ (x - m))) for m in means) for x in probe]
+    assert scorer.score(probe) == pytest.approx(expected, rel=1e-3)
+    assert scorer.score(means) == pytest.approx(np.zeros(3), abs=1e-2)
+
+
+def test_shrinkage_makes_a_covariance_of_fewer_images_than_features_invertible() -> None:
+    features, labels, _ = clusters(20, 2, dim=64)
+    cov, shrink = ledoit_wolf(features - features.mean(0))
+    assert 0 < shrink <= 1
+    assert np.linalg.eigvalsh(cov).min() > 0
+    scores = fit_mahalanobis(features, labels, 3).score(features)
+    assert np.isfinite(scores).all()
+
+
+def test_a_class_missing_from_train_is_left_out_not_a_nan() -> None:
+    features, labels, _ = clusters(100, 3)
+    scorer = fit_mahalanobis(features[labels != 2], labels[labels != 2], 3)
+    assert np.isfinite(scorer.score(features)).all()
+
+
+def test_the_threshold_flags_about_the_target_share_of_familiar_images() -> None:
+    features, labels, _ = clusters(400, 4)
+    val, _, _ = clusters(60, 5)  # a validation split as small as the pistons'
+    fresh, _, _ = clusters(20_000, 6)
+    scorer, info = fit_novelty("mahalanobis", features, labels, val, fresh[:50], 3)
+    flagged = float((scorer.score(fresh) > scorer.threshold).mean())
+    assert 0.002 <= flagged <= 3 * TARGET_SHARE
+    assert info.threshold == scorer.threshold and info.fitted_on == 400
+    assert info.val_flagged <= 0.05 and info.test_flagged is not None
+    far = fresh[:50] + 8.0  # a shifted population: unlike the training images
+    assert (scorer.score(far) > scorer.threshold).mean() > 0.95
+
+
+def test_the_threshold_moves_little_with_the_validation_sample() -> None:
+    features, labels, _ = clusters(400, 7)
+    scorer = fit_mahalanobis(features, labels, 3)
+    thresholds = [tail_threshold(scorer.score(clusters(50, 100 + s)[0])) for s in range(20)]
+    assert np.std(thresholds) / np.mean(thresholds) < 0.1
+
+
+def test_the_threshold_never_flags_more_than_the_target_of_its_own_scores() -> None:
+    scores = np.r_[np.ones(97), 50.0, 60.0, 70.0]  # a fit the outliers would drag down
+    threshold = tail_threshold(scores)
+    assert (scores > threshold).mean() <= TARGET_SHARE + 1e-9
+    assert tail_threshold(np.array([]), TARGET_SHARE) == np.inf
