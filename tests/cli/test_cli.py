@@ -36,6 +36,7 @@ def test_train_promote_retrain_promote_rollback(
         "confusion_matrix",
         "per_class",
         "gates",
+        "novelty",
         "train_seconds",
     ):
         assert key in first, key
@@ -80,6 +81,23 @@ def test_train_promote_retrain_promote_rollback(
     assert predictions[0]["model_version"] == first["version"]  # type: ignore[index]
     assert predictions[0]["label"] in {"defect_1", "defect_2", "normal"}  # type: ignore[index]
     assert "not a recognised image" in predictions[1]["error"]  # type: ignore[index]
+    assert predictions[0]["novelty"] is not None  # type: ignore[index]
+
+
+def test_predict_says_why_an_image_needs_review() -> None:
+    from cli.predict import _line
+    from piston.scoring import Decision, ImageFailure
+
+    common = {"label": "normal", "confidence": 0.97, "probabilities": {"normal": 0.97},
+              "model_version": "v"}
+    novel = Decision(**common, needs_review=True, review_reason="novel", novelty=75.25,
+                     novel=True)
+    assert _line(novel) == "normal (0.970)  needs review: novel (novelty 75.2)"
+    unsure = Decision(**common | {"confidence": 0.5}, needs_review=True,
+                      review_reason="low_confidence", novelty=3.0)
+    assert _line(unsure) == "normal (0.500)  needs review: low_confidence"
+    assert _line(Decision(**common, needs_review=False)) == "normal (0.970)"
+    assert _line(ImageFailure(error="empty file", kind="empty")) == "error: empty file"
 
 
 @pytest.mark.parametrize(
