@@ -98,11 +98,11 @@ def run_retrain(args: argparse.Namespace) -> int:
 
 def _after_enqueue(settings: Settings, job_id: str, args: argparse.Namespace) -> int:
     if not args.wait:
-        emit({"job_id": job_id, "state": "PENDING"}, args.json, f"queued job {job_id}")
+        emit({"job_id": job_id, "state": jobs.JobState.PENDING}, args.json, f"queued job {job_id}")
         return 0
     status = wait(settings.redis_url, job_id)
     emit(status, args.json, _human(status))
-    return 0 if status["state"] == "SUCCESS" else 1
+    return 0 if status["state"] == jobs.JobState.SUCCESS else 1
 
 
 def wait(redis_url: str, job_id: str, timeout_s: float | None = None) -> dict[str, Any]:
@@ -112,7 +112,7 @@ def wait(redis_url: str, job_id: str, timeout_s: float | None = None) -> dict[st
               file=sys.stderr) as bar:
         while True:
             status = jobs.job_status(redis_url, job_id)
-            if status["state"] in jobs.TERMINAL:
+            if jobs.JobState(status["state"]).ended:
                 return status
             _advance(bar, status)
             if deadline and time.monotonic() > deadline:
@@ -135,7 +135,7 @@ def _advance(bar: tqdm, status: dict[str, Any]) -> None:
 def run_status(args: argparse.Namespace) -> int:
     status = jobs.job_status(load_settings().redis_url, args.job_id)
     emit(status, args.json, _human(status))
-    return 0 if status["state"] != "FAILURE" else 1
+    return 0 if status["state"] != jobs.JobState.FAILURE else 1
 
 
 def run_cancel(args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
-"""One job's shared state in Redis: the `JobRecord`, which owns every key a job creates.
+"""One job's shared state in Redis: its states, and the `JobRecord`, which owns every key a
+job creates (no other module names a job key).
 
 Each key has an expiry. Shards update the record idempotently: each overwrites its own
 fields, so a shard delivered twice never counts twice.
@@ -10,29 +11,66 @@ import datetime as dt
 import functools
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from piston.errors import UnknownJob
-from piston.names import check_job_id
+from piston.names import JOB_ID_RE, check_job_id
 from piston.records import JobSummary, ShardCounts
 from piston.settings import redact
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-TERMINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+
+
+class JobState(StrEnum):
+    """A job's state (Celery's names, so its tools read them); `TRANSITIONS` says the moves."""
+
+    PENDING = "PENDING"  # queued, no worker has it yet
+    STARTED = "STARTED"  # a worker plans the scoring job, or runs the retrain
+    PROGRESS = "PROGRESS"  # a scoring job's shards are out
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    REVOKED = "REVOKED"  # cancelled
+
+    @property
+    def ended(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobState.SUCCESS, JobState.FAILURE, JobState.REVOKED})
+# Where each state may go. STARTED -> STARTED is a redelivered task starting again; a job that
+# ended stays ended (a cancel racing the final merge cannot overwrite SUCCESS).
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.PENDING: frozenset({JobState.STARTED, JobState.FAILURE, JobState.REVOKED}),
+    JobState.STARTED: frozenset({JobState.STARTED, JobState.PROGRESS, *TERMINAL}),
+    JobState.PROGRESS: TERMINAL,
+    **{ended: frozenset() for ended in TERMINAL},
+}
 RECORD_TTL_S = 7 * 24 * 3600
 ACTIVE = "piston:jobs:active"  # job id -> last update (unix time): what the watchdog looks at
+_PREFIX = "piston:job:"
+_RECORD_KEY = re.compile(rf"{_PREFIX}({JOB_ID_RE.pattern})")  # not its `:done` or `:plan`
 
-# KEYS[1] = the job hash; ARGV[1..3] = the terminal states (JSON); then field, value pairs.
-_SET_STATE_UNLESS_ENDED = """
+# KEYS[1] = the job hash; ARGV[1] = n, ARGV[2..n+1] = the states it may move from (JSON);
+# then field, value pairs. Check and write in one script, so no other move slips in between.
+_SET_STATE_IF_ALLOWED = """
 local state = redis.call('HGET', KEYS[1], 'state')
-if state == ARGV[1] or state == ARGV[2] or state == ARGV[3] then return 0 end
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local n = tonumber(ARGV[1])
+local allowed = false
+for i = 2, n + 1 do if state == ARGV[i] then allowed = true end end
+if not allowed then return 0 end
+for i = n + 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 """
+
+
+def may_move(source: JobState, target: JobState) -> bool:
+    return target in TRANSITIONS[source]
 
 
 def connection_errors() -> tuple[type[BaseException], ...]:
@@ -61,7 +99,7 @@ class JobRecord:
                  ttl_s: int = RECORD_TTL_S) -> None:
         self.redis = redis
         self.job_id = check_job_id(job_id)
-        self.key = f"piston:job:{job_id}"
+        self.key = f"{_PREFIX}{job_id}"
         self.done_key = f"{self.key}:done"
         self.plan_key = f"{self.key}:plan"
         self.wait_s = wait_s
@@ -94,7 +132,7 @@ class JobRecord:
         return self._call(run)
 
     def create(self, kind: str, **fields: Any) -> None:
-        values = {"kind": kind, "state": "PENDING", "submitted_at": now(), **fields}
+        values = {"kind": kind, "state": JobState.PENDING, "submitted_at": now(), **fields}
 
         def build(pipe: Any) -> None:
             pipe.hset(self.key, mapping={k: json.dumps(v) for k, v in values.items()})
@@ -119,36 +157,41 @@ class JobRecord:
         return {k: _loads(v) for k, v in self._call(self.redis.hgetall, self.key).items()}
 
     @property
-    def state(self) -> str:
-        return str(self.get("state", "PENDING"))
+    def state(self) -> JobState:
+        return JobState(self.get("state", JobState.PENDING))
 
-    def set_state(self, state: str, reason: str | None = None) -> bool:
-        """Move to `state` unless the job already ended; False when it had.
+    def set_state(self, state: JobState, reason: str | None = None) -> bool:
+        """Move to `state` if `TRANSITIONS` allow it from where the job is; False if not.
 
-        Check and write are one Redis script, so a cancel racing the final merge cannot
-        overwrite SUCCESS with REVOKED.
+        Not allowed means the job ended, or is already past that point (a redelivered task's
+        late move): the caller skips its work.
         """
         fields: dict[str, Any] = {"state": state}
-        if state in TERMINAL:
+        if state.ended:
             fields["finished_at"] = now()
         if reason:
             fields["reason"] = reason
         args = [x for k, v in fields.items() for x in (k, json.dumps(v))]
-        terminal = [json.dumps(t) for t in sorted(TERMINAL)]
-        if not self._call(self.redis.eval, _SET_STATE_UNLESS_ENDED, 1, self.key, *terminal, *args):
+        sources = [json.dumps(s) for s in JobState if may_move(s, state)]
+        if not self._call(self.redis.eval, _SET_STATE_IF_ALLOWED, 1, self.key, len(sources),
+                          *sources, *args):
             return False
-        if state in TERMINAL:
+        if state.ended:
             self._release()
         else:
             self.touch()
         return True
 
-    def touch(self) -> None:
-        """Mark the job as running now (the watchdog looks for jobs whose shards went quiet)."""
+    def touch(self, at: float | None = None) -> None:
+        """Mark the job as running at `at` (default now): the watchdog looks for quiet ones."""
         def build(pipe: Any) -> None:
-            pipe.zadd(ACTIVE, {self.job_id: time.time()})
+            pipe.zadd(ACTIVE, {self.job_id: time.time() if at is None else at})
             pipe.expire(ACTIVE, self.ttl_s)
         self._pipeline(build)
+
+    def forget(self) -> None:
+        """Stop watching this job (its record expired)."""
+        self._call(self.redis.zrem, ACTIVE, self.job_id)
 
     def claim(self, resource: str, ttl_s: int) -> str | None:
         """Hold `resource` for this job until it ends; the holder's job id when another has it."""
@@ -234,6 +277,29 @@ class JobRecord:
                                        for k, v in fields.items() if k.startswith("progress:"))
             out.update(counts.model_dump(exclude={"done"}), shards_done=len(self.shards_done()))
         return out
+
+
+def quiet_jobs(redis: Any, before: float) -> list[str]:
+    """Ids of running jobs whose last update was before `before` (unix time)."""
+    return [str(i) for i in redis.zrangebyscore(ACTIVE, 0, before)]
+
+
+def recent_statuses(redis_url: str, limit: int) -> list[dict[str, Any]]:
+    """The newest `limit` jobs' statuses, newest first (a job record lives a week)."""
+    redis = _redis(redis_url)
+    ids = [m.group(1) for key in redis.scan_iter(match=f"{_PREFIX}*", count=500)
+           if (m := _RECORD_KEY.fullmatch(key))]
+    pipe = redis.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hget(f"{_PREFIX}{job_id}", "submitted_at")
+    submitted = dict(zip(ids, pipe.execute(), strict=True))
+    found = []
+    for job_id in sorted(ids, key=lambda i: submitted[i] or "", reverse=True)[:limit]:
+        try:
+            found.append(JobRecord(redis, job_id).status())
+        except UnknownJob:
+            continue  # expired between the scan and the read
+    return found
 
 
 def _loads(raw: str) -> Any:

@@ -15,14 +15,17 @@ from piston.job_record import (
     ACTIVE,
     RECORD_TTL_S,
     TERMINAL,
+    TRANSITIONS,
     JobRecord,
+    JobState,
     connection_errors,
     now,
+    recent_statuses,
 )
 from piston.settings import redact
 
-__all__ = ["ACTIVE", "RECORD_TTL_S", "TERMINAL", "JobQueueUnavailable", "JobRecord",
-           "UnknownJob", "now"]
+__all__ = ["ACTIVE", "RECORD_TTL_S", "TERMINAL", "TRANSITIONS", "JobQueueUnavailable",
+           "JobRecord", "JobState", "UnknownJob", "now"]
 
 SCORE_TASK = "piston.score"
 SHARD_TASK = "piston.score_shard"
@@ -114,11 +117,17 @@ def cancel(redis_url: str, job_id: str) -> dict[str, Any]:
     """Stop a job: queued shards are skipped, running ones stop at their next batch."""
     record = JobRecord.open(redis_url, job_id)
     status = record.status()
-    if status.get("state") in TERMINAL:
+    if JobState(status["state"]).ended:
         return status
-    record.set_state("REVOKED", reason="cancelled")
+    record.set_state(JobState.REVOKED, reason="cancelled")
     app = client(redis_url)
     ids = [job_id] + [f"{job_id}-shard-{i}" for i in range(int(status.get("shards") or 0))]
     # A retrain has no safe stopping point but its process: it is terminated.
     app.control.revoke(ids, terminate=status.get("kind") == "retrain", signal="SIGTERM")
     return record.status()
+
+
+@_reaching_redis
+def recent_jobs(redis_url: str, limit: int = 30) -> list[dict[str, Any]]:
+    """The newest `limit` jobs' statuses, newest first."""
+    return recent_statuses(redis_url, limit)

@@ -87,7 +87,7 @@ class JobSummary(BaseModel):
     """A finished scoring job: stored as `jobs/<id>.json` and in the job's record."""
 
     job_id: str
-    state: str = "SUCCESS"
+    state: str = Field(description="the job's `JobState` when it was written (it ended)")
     src: str
     out: str
     model_version: str | None = None

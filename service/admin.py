@@ -170,14 +170,14 @@ def job_handlers(get_config: Callable[[], AdminConfig]) -> dict[tuple[str, str],
         job_id = await asyncio.to_thread(
             jobs.enqueue_retrain, config.redis_url, body.dataset or config.default_dataset,
             body.overrides, body.promote_if_better)
-        return {"job_id": job_id, "state": "PENDING"}
+        return {"job_id": job_id, "state": jobs.JobState.PENDING}
 
     async def score(request: Request, engine: Engine) -> dict[str, Any]:
         """Queue a batch-scoring job of every image under `src` (as `piston jobs score`)."""
         body = await read_body(request, ScoreJobBody)
         job_id = await asyncio.to_thread(jobs.enqueue_score, get_config().redis_url,
                                          score_source(body.src), body.out, body.only_new)
-        return {"job_id": job_id, "state": "PENDING"}
+        return {"job_id": job_id, "state": jobs.JobState.PENDING}
 
     async def job(request: Request, engine: Engine) -> dict[str, Any]:
         """A job's state and progress, or its summary once it ended."""

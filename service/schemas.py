@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from piston.bundle import Gate
+from piston.job_record import JobState
 from piston.registry import Move
 
 EXPECTED = Field(description="the version production is at now, as you last saw it ('none'"
@@ -140,7 +141,7 @@ class MoveAnswer(BaseModel):
 
 class JobQueued(BaseModel):
     job_id: str
-    state: str = "PENDING"
+    state: JobState = JobState.PENDING
 
 
 # The request body and the answer of each admin and job route, for /docs.json.

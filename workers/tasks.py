@@ -25,8 +25,8 @@ from piston.jobs import (
     RETRAIN_TASK,
     SCORE_TASK,
     SHARD_TASK,
-    TERMINAL,
     JobRecord,
+    JobState,
     now,
 )
 from piston.limits import check_job_paths, check_retrain
@@ -49,7 +49,7 @@ def _worker_id() -> str:
 def _fail(rt: Runtime, record: JobRecord, reason: str) -> None:
     """End the job as failed, with why, and remove its staged parts (best effort)."""
     log.error("job %s failed: %s", record.job_id, reason)
-    record.set_state("FAILURE", reason)
+    record.set_state(JobState.FAILURE, reason)
     _discard(rt, record)
 
 
@@ -73,7 +73,7 @@ def _retry_or_fail(task: Task, rt: Runtime, record: JobRecord, err: Exception) -
 def _begin(task: Task, rt: Runtime, record: JobRecord, name: str) -> None:
     """Refuse to run for an ended job, or for the (N+1)th time after N worker deaths."""
     state = record.state
-    if state in ("FAILURE", "REVOKED"):
+    if state in (JobState.FAILURE, JobState.REVOKED):
         raise JobEnded(f"job {record.job_id} has ended: {state}")
     starts = record.attempt(name)
     lost = starts - 1 - task.request.retries  # starts that neither finished nor retried
@@ -95,7 +95,7 @@ def score(self: Task, src: str, out: str, only_new: bool = False,
     try:
         _begin(self, rt, record, "plan")
         # a redelivered plan of a job already fanned out (its ack was lost) does nothing
-        if record.state in ("PENDING", "STARTED") and record.set_state("STARTED"):
+        if record.set_state(JobState.STARTED):
             _plan(rt, record, src, out, only_new)
     except JobEnded:
         raise
@@ -111,9 +111,11 @@ def _plan(rt: Runtime, record: JobRecord, src_uri: str, out_uri: str, only_new: 
     if only_new:  # scheduled runs: one at a time per output, or two would score the same images
         holder = record.claim(f"out:{out.uri}", rt.settings.score_time_limit_s * 4)
         if holder:
-            summary = JobSummary(job_id=record.job_id, src=src_uri, out=out_uri)
+            summary = JobSummary(job_id=record.job_id, state=JobState.SUCCESS, src=src_uri,
+                                 out=out_uri)
             record.set(shards=0, summary=summary.model_dump())
-            record.set_state("SUCCESS", reason=f"skipped: job {holder} is still scoring {src_uri}")
+            record.set_state(JobState.SUCCESS,
+                             reason=f"skipped: job {holder} is still scoring {src_uri}")
             return
     version = rt.production().meta.version
     plan = plan_job(src, out, version, only_new, rt.settings.score_shard_size)
@@ -122,7 +124,7 @@ def _plan(rt: Runtime, record: JobRecord, src_uri: str, out_uri: str, only_new: 
     record.save_plan(plan.shards)
     record.set(model_version=version, total=plan.total, skipped=plan.skipped,
                shards=len(plan.shards), sent_at=time.time())
-    record.set_state("PROGRESS")
+    record.set_state(JobState.PROGRESS)
     log.info("job %s: %d images to score in %d shards (%d already scored) with %s",
              record.job_id, plan.total, len(plan.shards), plan.skipped, version)
     if not plan.shards:
@@ -153,7 +155,7 @@ def score_shard_task(self: Task, job_id: str, shard: int, items: list[Any], vers
     """Score one shard into its part file; the last shard to finish sends the merge."""
     rt = runtime(self.app)
     record = rt.record(job_id)
-    if record.state == "SUCCESS":
+    if record.state is JobState.SUCCESS:
         return {"job_id": job_id, "shard": shard, "skipped": "the job has already ended"}
     try:
         _begin(self, rt, record, f"shard-{shard}")
@@ -179,12 +181,12 @@ def _run_shard(rt: Runtime, record: JobRecord, shard: int, items: list[Any], ver
         job_id=record.job_id, max_pixels=s.max_image_pixels, max_bytes=s.max_upload_bytes,
         decode_threads=s.score_decode_threads, max_per_second=s.score_max_images_per_second,
         on_batch=lambda done: record.progress(shard, ShardCounts.of(done), worker),
-        should_stop=lambda: record.state in TERMINAL,
+        should_stop=lambda: record.state.ended,
     )
     state = record.state
-    if state == "SUCCESS":  # a duplicate of a shard that was merged meanwhile
+    if state is JobState.SUCCESS:  # a duplicate of a shard that was merged meanwhile
         return False
-    if records is None or state in TERMINAL:
+    if records is None or state.ended:
         raise JobEnded(f"job {record.job_id} ended while shard {shard} ran: {record.state}")
     rt.storage(out_uri).write(results.part_key(record.job_id, shard), results.to_jsonl(records))
     return record.shard_done(shard, ShardCounts.of(records))
@@ -212,7 +214,7 @@ def _finish(rt: Runtime, record: JobRecord) -> None:
     limit = rt.settings.score_time_limit_s
     with rt.redis.lock(f"piston:lock:{out.uri}", timeout=limit, blocking_timeout=limit):
         fields = record.fields()  # read under the lock: a concurrent merge may have finished
-        if fields.get("state") in TERMINAL:
+        if JobState(fields["state"]).ended:
             return
         if "summary" not in fields:
             summary = _merge(rt, record, fields)
@@ -220,7 +222,7 @@ def _finish(rt: Runtime, record: JobRecord) -> None:
             record.set(summary=summary.model_dump())
             log.info("job %s done: %s", record.job_id, summary.model_dump_json())
         _discard(rt, record, out_uri=out.uri)
-        record.set_state("SUCCESS")
+        record.set_state(JobState.SUCCESS)
 
 
 def _merge(rt: Runtime, record: JobRecord, fields: dict[str, Any]) -> JobSummary:
@@ -230,7 +232,7 @@ def _merge(rt: Runtime, record: JobRecord, fields: dict[str, Any]) -> JobSummary
     seconds = max(time.time() - float(fields.get("started_ts", time.time())), 1e-9)
     figures, test_split, reasons = job_drift(rt, fields.get("model_version"), mine)
     return JobSummary(
-        job_id=record.job_id, src=str(fields.get("src")), out=out.uri,
+        job_id=record.job_id, state=JobState.SUCCESS, src=str(fields.get("src")), out=out.uri,
         model_version=fields.get("model_version"), total=int(fields.get("total", 0)),
         skipped=int(fields.get("skipped", 0)),
         **ShardCounts.of(mine).model_dump(exclude={"done"}),
@@ -280,7 +282,7 @@ def retrain_task(self: Task, dataset: str, overrides: dict[str, Any] | None = No
         record.create("retrain", dataset=dataset)
     try:
         _begin(self, rt, record, "retrain")
-        if not record.set_state("STARTED"):
+        if not record.set_state(JobState.STARTED):
             return record.status()
         check_retrain(rt.settings, dataset, overrides or {})
 
@@ -298,5 +300,5 @@ def retrain_task(self: Task, dataset: str, overrides: dict[str, Any] | None = No
     except Exception as err:
         _retry_or_fail(self, rt, record, err)
     record.set(summary=result)
-    record.set_state("SUCCESS")
+    record.set_state(JobState.SUCCESS)
     return result

@@ -16,7 +16,8 @@ import time
 from typing import Any
 
 from piston.errors import PistonError
-from piston.jobs import ACTIVE, SCORE_QUEUE, JobRecord
+from piston.job_record import quiet_jobs
+from piston.jobs import SCORE_QUEUE, JobRecord, JobState
 from piston.settings import Settings
 from workers import tasks
 
@@ -38,7 +39,7 @@ class Watchdog:
             return []  # work is waiting: quiet jobs are queued, not lost
         stale_before = time.time() - self.settings.job_stale_after_s
         actions = []
-        for job_id in self.redis.zrangebyscore(ACTIVE, 0, stale_before):
+        for job_id in quiet_jobs(self.redis, stale_before):
             record = JobRecord(self.redis, job_id)
             try:
                 actions += self._revive(record)
@@ -49,17 +50,17 @@ class Watchdog:
     def _revive(self, record: JobRecord) -> list[str]:
         fields = record.fields()
         if not fields:
-            self.redis.zrem(ACTIVE, record.job_id)  # its record expired
+            record.forget()  # its record expired
             return []
         record.touch()  # the next look at this job is a full stale period away
         state, kind = fields.get("state"), fields.get("kind")
         if kind != "score":
             return []  # a retrain has no parts to re-send; its queue's timeout brings it back
-        if state in ("PENDING", "STARTED"):
+        if state in (JobState.PENDING, JobState.STARTED):
             tasks.send_plan(record.job_id, fields["src"], fields["out"],
                             bool(fields.get("only_new")))
             return [f"job {record.job_id}: plan re-sent ({state})"]
-        if state != "PROGRESS":
+        if state != JobState.PROGRESS:
             return []
         missing = sorted(set(range(int(fields.get("shards", 0)))) - record.shards_done())
         if not missing:

@@ -43,7 +43,7 @@ class ScoringJob:
         if status.get("kind") != "score":
             raise InputError("conflict", f"job {job_id} is a {status.get('kind')} job: only"
                              " scoring jobs have a review queue")
-        if status.get("state") not in jobs.TERMINAL:
+        if not jobs.JobState(status["state"]).ended:
             raise InputError("conflict", f"job {job_id} is {status.get('state')}: its review"
                              " queue is written when it ends")
         self.status = status
@@ -120,8 +120,8 @@ async def retrain(request: Request, host: Host) -> Response:
         counts = build_training_set(open_storage(dataset, endpoint), job.src, reviewed,
                                     open_storage(dest_uri, endpoint))
         job_id = jobs.enqueue_retrain(host.admin.redis_url, dest_uri, {}, body.promote_if_better)
-        return {"job_id": job_id, "state": "PENDING", "dataset": dest_uri, "base": dataset,
-                "reviewed": len(reviewed), "images": counts}
+        return {"job_id": job_id, "state": jobs.JobState.PENDING, "dataset": dest_uri,
+                "base": dataset, "reviewed": len(reviewed), "images": counts}
     return JSONResponse(await asyncio.to_thread(start))
 
 

@@ -1,20 +1,12 @@
-"""Recent jobs, read from their records in Redis (read only).
-
-`piston.jobs` has no listing yet; a job record is the hash `piston:job:<uuid>`, kept for a
-week, so a SCAN over that pattern finds every job still worth showing.
-"""
+"""Recent jobs for the console, from the job module (read only), and the review lock."""
 
 from __future__ import annotations
 
 import functools
-import re
 from typing import Any
 
 from piston import jobs
-from piston.errors import JobQueueUnavailable, UnknownJob
-from piston.names import JOB_ID_RE, check_job_id
-
-_RECORD = re.compile(rf"piston:job:({JOB_ID_RE.pattern})")  # not its `:done` or `:workers`
+from piston.names import check_job_id
 
 
 @functools.lru_cache(maxsize=4)
@@ -26,27 +18,11 @@ def _redis(redis_url: str) -> Any:
 
 
 def recent_jobs(redis_url: str, limit: int = 30) -> list[dict[str, Any]]:
-    """The newest `limit` jobs' statuses, newest first (only those are read whole)."""
-    import redis
-
-    try:
-        client = _redis(redis_url)
-        ids = [m.group(1) for key in client.scan_iter(match="piston:job:*", count=500)
-               if (m := _RECORD.fullmatch(key))]
-        pipe = client.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hget(f"piston:job:{job_id}", "submitted_at")
-        submitted = dict(zip(ids, pipe.execute(), strict=True))
-        newest = sorted(ids, key=lambda i: submitted[i] or "", reverse=True)[:limit]
-        found = []
-        for job_id in newest:
-            try:
-                found.append(jobs.JobRecord(client, job_id).status())
-            except UnknownJob:
-                continue  # expired between the scan and the read
-    except (redis.ConnectionError, redis.TimeoutError) as err:
-        raise JobQueueUnavailable(  # no URL in the message: it may hold a password
-            f"cannot reach Redis (PISTON_REDIS_URL): {type(err).__name__}") from None
+    """The newest `limit` jobs' statuses, newest first, each marked ended and succeeded."""
+    found = jobs.recent_jobs(redis_url, limit)
+    for status in found:
+        state = jobs.JobState(status["state"])
+        status.update(ended=state.ended, succeeded=state is jobs.JobState.SUCCESS)
     return found
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from piston.jobs import ACTIVE, SCORE_QUEUE, JobRecord
+from piston.jobs import ACTIVE, SCORE_QUEUE, JobRecord, JobState
 from piston.records import ShardCounts
 from piston.settings import Settings
 from workers.app import create_app
@@ -38,7 +38,11 @@ def queued(client: Any) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def a_job(watchdog: Watchdog, state: str, shards: int, done: set[int], quiet_s: float,
+PATH = {JobState.PENDING: [], JobState.PROGRESS: [JobState.STARTED, JobState.PROGRESS],
+        JobState.SUCCESS: [JobState.STARTED, JobState.PROGRESS, JobState.SUCCESS]}
+
+
+def a_job(watchdog: Watchdog, state: JobState, shards: int, done: set[int], quiet_s: float,
           ) -> JobRecord:
     record = JobRecord(watchdog.redis, f"job-{state.lower()}-{len(done)}")
     record.create("score", src="/in", out="/out", only_new=False)
@@ -46,16 +50,17 @@ def a_job(watchdog: Watchdog, state: str, shards: int, done: set[int], quiet_s: 
     record.save_plan([[[f"k{i}", "e", 1]] for i in range(shards)])
     for shard in done:
         record.shard_done(shard, ShardCounts(done=1, scored=1))
-    record.set_state(state)
+    for step in PATH[state]:
+        assert record.set_state(step)
     if watchdog.redis.zscore(ACTIVE, record.job_id) is not None:  # still running: make it quiet
         watchdog.redis.zadd(ACTIVE, {record.job_id: time.time() - quiet_s})
     return record
 
 
 def test_a_quiet_job_gets_its_missing_shards_and_nothing_else(watchdog: Watchdog) -> None:
-    stalled = a_job(watchdog, "PROGRESS", shards=3, done={1}, quiet_s=60)
-    a_job(watchdog, "PROGRESS", shards=3, done=set(), quiet_s=5)  # busy, not lost
-    merged = a_job(watchdog, "PROGRESS", shards=2, done={0, 1}, quiet_s=60)
+    stalled = a_job(watchdog, JobState.PROGRESS, shards=3, done={1}, quiet_s=60)
+    a_job(watchdog, JobState.PROGRESS, shards=3, done=set(), quiet_s=5)  # busy, not lost
+    merged = a_job(watchdog, JobState.PROGRESS, shards=2, done={0, 1}, quiet_s=60)
     actions = watchdog.sweep()
     assert sorted(actions) == sorted([f"job {stalled.job_id}: shards [0, 2] re-sent",
                                       f"job {merged.job_id}: merge re-sent"])
@@ -71,14 +76,14 @@ def test_a_quiet_job_gets_its_missing_shards_and_nothing_else(watchdog: Watchdog
 
 
 def test_nothing_is_re_sent_while_work_is_queued(watchdog: Watchdog) -> None:
-    a_job(watchdog, "PROGRESS", shards=2, done=set(), quiet_s=60)
+    a_job(watchdog, JobState.PROGRESS, shards=2, done=set(), quiet_s=60)
     watchdog.redis.rpush(SCORE_QUEUE, "{}")  # a message still waiting for a worker
     assert watchdog.sweep() == []
 
 
 def test_a_lost_plan_is_re_sent_and_ended_jobs_are_forgotten(watchdog: Watchdog) -> None:
-    pending = a_job(watchdog, "PENDING", shards=0, done=set(), quiet_s=60)
-    ended = a_job(watchdog, "SUCCESS", shards=0, done=set(), quiet_s=60)
+    pending = a_job(watchdog, JobState.PENDING, shards=0, done=set(), quiet_s=60)
+    ended = a_job(watchdog, JobState.SUCCESS, shards=0, done=set(), quiet_s=60)
     assert watchdog.redis.zscore(ACTIVE, ended.job_id) is None  # ending leaves the set
     assert watchdog.sweep() == [f"job {pending.job_id}: plan re-sent (PENDING)"]
     [(name, kwargs)] = queued(watchdog.redis)

@@ -360,10 +360,9 @@ function setupTry() {
 }
 
 // ------------------------------------------------------------------------------------- jobs
-const TERMINAL = new Set(["SUCCESS", "FAILURE", "REVOKED"]);
-
+// The server marks each job `ended` and `succeeded` (piston/job_record.py owns the states).
 function jobFraction(j) {
-  if (j.state === "SUCCESS") return 1;
+  if (j.succeeded) return 1;
   if (j.kind === "score" && j.total) return Math.min(1, ((j.scored || 0) + (j.errors || 0)) / j.total);
   if (j.kind === "retrain" && j.progress && j.progress.epochs) {
     return Math.min(1, (j.progress.epoch || 0) / j.progress.epochs);
@@ -371,8 +370,8 @@ function jobFraction(j) {
   return 0;
 }
 
-function stateClass(s) {
-  return { SUCCESS: "ok", FAILURE: "bad", REVOKED: "bad", PROGRESS: "warn", STARTED: "warn" }[s] || "";
+function stateClass(j) {
+  return j.ended ? (j.succeeded ? "ok" : "bad") : "warn";
 }
 
 function jobStats(j) {
@@ -395,13 +394,13 @@ function jobStats(j) {
 
 function jobCard(j) {
   const f = jobFraction(j);
-  const bar = j.state === "FAILURE" || j.state === "REVOKED" ? "failed" : (j.state === "SUCCESS" ? "done" : "");
+  const bar = j.ended ? (j.succeeded ? "done" : "failed") : "";
   const where = j.kind === "score" ? `${j.src || "?"} → ${j.out || "?"}` : `data set ${j.dataset || "?"}`;
   return h("div", { class: "job", "data-job": j.job_id },
     h("div", { class: "title" }, h("b", {}, j.kind === "score" ? "Scoring" : "Retraining"),
-      h("span", { class: `pill ${stateClass(j.state)}` }, j.state), h("span", { class: "id" }, j.job_id)),
+      h("span", { class: `pill ${stateClass(j)}` }, j.state), h("span", { class: "id" }, j.job_id)),
     h("div", { class: "muted small" }, when(j.submitted_at),
-      j.kind === "score" && TERMINAL.has(j.state) && j.state === "SUCCESS"
+      j.kind === "score" && j.succeeded
         ? [" · ", h("a", { href: `#review?job=${j.job_id}` }, "Review queue")] : null),
     h("div", { class: `progress ${bar}` }, h("i", { style: { width: `${(100 * f).toFixed(1)}%` } })),
     h("div", { class: "stats" }, jobStats(j)),
@@ -449,7 +448,7 @@ async function loadReviewJobs() {
   if (!token()) return;
   try {
     const { jobs } = await api("api/jobs", { admin: true });
-    const done = jobs.filter((j) => j.kind === "score" && j.state === "SUCCESS");
+    const done = jobs.filter((j) => j.kind === "score" && j.succeeded);
     const select = $("review-job");
     const keep = state.review.wanted || select.value;
     select.replaceChildren(...(done.length ? done.map((j) => h("option", { value: j.job_id },
