@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,11 +27,25 @@ from piston.registry import Registry
 from service.engine import Engine
 from service.errors import error_response
 from service.monitor_api import monitor_handlers
-from service.schemas import PromoteBody, RetrainBody, RollbackBody, ScoreJobBody
+from service.schemas import (
+    BundleRow,
+    HistoryAnswer,
+    JobQueued,
+    JobStatusAnswer,
+    ModelsAnswer,
+    MoveAnswer,
+    PromoteBody,
+    ReloadAnswer,
+    RetrainBody,
+    RollbackBody,
+    ScoreJobBody,
+)
 from service.shadow_api import end_shadow, shadow_evidence, shadow_handlers
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
-Handler = Callable[[Request, Engine], Awaitable[Any]]
+# (request, engine[, body]) -> answer; the body's and the answer's models are read from the
+# handler's annotations, by the route (to validate) and by /docs.json (to document).
+Handler = Callable[..., Awaitable[BaseModel | dict[str, Any]]]
 HEADLINE_METRICS = ("accuracy", "macro_f1", "val_accuracy", "split", "best_epoch")
 
 
@@ -66,16 +81,30 @@ def registry_of(engine: Engine) -> Registry:
     return engine.follower.registry
 
 
-def bundle_rows(registry: Registry) -> list[dict[str, Any]]:
+def bundle_rows(registry: Registry) -> list[BundleRow]:
     """Every bundle, oldest first: summary, gates, headline metrics, production marked."""
     current = registry.current()
     rows = []
     for version in registry.versions():
         meta = registry.meta(version)
         headline = {k: meta.metrics[k] for k in HEADLINE_METRICS if k in meta.metrics}
-        rows.append({**meta.summary(), "production": version == current,
-                     "gates": [g.model_dump() for g in meta.gates], "metrics": headline})
+        rows.append(BundleRow(**meta.summary(), production=version == current,
+                              gates=meta.gates, metrics=headline))
     return rows
+
+
+def route_shapes(endpoint: Callable[..., Any],
+                 ) -> tuple[type[BaseModel] | None, type[BaseModel] | None]:
+    """The body model and the answer model a route's handler declares (None: none, or a dict)."""
+    handler = inspect.unwrap(endpoint)
+
+    def model(name: str) -> type[BaseModel] | None:
+        found = handler.__annotations__.get(name)
+        if isinstance(found, str):  # postponed annotations: resolve this one name only
+            found = eval(found, handler.__globals__)
+        return found if isinstance(found, type) and issubclass(found, BaseModel) else None
+
+    return model("body"), model("return")
 
 
 def score_source(src: str) -> str:
@@ -94,12 +123,17 @@ def admin_routes(get_engine: Callable[[], Engine], get_config: Callable[[], Admi
     """The admin and job routes, each behind the token check."""
 
     def guarded(handler: Handler) -> Callable[[Request], Awaitable[JSONResponse]]:
-        @functools.wraps(handler)  # its docstring documents the route in /docs.json
+        body_model, _ = route_shapes(handler)
+
+        @functools.wraps(handler)  # its docstring and annotations document it in /docs.json
         async def endpoint(request: Request) -> JSONResponse:
             try:
                 config = get_config()
                 check_token(request, config)
-                return JSONResponse(await handler(request, get_engine()))
+                body = [await read_body(request, body_model)] if body_model else []
+                answer = await handler(request, get_engine(), *body)
+                return JSONResponse(answer.model_dump(mode="json")
+                                    if isinstance(answer, BaseModel) else answer)
             except PistonError as err:
                 return error_response(err)
         return endpoint
@@ -113,47 +147,43 @@ def admin_routes(get_engine: Callable[[], Engine], get_config: Callable[[], Admi
 def registry_handlers() -> dict[tuple[str, str], Handler]:
     """Reading and moving the production pointer."""
 
-    async def models(request: Request, engine: Engine) -> dict[str, Any]:
+    async def models(request: Request, engine: Engine) -> ModelsAnswer:
         """Every bundle (oldest first) with gates, headline metrics, `production` marked."""
         registry = registry_of(engine)
         rows = await asyncio.to_thread(bundle_rows, registry)
-        current = next((r["version"] for r in rows if r["production"]), None)
-        return {"production": current, "serving": engine.follower.status.version,
-                "bundles": rows}
+        current = next((r.version for r in rows if r.production), None)
+        return ModelsAnswer(production=current, serving=engine.follower.status.version,
+                            bundles=rows)
 
-    async def history(request: Request, engine: Engine) -> dict[str, Any]:
+    async def history(request: Request, engine: Engine) -> HistoryAnswer:
         """Every promote and rollback, oldest first, and the version now in production."""
         moves = await asyncio.to_thread(registry_of(engine).history)
-        return {"production": moves[-1].version if moves else None,
-                "moves": [m.model_dump() for m in moves]}
+        return HistoryAnswer(production=moves[-1].version if moves else None, moves=moves)
 
-    async def promote(request: Request, engine: Engine) -> dict[str, Any]:
+    async def promote(request: Request, engine: Engine, body: PromoteBody) -> MoveAnswer:
         """Put a bundle in production (as `piston models promote`); this worker swaps at once."""
-        body = await read_body(request, PromoteBody)
         evidence = await shadow_evidence(engine, body.version)
         move = await asyncio.to_thread(
             functools.partial(registry_of(engine).promote, body.version, body.reason,
                               by="admin-api", force=body.force, expected=body.expected))
         await asyncio.to_thread(engine.refresh)
         await end_shadow(engine, f"promoted {move.version}")
-        return {"move": move.model_dump(), "serving": engine.follower.status.version,
-                "shadow": evidence}
+        return MoveAnswer(move=move, serving=engine.follower.status.version, shadow=evidence)
 
-    async def rollback(request: Request, engine: Engine) -> dict[str, Any]:
+    async def rollback(request: Request, engine: Engine, body: RollbackBody) -> MoveAnswer:
         """Return production to the previous bundle, or to `to` (as `piston models rollback`)."""
-        body = await read_body(request, RollbackBody)
         move = await asyncio.to_thread(
             functools.partial(registry_of(engine).rollback, body.reason, to=body.to,
                               by="admin-api", expected=body.expected))
         await asyncio.to_thread(engine.refresh)
         await end_shadow(engine, f"rolled back to {move.version}")
-        return {"move": move.model_dump(), "serving": engine.follower.status.version}
+        return MoveAnswer(move=move, serving=engine.follower.status.version)
 
-    async def reload(request: Request, engine: Engine) -> dict[str, Any]:
+    async def reload(request: Request, engine: Engine) -> ReloadAnswer:
         """Re-read the production pointer now instead of at the next poll."""
         swapped = await asyncio.to_thread(engine.refresh)
-        return {"swapped": swapped, "serving": engine.follower.status.version,
-                "last_error": engine.follower.status.last_error}
+        return ReloadAnswer(swapped=swapped, serving=engine.follower.status.version,
+                            last_error=engine.follower.status.last_error)
 
     return {("GET", "/admin/models"): models, ("GET", "/admin/history"): history,
             ("POST", "/admin/promote"): promote, ("POST", "/admin/rollback"): rollback,
@@ -163,26 +193,25 @@ def registry_handlers() -> dict[tuple[str, str], Handler]:
 def job_handlers(get_config: Callable[[], AdminConfig]) -> dict[tuple[str, str], Handler]:
     """Queueing jobs on the workers and reading their status."""
 
-    async def retrain(request: Request, engine: Engine) -> dict[str, Any]:
+    async def retrain(request: Request, engine: Engine, body: RetrainBody) -> JobQueued:
         """Queue a retraining job on the workers (as `piston jobs retrain`)."""
-        body = await read_body(request, RetrainBody)
         config = get_config()
         job_id = await asyncio.to_thread(
             jobs.enqueue_retrain, config.redis_url, body.dataset or config.default_dataset,
             body.overrides, body.promote_if_better)
-        return {"job_id": job_id, "state": jobs.JobState.PENDING}
+        return JobQueued(job_id=job_id)
 
-    async def score(request: Request, engine: Engine) -> dict[str, Any]:
+    async def score(request: Request, engine: Engine, body: ScoreJobBody) -> JobQueued:
         """Queue a batch-scoring job of every image under `src` (as `piston jobs score`)."""
-        body = await read_body(request, ScoreJobBody)
         job_id = await asyncio.to_thread(jobs.enqueue_score, get_config().redis_url,
                                          score_source(body.src), body.out, body.only_new)
-        return {"job_id": job_id, "state": jobs.JobState.PENDING}
+        return JobQueued(job_id=job_id)
 
-    async def job(request: Request, engine: Engine) -> dict[str, Any]:
+    async def job(request: Request, engine: Engine) -> JobStatusAnswer:
         """A job's state and progress, or its summary once it ended."""
-        return await asyncio.to_thread(jobs.job_status, get_config().redis_url,
-                                       request.path_params["job_id"])
+        status = await asyncio.to_thread(jobs.job_status, get_config().redis_url,
+                                         request.path_params["job_id"])
+        return JobStatusAnswer.model_validate(status)
 
     return {("POST", "/admin/retrain"): retrain, ("POST", "/jobs/score"): score,
             ("GET", "/jobs/{job_id}"): job}

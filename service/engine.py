@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -23,6 +22,7 @@ from piston.scoring import Decision, ImageFailure, NetOutput, Outcome, Prepared,
 from service.batching import Batcher, InferFn
 from service.decoding import Decoder
 from service.metrics import ServiceMetrics
+from service.schemas import ModelAnswer
 from service.watch import Seen, Watchers
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 # costs more than an 80x80 decode); larger ones go to the decode threads.
 INLINE_DECODE_PIXELS = 512 * 512
 GC_THRESHOLDS = (20_000, 50, 100)  # Python's defaults: 700, 10, 10
+HEADLINE = ("accuracy", "macro_f1", "per_class", "split", "best_epoch")  # what /model shows
 
 
 @dataclass(frozen=True)
@@ -159,32 +160,27 @@ class Engine:
 
     # -- reporting --------------------------------------------------------------------------
 
-    def model_info(self) -> dict[str, Any]:
+    def model_info(self) -> ModelAnswer:
         status = self.follower.status
-        info: dict[str, Any] = {
-            "ready": self.ready,
-            "follows_registry": not self.follower.pinned,
-            "pinned": self.follower.pinned,
-            "poll_interval_s": self.poll_interval_s,
-            "refused": status.refused,
-            "last_error": status.last_error,
-            "batching": self.batcher.stats(),
-            **self.watchers.info(),
-        }
         predictor = self.follower.current
-        if predictor is not None:
-            meta = predictor.meta
-            info.update(
-                version=meta.version,
-                classes=meta.classes,
-                threshold=meta.threshold,
-                arch=meta.arch,
-                runtime=predictor.runtime.name,
-                created_at=meta.created_at,
-                metrics={k: meta.metrics.get(k) for k in
-                         ("accuracy", "macro_f1", "per_class", "split", "best_epoch")},
-                gates=[g.model_dump() for g in meta.gates],
-                gates_passed=meta.gates_passed,
-                parent=meta.parent,
-            )
-        return info
+        meta = predictor.meta if predictor is not None else None
+        return ModelAnswer(
+            ready=self.ready,
+            follows_registry=not self.follower.pinned,
+            pinned=self.follower.pinned,
+            poll_interval_s=self.poll_interval_s,
+            refused=dict(status.refused),
+            last_error=status.last_error,
+            batching=self.batcher.stats(),
+            version=meta.version if meta else None,
+            classes=meta.classes if meta else None,
+            threshold=meta.threshold if meta else None,
+            arch=meta.arch if meta else None,
+            runtime=predictor.runtime.name if predictor is not None else None,
+            created_at=meta.created_at if meta else None,
+            metrics={k: meta.metrics.get(k) for k in HEADLINE} if meta else None,
+            gates=list(meta.gates) if meta else None,
+            gates_passed=meta.gates_passed if meta else None,
+            parent=meta.parent if meta else None,
+            **self.watchers.info(),
+        )

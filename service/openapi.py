@@ -13,7 +13,8 @@ from typing import Any
 from pydantic import BaseModel
 from starlette.routing import Route
 
-from service.schemas import ADMIN_SHAPES, ErrorAnswer, ModelAnswer
+from service.admin import route_shapes
+from service.schemas import ErrorAnswer, ModelAnswer
 
 REF = "#/components/schemas/{model}"
 DESCRIPTION = """Classifies photos of manufactured parts (first customer: air-conditioner
@@ -87,7 +88,7 @@ def service_spec(service: Any, admin: list[Route]) -> dict[str, Any]:
 
 
 def _admin_operation(route: Route, schemas: dict[str, Any]) -> dict[str, Any]:
-    body, answer = ADMIN_SHAPES.get(route.path, (None, None))
+    body, answer = route_shapes(route.endpoint)
     operation: dict[str, Any] = {
         "tags": ["Admin and jobs"], "security": [{"adminToken": []}],
         "description": (route.endpoint.__doc__ or "").strip(),

@@ -30,7 +30,7 @@ def build_app(get_engine: Callable[[], Engine], get_admin: Callable[[], AdminCon
 
     async def model(request: Request) -> JSONResponse:
         try:
-            return JSONResponse(get_engine().model_info())
+            return JSONResponse(get_engine().model_info().model_dump(mode="json"))
         except PistonError as err:
             return error_response(err)
 

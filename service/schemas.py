@@ -92,15 +92,31 @@ class BatchAnswer(BaseModel):
 class ModelAnswer(BaseModel):
     """What this worker serves: version, classes, threshold, metrics, gates, batching."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")  # `Engine.model_info` builds it: no stray keys
     ready: bool
+    follows_registry: bool
+    pinned: str | None = Field(None, description="the bento's bundle when served from one")
+    poll_interval_s: float
+    refused: dict[str, str] = Field(
+        default_factory=dict, description="version -> why this worker did not swap it in")
+    last_error: str | None = None
+    batching: dict[str, Any] = Field(description="the batcher's counters")
+    # The bundle being served; all null until one is loaded.
     version: str | None = None
     classes: list[str] | None = None
     threshold: float | None = None
-    follows_registry: bool
-    pinned: str | None = None
-    refused: list[str] = Field(default_factory=list)
-    last_error: str | None = None
+    arch: str | None = None
+    runtime: str | None = Field(None, description="what runs the forward pass (torch, onnx)")
+    created_at: str | None = None
+    metrics: dict[str, Any] | None = Field(
+        None, description="headline metrics: accuracy, macro_f1, per_class, split, best_epoch")
+    gates: list[Gate] | None = None
+    gates_passed: bool | None = None
+    parent: str | None = None
+    # The engine's watchers (service/watch.py), when they run.
+    drifting: bool | None = None
+    drift: dict[str, Any] | None = Field(None, description="the drift watch: reasons, window")
+    shadow: dict[str, Any] | None = Field(None, description="the bundle running in shadow")
 
 
 class BundleRow(BaseModel):
@@ -137,6 +153,14 @@ class HistoryAnswer(BaseModel):
 class MoveAnswer(BaseModel):
     move: Move
     serving: str | None = Field(description="the version this worker serves after the move")
+    shadow: str | None = Field(None, description="the shadow comparison's headline for the"
+                               " promoted version, when it ran in shadow")
+
+
+class ReloadAnswer(BaseModel):
+    swapped: bool = Field(description="whether this worker swapped in another bundle")
+    serving: str | None
+    last_error: str | None
 
 
 class JobQueued(BaseModel):
@@ -144,14 +168,12 @@ class JobQueued(BaseModel):
     state: JobState = JobState.PENDING
 
 
-# The request body and the answer of each admin and job route, for /docs.json.
-ADMIN_SHAPES: dict[str, tuple[type[BaseModel] | None, type[BaseModel] | None]] = {
-    "/admin/models": (None, ModelsAnswer),
-    "/admin/history": (None, HistoryAnswer),
-    "/admin/promote": (PromoteBody, MoveAnswer),
-    "/admin/rollback": (RollbackBody, MoveAnswer),
-    "/admin/reload": (None, None),
-    "/admin/retrain": (RetrainBody, JobQueued),
-    "/jobs/score": (ScoreJobBody, JobQueued),
-    "/jobs/{job_id}": (None, None),
-}
+class JobStatusAnswer(BaseModel):
+    """A job's record: progress while it runs (per kind), its summary once it ended."""
+
+    model_config = ConfigDict(extra="allow")
+    job_id: str
+    kind: str = Field(description="score or retrain")
+    state: JobState
+    submitted_at: str | None = None
+    reason: str | None = Field(None, description="why it failed, was cancelled or skipped")

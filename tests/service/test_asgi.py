@@ -29,10 +29,9 @@ def asgi_app() -> Any:
     return PistonInspector.to_asgi()
 
 
-@pytest.fixture
-def client(asgi_app: Any, registry_dir: Path,
-           monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    monkeypatch.setenv("PISTON_REGISTRY", str(registry_dir))
+def serve_in_process(asgi_app: Any, registry: Path,
+                     monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    monkeypatch.setenv("PISTON_REGISTRY", str(registry))
     monkeypatch.setenv("PISTON_ADMIN_TOKEN", TOKEN)
     monkeypatch.setenv("PISTON_POLL_INTERVAL_S", "0.2")
     monkeypatch.setenv("PISTON_MAX_UPLOAD_BYTES", "300000")
@@ -40,6 +39,31 @@ def client(asgi_app: Any, registry_dir: Path,
     monkeypatch.setenv("PISTON_REDIS_URL", "redis://127.0.0.1:6379/14")
     with TestClient(asgi_app) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def client(asgi_app: Any, registry_dir: Path,
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    """The service on a registry holding the session's two real bundles."""
+    yield from serve_in_process(asgi_app, registry_dir, monkeypatch)
+
+
+@pytest.fixture
+def bare_client(asgi_app: Any, tmp_path: Path,
+                monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    """The service on an empty registry: no model, every other route (the fast tier)."""
+    yield from serve_in_process(asgi_app, tmp_path / "registry", monkeypatch)
+
+
+def assert_matches_its_schema(client: TestClient, method: str, path: str,
+                              answer: Any) -> None:
+    """`answer` is valid against the 200 schema /docs.json gives for `method path`."""
+    import jsonschema
+
+    spec = client.get("/docs.json").json()
+    operation = spec["paths"][path][method.lower()]
+    schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    jsonschema.validate(answer, {**schema, "components": spec["components"]})
 
 
 def wait_ready(client: TestClient, seconds: float = 30) -> None:
@@ -161,8 +185,8 @@ def test_admin_needs_the_token_and_moves_the_pointer(
     assert reload == {"swapped": False, "serving": bundles.good, "last_error": None}
 
 
-def test_retrain_is_queued_and_its_status_readable(
-        client: TestClient, bundles: Bundles, registry_dir: Path) -> None:
+def test_retrain_is_queued_and_its_status_readable(bare_client: TestClient) -> None:
+    client = bare_client
     body = {"dataset": "s3://bucket/pistons", "overrides": {"epochs": 3},
             "promote_if_better": True}
     assert client.post("/admin/retrain", json=body).status_code == 401
@@ -170,8 +194,10 @@ def test_retrain_is_queued_and_its_status_readable(
     queued = client.post("/admin/retrain", json=body, headers=AUTH)
     assert queued.status_code == 200, queued.text
     job_id = queued.json()["job_id"]
+    assert_matches_its_schema(client, "POST", "/admin/retrain", queued.json())
     status = client.get(f"/jobs/{job_id}", headers=AUTH).json()
-    assert status["job_id"] == job_id and status["state"] == "PENDING"
+    assert_matches_its_schema(client, "GET", "/jobs/{job_id}", status)
+    assert status["job_id"] == job_id and status["state"] == jobs.JobState.PENDING
     assert status["kind"] == "retrain" and status["dataset"] == "s3://bucket/pistons"
     assert client.get("/jobs/no-such-job", headers=AUTH).status_code == 404
     import redis
@@ -184,8 +210,8 @@ def test_retrain_is_queued_and_its_status_readable(
 
 
 def test_admin_is_refused_without_a_configured_token(
-        asgi_app: Any, registry_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PISTON_REGISTRY", str(registry_dir))
+        asgi_app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PISTON_REGISTRY", str(tmp_path / "registry"))
     monkeypatch.delenv("PISTON_ADMIN_TOKEN", raising=False)
     with TestClient(asgi_app) as client:
         response = client.post("/admin/reload", headers={"Authorization": "Bearer "})
@@ -212,6 +238,7 @@ def test_admin_lists_bundles_and_history_with_kinds_on_errors(
     refused = client.get("/admin/models")
     assert refused.status_code == 401 and refused.json()["kind"] == "unauthorized"
     listing = client.get("/admin/models", headers=AUTH).json()
+    assert_matches_its_schema(client, "GET", "/admin/models", listing)
     assert listing["production"] == bundles.good
     rows = {row["version"]: row for row in listing["bundles"]}
     assert set(rows) == {bundles.good, bundles.other}
@@ -222,7 +249,9 @@ def test_admin_lists_bundles_and_history_with_kinds_on_errors(
                                                  "force": True, "expected": bundles.good},
                         headers=AUTH)
     assert moved.status_code == 200, moved.text
+    assert_matches_its_schema(client, "POST", "/admin/promote", moved.json())
     history = client.get("/admin/history", headers=AUTH).json()
+    assert_matches_its_schema(client, "GET", "/admin/history", history)
     assert history["production"] == bundles.other
     assert [(m["action"], m["version"]) for m in history["moves"]] == [
         ("promote", bundles.good), ("promote", bundles.other)]
@@ -239,7 +268,8 @@ def test_admin_lists_bundles_and_history_with_kinds_on_errors(
     assert invalid.status_code == 422 and invalid.json()["kind"] == "invalid_body"
 
 
-def test_score_job_is_queued_like_the_cli(client: TestClient, tmp_path: Path) -> None:
+def test_score_job_is_queued_like_the_cli(bare_client: TestClient, tmp_path: Path) -> None:
+    client = bare_client
     body = {"src": str(tmp_path), "out": str(tmp_path / "out"), "only_new": True}
     assert client.post("/jobs/score", json=body).status_code == 401
     relative = client.post("/jobs/score", json={**body, "src": "images"}, headers=AUTH)
@@ -259,7 +289,8 @@ def test_score_job_is_queued_like_the_cli(client: TestClient, tmp_path: Path) ->
         queue.delete(jobs.SCORE_QUEUE)
 
 
-def test_docs_json_documents_every_route(client: TestClient) -> None:
+def test_docs_json_documents_every_route(bare_client: TestClient) -> None:
+    client = bare_client
     page = client.get("/")
     assert page.status_code == 200 and "<title>piston-inspector</title>" in page.text
     spec = client.get("/docs.json").json()
@@ -279,3 +310,21 @@ def test_docs_json_documents_every_route(client: TestClient) -> None:
     assert {"label", "probabilities", "model_version"} <= set(answer["properties"])
     schemas = spec["components"]["schemas"]
     assert {"ClassifyInput", "ModelsAnswer", "HistoryAnswer", "ErrorAnswer"} <= set(schemas)
+
+
+def test_answers_match_the_schemas_docs_json_gives_them(bare_client: TestClient) -> None:
+    """The answers are built from the models /docs.json is generated from: they cannot drift."""
+    client = bare_client
+    answers = {("GET", "/model"): client.get("/model"),
+               ("GET", "/admin/models"): client.get("/admin/models", headers=AUTH),
+               ("GET", "/admin/history"): client.get("/admin/history", headers=AUTH),
+               ("POST", "/admin/reload"): client.post("/admin/reload", headers=AUTH)}
+    for (method, path), response in answers.items():
+        assert response.status_code == 200, (path, response.text)
+        assert_matches_its_schema(client, method, path, response.json())
+    model = answers["GET", "/model"].json()
+    assert model["ready"] is False and model["refused"] == {} and model["version"] is None
+    with pytest.raises(Exception, match="is not of type 'object'"):  # what drifted before
+        assert_matches_its_schema(client, "GET", "/model", {**model, "refused": []})
+    with pytest.raises(Exception, match="Additional properties"):
+        assert_matches_its_schema(client, "GET", "/model", {**model, "stray": 1})

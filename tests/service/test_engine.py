@@ -72,7 +72,7 @@ def test_not_ready_until_a_bundle_is_in_production(bundles: Bundles, registry_di
         asyncio.run(engine.classify(image_bytes()))
     open_registry(registry_dir).promote(bundles.other, reason="first", force=True)
     assert engine.refresh() and engine.ready
-    assert engine.model_info()["version"] == bundles.other
+    assert engine.model_info().version == bundles.other
 
 
 def test_bad_image_raises_input_error_with_status(bundles: Bundles, registry_dir: Path) -> None:
@@ -189,8 +189,8 @@ def test_a_broken_bundle_is_refused_and_the_old_one_keeps_serving(
     registry.promote(broken, reason="a bad upload", force=True)
     assert engine.refresh() is False
     info = engine.model_info()
-    assert info["version"] == bundles.good and broken in info["refused"]
-    assert broken in (info["last_error"] or "")
+    assert info.version == bundles.good and broken in info.refused
+    assert broken in (info.last_error or "")
     assert asyncio.run(engine.classify(image_bytes())).model_version == bundles.good
     registry.rollback(reason="back to good")
-    assert engine.refresh() is False and engine.model_info()["version"] == bundles.good
+    assert engine.refresh() is False and engine.model_info().version == bundles.good
