@@ -125,6 +125,17 @@ class Registry:
         self.storage.write(_meta_key(version), meta.model_dump_json(indent=2).encode())
         log.info("published bundle %s to %s", version, self.storage.uri)
 
+    def copy_from(self, source: Registry, version: str) -> None:
+        """Add a bundle published in another registry, as it is there.
+
+        Archive first, metadata last, like `publish`; the recorded digest travels with it and
+        is checked when the bundle is imported.
+        """
+        if self.storage.head(_meta_key(version)) is not None:
+            raise RegistryError(f"bundle {version} is already in the registry")
+        self.storage.write(_archive_key(version), source.storage.read(_archive_key(version)))
+        self.storage.write(_meta_key(version), source.storage.read(_meta_key(version)))
+
     def versions(self) -> list[str]:
         names = (k.removeprefix("bundles/").removesuffix(".json")
                  for k in self._own("bundles/", _BUNDLE_FILE) if k.endswith(".json"))

@@ -1,4 +1,5 @@
-"""Shared fixtures: the real piston data, an isolated BentoML home and registry, images.
+"""Shared fixtures: the real piston data, an isolated BentoML home and registry, images, and
+the bundles trained once per session for every test that only needs *a* model.
 
 BentoML reads BENTOML_HOME when it is first imported, so the session's home is set in
 `pytest_configure`, before any test module imports it.
@@ -11,6 +12,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,18 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["BENTOML_HOME"] = str(_SESSION_HOME / "bentoml")
     os.environ["BENTOML_DO_NOT_TRACK"] = "true"
     os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+# Fixtures that train on the real data or start servers (moto, redis-server, Celery workers,
+# `bentoml serve`, Chromium): a test that uses any of them, directly or through another
+# fixture, is in the slow tier. Tests that train or serve in their own body carry the mark.
+SLOW_FIXTURES = frozenset({"trained", "moto", "redis_server", "worker", "console", "browser"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -76,6 +90,39 @@ def _png(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
     return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class Trained:
+    """Bundles trained on the real pistons once per session, in a registry nobody moves."""
+
+    registry: Path  # a local registry holding both; nothing in production
+    good: str  # bn_cnn, 12 epochs
+    other: str  # bn_cnn, 5 epochs, another seed: a second, different bundle
+
+
+# Both must be promotable without --force (the console tests move production between them),
+# so they are measured against a bar only a model that never gets a class right fails.
+LOW_BAR = (0.3, 0.0, 0.0)
+
+
+@pytest.fixture(scope="session")
+def trained(piston_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """The session's two real bundles (seconds each); copy them with `Registry.copy_from`."""
+    from piston.registry import Registry
+    from piston.storage import open_storage
+    from training.config import load_config
+    from training.pipeline import GateBar, train_bundle
+
+    root = tmp_path_factory.mktemp("trained")
+    registry = Registry(open_storage(root / "registry"))
+    versions = []
+    for overrides in ({"epochs": 12}, {"epochs": 5, "seed": 3}):
+        outcome = train_bundle(str(piston_data), load_config("bn_cnn", overrides=overrides),
+                               registry, GateBar(*LOW_BAR), root / "runs", 40_000_000)
+        assert registry.meta(outcome.version).gates_passed, f"{overrides} failed the low bar"
+        versions.append(outcome.version)
+    return Trained(root / "registry", *versions)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Fixtures for the service tests: two real bundles trained once, servers on loopback."""
+"""Fixtures for the service tests: the session's two real bundles, servers on loopback."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import pytest
 
 from piston.registry import Registry
 from piston.storage import open_storage
+from tests.conftest import Trained
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,21 +32,9 @@ class Bundles:
 
 
 @pytest.fixture(scope="session")
-def bundles(piston_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Bundles:
-    """Train the two bundles the whole service suite shares (about a minute on 2 cores)."""
-    from training.config import load_config
-    from training.pipeline import GateBar, train_bundle
-
-    root = tmp_path_factory.mktemp("service-bundles")
-    registry = Registry(open_storage(root / "registry"))
-    versions = []
-    for overrides in ({"epochs": 12}, {"epochs": 5, "seed": 3}):
-        config = load_config("bn_cnn", overrides=overrides)
-        outcome = train_bundle(str(piston_data), config, registry, GateBar(), root / "runs",
-                               40_000_000)
-        versions.append(outcome.version)
-    assert versions[0] != versions[1]
-    return Bundles(root / "registry", versions[0], versions[1])
+def bundles(trained: Trained) -> Bundles:
+    """The session's two bundles (tests/conftest.py), shared by the whole service suite."""
+    return Bundles(trained.registry, trained.good, trained.other)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Real parts for the console tests: two tiny bundles, a scoring job's outputs, `bentoml serve`.
+"""Real parts for the console tests: the session's two bundles, a scoring job's outputs, and
+`bentoml serve`.
 
 One server (and one worker) for the whole module: the tests drive a real Chromium against it
 in order, each starting from wherever production is.
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import Trained
 from tests.service.conftest import running_server
 from tests.ui.browser import chromium
 from tests.workers.conftest import start_worker
@@ -39,22 +41,15 @@ class Console:
     token: str = TOKEN
 
 
-def train_tiny(registry: Path, runs: Path, data: Path) -> list[str]:
-    """Two small seed-recipe bundles (seconds each) that pass a low bar, so both can be promoted."""
+def copy_trained(registry: Path, trained: Trained) -> list[str]:
+    """The session's two bundles (both pass their bar, so both can be promoted) in `registry`."""
     from piston.registry import Registry
     from piston.storage import open_storage
-    from training.config import load_config
-    from training.pipeline import GateBar, train_bundle
 
-    store = Registry(open_storage(registry))
-    bar = GateBar(0.3, 0.0, 0.0)  # fails only a model that never gets a class right
-    versions = [train_bundle(str(data), load_config("seed", None, overrides), store, bar, runs,
-                             40_000_000).version
-                for overrides in ({"epochs": 8, "seed": 2}, {"epochs": 6, "seed": 1})]
-    for version in versions:
-        assert store.meta(version).gates_passed, (
-            f"bundle {version} failed even the low bar: pick other seeds or epochs here")
-    return versions
+    store, source = Registry(open_storage(registry)), Registry(open_storage(trained.registry))
+    for version in (trained.good, trained.other):
+        store.copy_from(source, version)
+    return [trained.good, trained.other]
 
 
 def batch_folder(root: Path, data: Path) -> Path:
@@ -70,14 +65,14 @@ def batch_folder(root: Path, data: Path) -> Path:
 
 
 @contextmanager
-def tiny_registry(piston_data: Path, prefix: str) -> Iterator[tuple[Path, str, str]]:
-    """A work folder whose `registry` holds two tiny bundles, the first in production."""
+def tiny_registry(trained: Trained, prefix: str) -> Iterator[tuple[Path, str, str]]:
+    """A work folder whose `registry` holds the session's two bundles, the first in production."""
     from piston.registry import Registry
     from piston.storage import open_storage
 
     root = Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        first, second = train_tiny(root / "registry", root / "runs", piston_data)
+        first, second = copy_trained(root / "registry", trained)
         Registry(open_storage(root / "registry")).promote(first, "console tests: start")
         yield root, first, second
     finally:
@@ -85,10 +80,10 @@ def tiny_registry(piston_data: Path, prefix: str) -> Iterator[tuple[Path, str, s
 
 
 @pytest.fixture(scope="module")
-def console(piston_data: Path) -> Iterator[Console]:
+def console(piston_data: Path, trained: Trained) -> Iterator[Console]:
     import redis
 
-    with tiny_registry(piston_data, "piston-console-") as (root, first, second):
+    with tiny_registry(trained, "piston-console-") as (root, first, second):
         redis.Redis.from_url(REDIS_URL).flushdb()
         # Retrain sets are built under the job's output prefix: a root retrains may read.
         roots = json.dumps([str(piston_data), str(root / "results")])

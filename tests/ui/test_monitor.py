@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from piston.live import connect
+from tests.conftest import Trained
 from tests.service.conftest import running_server
 from tests.service.test_drift_watch import darkened
 from tests.ui.browser import chromium, wait_for
@@ -35,8 +36,8 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(piston_data: Path) -> Iterator[Served]:
-    with tiny_registry(piston_data, "piston-monitor-") as (root, first, second):
+def served(trained: Trained) -> Iterator[Served]:
+    with tiny_registry(trained, "piston-monitor-") as (root, first, second):
         connect(REDIS).flushdb()
         env = {"PISTON_REGISTRY": str(root / "registry"), "PISTON_POLL_INTERVAL_S": "0.5",
                "PISTON_ADMIN_TOKEN": TOKEN, "PISTON_REDIS_URL": REDIS,

@@ -1,8 +1,8 @@
 """Real parts for the worker tests: a Redis server of their own (AOF on, as compose runs it, on a
 free port: the restart test stops and starts it), moto's S3 server, Celery worker processes.
 
-The session trains two small bundles in-process into an S3 registry: a `good` one (promoted, used
-for scoring) and a deliberately `weak` one (for champion/challenger). Workers run as `piston
+The S3 registry gets the session's `good` bundle (tests/conftest.py; promoted, used for scoring)
+and a deliberately `weak` one trained here (for champion/challenger). Workers run as `piston
 worker` subprocesses with their own BentoML home, so they fetch bundles from S3 like production.
 """
 
@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.conftest import Trained
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                "AWS_DEFAULT_REGION": "us-east-1"}
@@ -233,17 +235,18 @@ def train_into(registry_uri: str, endpoint: str, dataset: str, runs: Path,
 
 
 @pytest.fixture(scope="session")
-def bundles(moto: MotoServer, s3_pistons: dict[str, Any], work_dir: Path) -> dict[str, str]:
+def bundles(moto: MotoServer, s3_pistons: dict[str, Any], work_dir: Path,
+            trained: Trained) -> dict[str, str]:
     """A good bundle in production and a weak one beside it, both in the S3 registry."""
     from piston.registry import Registry
     from piston.storage import open_storage
 
-    good = train_into(REGISTRY, moto.url, s3_pistons["dataset"], work_dir / "runs",
-                      {"epochs": 8})
+    registry = Registry(open_storage(REGISTRY, moto.url))
+    registry.copy_from(Registry(open_storage(trained.registry)), trained.good)
     weak = train_into(REGISTRY, moto.url, s3_pistons["dataset"], work_dir / "runs",
                       {"epochs": 1, "lr": 1e-6})
-    Registry(open_storage(REGISTRY, moto.url)).promote(good, "tests: good bundle", force=True)
-    return {"good": good, "weak": weak}
+    registry.promote(trained.good, "tests: good bundle", force=True)
+    return {"good": trained.good, "weak": weak}
 
 
 def worker_env(work_dir: Path, s3_url: str, registry: str, **extra: str) -> dict[str, str]:
