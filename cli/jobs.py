@@ -177,8 +177,7 @@ def run_worker(args: argparse.Namespace) -> int:
     settings = load_settings()
     app = create_app(settings, queues)
     # Torch threads per process: the cores left once the processes and their decode threads
-    # have theirs. More would spin against the decode threads (measured: a 1-process worker
-    # on 2 busy cores scored 3x faster with 1 torch thread than with 2).
+    # have theirs. More would spin against the decode threads (docs/evaluation.md).
     app.conf.piston_threads = max(
         1, (os.cpu_count() or 1) // args.concurrency - settings.score_decode_threads)
     if "score" in queues:

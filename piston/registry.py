@@ -110,7 +110,7 @@ class Registry:
         meta = read_meta(model.path)
         with tempfile.TemporaryDirectory() as tmp:
             archive = Path(tmp) / f"{version}.bentomodel"
-            # Plain tar: the weights do not compress, and xz took ~10 s a bundle.
+            # Plain tar: the weights do not compress, so xz only costs time (docs/evaluation.md).
             exported = bentoml.models.export_model(
                 str(model.tag), str(archive), output_format="tar"
             )

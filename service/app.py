@@ -37,8 +37,8 @@ from service.schemas import BatchAnswer, DecisionAnswer
 
 log = logging.getLogger(__name__)
 # One intra-op thread per worker, in either runtime: torch's default (one per core)
-# spin-waits against the event loop and the other workers; measured 17 vs 271 images/s at
-# batch 1 on 2 busy cores. Scale with `--workers` instead.
+# spin-waits against the event loop and the other workers (docs/evaluation.md). Scale with
+# `--workers` instead.
 INFER_THREADS = 1
 # Routes that skip BentoML's OpenTelemetry middleware (a span per request, ~1 ms of CPU);
 # our own counters and BentoML's request metrics still see them.

@@ -73,10 +73,9 @@ class Engine:
         self.metrics.serving_version(self.follower.status.version)
         if swapped:
             # What is alive now (libraries, the model) lives as long as the worker: keep it out
-            # of the cyclic collector, whose full passes over it took 330 ms under load. Each
-            # request allocates a few hundred short-lived objects (BentoML's stack): at Python's
-            # default threshold of 700 a young collection ran every few requests and an older
-            # one every few dozen, stalling the loop (p99 at c=32 1.34-1.41x naive -> 0.90x).
+            # of the cyclic collector, whose full passes over it stall the event loop. Each
+            # request allocates a few hundred short-lived objects (BentoML's stack), so Python's
+            # default thresholds would collect every few requests (docs/evaluation.md).
             gc.freeze()
             gc.set_threshold(*GC_THRESHOLDS)
         return swapped
