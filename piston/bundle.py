@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from piston.calibration import Calibration
 from piston.errors import RegistryError
@@ -44,6 +45,9 @@ if TYPE_CHECKING:
 
 MODEL_NAME = "piston-classifier"
 META_FILE = "bundle.json"
+# The layout of bundle.json. Bump it when a field changes meaning or goes; a bundle of another
+# version is refused with a clear line (retrain it) instead of being read through shims.
+SCHEMA_VERSION = 1
 
 
 class Gate(BaseModel):
@@ -87,11 +91,12 @@ class OnnxExport(BaseModel):
 class BundleMeta(BaseModel):
     """Everything about a bundle except its weights; stored as `bundle.json`."""
 
+    schema_version: int = SCHEMA_VERSION
     version: str
     classes: list[str]
     arch: str
     arch_params: dict[str, Any] = Field(default_factory=dict)
-    contract: dict[str, Any]
+    contract: Contract
     calibration: Calibration = Field(default_factory=Calibration)
     novelty: NoveltyInfo | None = None  # None: a bundle without a novelty check (older ones)
     config: dict[str, Any] = Field(default_factory=dict)
@@ -107,13 +112,28 @@ class BundleMeta(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _threshold_into_calibration(cls, data: Any) -> Any:
-        """Bundles written before calibration kept only a review threshold."""
-        if isinstance(data, dict) and "threshold" in data:
-            data = dict(data)
-            threshold = data.pop("threshold")
-            data.setdefault("calibration", {"threshold": threshold})
+    def _same_schema(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+            raise ValueError(f"bundle.json has schema_version {data['schema_version']}, this code"
+                             f" reads {SCHEMA_VERSION}")
         return data
+
+    @classmethod
+    def parse(cls, raw: str | bytes, where: str) -> BundleMeta:
+        """A stored bundle.json; one that is not of this schema is a `RegistryError`, one line.
+
+        Bundles written before `schema_version` existed (pre-release) have none: retrain them.
+        """
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict) or "schema_version" not in data:
+                raise ValueError("it has no schema_version (written before the first release)")
+            return cls.model_validate(data)
+        except (ValidationError, ValueError) as err:
+            reason = (err.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")
+                      if isinstance(err, ValidationError) else str(err))
+            raise RegistryError(f"cannot read the bundle at {where}: {reason}; retrain it")\
+                from None
 
     @property
     def threshold(self) -> float:
@@ -124,9 +144,6 @@ class BundleMeta(BaseModel):
     def gates_passed(self) -> bool:
         return gates_passed(self.gates)
 
-    @property
-    def input_contract(self) -> Contract:
-        return Contract.from_dict(self.contract)
 
     def summary(self) -> dict[str, Any]:
         """The short form shown by `models list` and stored beside the bundle in the registry."""
@@ -229,7 +246,8 @@ def local_store_lock() -> Iterator[None]:
 
 
 def read_meta(model_dir: str | Path) -> BundleMeta:
-    return BundleMeta.model_validate_json((Path(model_dir) / META_FILE).read_text())
+    path = Path(model_dir) / META_FILE
+    return BundleMeta.parse(path.read_bytes(), str(path))
 
 
 class Predictor:
@@ -244,7 +262,7 @@ class Predictor:
                  novelty: NoveltyScorer | None = None) -> None:
         self.meta = meta
         self.runtime = module if isinstance(module, Runtime) else TorchRuntime(module)
-        self.contract = meta.input_contract
+        self.contract = meta.contract
         self.novelty = novelty
 
     @classmethod

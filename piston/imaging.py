@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -27,11 +27,7 @@ DRAFT_MARGIN = 2
 
 @dataclass(frozen=True)
 class Contract:
-    """What a model expects: input size, normalisation, and how its images were decoded.
-
-    New contracts apply EXIF orientation and JPEG draft decoding; `from_dict` reads a
-    bundle written before those fields existed as trained without them.
-    """
+    """What a model expects: input size, normalisation, how its images were decoded."""
 
     height: int = 80
     width: int = 80
@@ -40,16 +36,6 @@ class Contract:
     exif_transpose: bool = True
     jpeg_draft: bool = True
 
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, object]) -> Contract:
-        mean = tuple(float(v) for v in raw.get("mean", (0.0, 0.0, 0.0)))  # type: ignore[attr-defined]
-        std = tuple(float(v) for v in raw.get("std", (1.0, 1.0, 1.0)))  # type: ignore[attr-defined]
-        return cls(int(raw["height"]), int(raw["width"]), mean, std,  # type: ignore[arg-type, call-overload]
-                   exif_transpose=bool(raw.get("exif_transpose", False)),
-                   jpeg_draft=bool(raw.get("jpeg_draft", False)))
 
 
 @dataclass(frozen=True)

@@ -151,7 +151,7 @@ class Registry:
             raise UnknownBundle(
                 f"no bundle {version!r} in the registry (see `piston models list`)"
             ) from None
-        return BundleMeta.model_validate_json(raw)
+        return BundleMeta.parse(raw, f"{self.storage.uri}/{_meta_key(version)}")
 
     def bundles(self) -> list[dict[str, Any]]:
         """Summaries of every bundle, oldest first, with which one is in production."""

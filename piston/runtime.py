@@ -61,8 +61,8 @@ class TorchRuntime(Runtime):
 
         from piston import arch
 
-        module = arch.build(meta.arch, len(meta.classes), int(meta.contract["height"]),
-                            int(meta.contract["width"]), **meta.arch_params)
+        module = arch.build(meta.arch, len(meta.classes), meta.contract.height,
+                            meta.contract.width, **meta.arch_params)
         state = torch.load(Path(model_dir) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         module.load_state_dict(state)
         module.eval()

@@ -52,7 +52,7 @@ def compare(module: nn.Module, path: Path, meta: BundleMeta,
     """Max |p_onnx - p_torch| (calibrated probabilities) and how many labels differ, over
     uint8 NCHW `images`."""
     torch_rt, onnx_rt = TorchRuntime(module), OnnxRuntime.load(path)
-    contract, calibration = meta.input_contract, meta.calibration
+    contract, calibration = meta.contract, meta.calibration
     worst, differ = 0.0, 0
     for begin in range(0, len(images), PARITY_BATCH):
         batch = to_inputs(images[begin:begin + PARITY_BATCH], contract).numpy()
@@ -72,7 +72,7 @@ def with_onnx(meta: BundleMeta, module: nn.Module, test_images: np.ndarray,
     """
     start = time.perf_counter()
     try:
-        opset = export_onnx(Embedder(module), meta.input_contract, path)
+        opset = export_onnx(Embedder(module), meta.contract, path)
         worst, differ = compare(module, path, meta, test_images)
     except Exception as err:  # an architecture the exporter cannot handle: torch only
         log.warning("no model.onnx for bundle %s (%s: %s): it will be scored with torch",

@@ -194,7 +194,7 @@ def build_meta(
         classes=prepared.classes,
         arch=config.arch,
         arch_params=config.arch_params,
-        contract=contract.to_dict(),
+        contract=contract,
         calibration=evaluation.calibration.calibration(),
         config=config.model_dump(mode="json"),
         metrics=metrics,

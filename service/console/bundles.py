@@ -31,7 +31,7 @@ def details(registry: Registry) -> dict[str, dict[str, Any]]:
         meta = registry.meta(version)
         per_class = meta.metrics.get("per_class") or {}
         out[version] = {
-            "input_size": [meta.input_contract.width, meta.input_contract.height],
+            "input_size": [meta.contract.width, meta.contract.height],
             "data_fingerprint": meta.data_fingerprint, "threshold": meta.threshold,
             "recall": {c: m.get("recall") for c, m in per_class.items()},
             "code_version": meta.code_version, "parent": meta.parent,

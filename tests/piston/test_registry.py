@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from piston import arch
-from piston.bundle import BundleMeta, Gate, Predictor, create_bundle, new_version
+from piston.bundle import (
+    SCHEMA_VERSION,
+    BundleMeta,
+    Gate,
+    Predictor,
+    create_bundle,
+    new_version,
+)
+from piston.calibration import Calibration
 from piston.errors import (
     InputError,
     InvalidName,
@@ -19,6 +30,7 @@ from piston.errors import (
     StorageUnavailable,
 )
 from piston.follow import ModelFollower
+from piston.imaging import Contract
 from piston.registry import Move, Registry
 from piston.storage import LocalStorage
 
@@ -32,7 +44,7 @@ def make_bundle(registry: Registry, passed: bool = True) -> str:
         classes=["a", "b", "c"],
         arch="seed_cnn",
         contract={"height": 16, "width": 16},
-        threshold=0.6,
+        calibration=Calibration(threshold=0.6),
         gates=[Gate(name="accuracy", value=0.95 if passed else 0.5, threshold=0.9, passed=passed)],
     )
     create_bundle(meta, module.state_dict(), {})
@@ -231,7 +243,8 @@ def test_an_archive_holding_another_version_is_refused(registry: Registry) -> No
     real, other = make_bundle(registry), make_bundle(registry)
     swapped = registry.storage.read(f"bundles/{other}.bentomodel")
     registry.storage.write(f"bundles/{real}.bentomodel", swapped)
-    meta = registry.meta(real).model_copy(update={"archive_sha256": None})  # a legacy sidecar
+    digest = hashlib.sha256(swapped).hexdigest()  # a sidecar that vouches for the wrong archive
+    meta = registry.meta(real).model_copy(update={"archive_sha256": digest})
     registry.storage.write(f"bundles/{real}.json", meta.model_dump_json().encode())
     bentoml.models.delete(f"piston-classifier:{real}")
     bentoml.models.delete(f"piston-classifier:{other}")
@@ -318,3 +331,24 @@ def test_a_reason_has_a_length_limit(registry: Registry) -> None:
     with pytest.raises(InputError, match="over the limit of 500"):
         registry.promote(version, "x" * 501)
     assert registry.history() == []
+
+
+def test_bundle_json_round_trips_with_a_typed_contract_and_its_schema_version(
+        registry: Registry) -> None:
+    meta = registry.meta(make_bundle(registry))
+    assert meta.schema_version == SCHEMA_VERSION and meta.contract == Contract(16, 16)
+    assert BundleMeta.parse(meta.model_dump_json(), "here") == meta
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    (lambda raw: {k: v for k, v in raw.items() if k != "schema_version"}, "no schema_version"),
+    (lambda raw: {**raw, "schema_version": SCHEMA_VERSION + 1}, "has schema_version"),
+    (lambda raw: {**raw, "contract": {"height": "tall"}}, "valid integer"),
+])
+def test_a_bundle_json_of_another_schema_is_refused_in_one_line(
+        registry: Registry, change: Any, reason: str) -> None:
+    version = make_bundle(registry)
+    raw = json.loads(registry.storage.read(f"bundles/{version}.json"))
+    registry.storage.write(f"bundles/{version}.json", json.dumps(change(raw)).encode())
+    with pytest.raises(RegistryError, match=f"cannot read the bundle at .*{reason}.*retrain it"):
+        registry.meta(version)

@@ -35,7 +35,7 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     module = arch.build("bn_cnn", 2, 32, 32, widths=[8, 16], tta="hflip").eval()
     torch.save(module.state_dict(), root / WEIGHTS_FILE)
     (root / META_FILE).write_text(meta.model_dump_json())
-    export_onnx(arch.Embedder(module), meta.input_contract, root / ONNX_FILE)
+    export_onnx(arch.Embedder(module), meta.contract, root / ONNX_FILE)
     return root
 
 
@@ -62,7 +62,7 @@ def test_a_model_onnx_without_the_outputs_is_refused(bundle_dir: Path, tmp_path:
     bare = tmp_path / "bare.onnx"
     meta = BundleMeta.model_validate_json((bundle_dir / META_FILE).read_text())
     module = arch.build("bn_cnn", 2, 32, 32, widths=[8, 16]).eval()
-    export_onnx(module, meta.input_contract, bare, output_names=["logits"])
+    export_onnx(module, meta.contract, bare, output_names=["logits"])
     with pytest.raises(ValueError, match="features"):
         OnnxRuntime.load(bare)
 

@@ -18,7 +18,8 @@ from tests.conftest import image_bytes
 @pytest.fixture(scope="module")
 def predictor() -> Predictor:
     meta = BundleMeta(version="v-test", classes=["a", "b", "c"], arch="seed_cnn",
-                      contract={"height": 16, "width": 16}, threshold=0.9)
+                      contract={"height": 16, "width": 16},
+                      calibration=Calibration(threshold=0.9))
     module = arch.build("seed_cnn", 3, 16, 16)
     module.eval()
     return Predictor(meta, module)

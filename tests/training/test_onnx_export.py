@@ -38,7 +38,7 @@ def recipe_module(name: str, size: tuple[int, int] | None) -> tuple[nn.Module, B
             part.running_var.uniform_(0.5, 2.0)
     module.eval()
     meta = BundleMeta(version="v-onnx", classes=["a", "b", "c"], arch=config.arch,
-                      arch_params=config.arch_params, contract=contract.to_dict())
+                      arch_params=config.arch_params, contract=contract)
     return module, meta
 
 
@@ -54,7 +54,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def test_onnx_probabilities_match_torch(recipe: str, size: tuple[int, int] | None,
                                         tmp_path: Path) -> None:
     module, meta = recipe_module(recipe, size)
-    c = meta.input_contract
+    c = meta.contract
     export_onnx(arch.Embedder(module), c, tmp_path / "model.onnx")
     onnx_rt, torch_rt = OnnxRuntime.load(tmp_path / "model.onnx"), TorchRuntime(module)
     rng = np.random.default_rng(1)

@@ -11,6 +11,7 @@ import pytest
 
 from piston import arch
 from piston.bundle import BundleMeta, Predictor
+from piston.calibration import Calibration
 from piston.records import ScoreRecord, ShardCounts
 from piston.storage import LocalStorage
 from workers.results import (
@@ -28,7 +29,8 @@ from workers.scoring import list_images, plan_job, score_shard
 @pytest.fixture(scope="module")
 def predictor() -> Predictor:
     meta = BundleMeta(version="v1", classes=["defect", "normal"], arch="seed_cnn",
-                      contract={"height": 16, "width": 16}, threshold=0.5)
+                      contract={"height": 16, "width": 16},
+                      calibration=Calibration(threshold=0.5))
     module = arch.build("seed_cnn", 2, 16, 16)
     module.eval()
     return Predictor(meta, module)
