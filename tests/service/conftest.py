@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 class Bundles:
     registry: Path  # a registry holding both bundles, nothing in production
     good: str  # gates pass (12 epochs)
-    other: str  # a second, different bundle (5 epochs, another seed)
+    other: str  # a second, different bundle (another recipe)
 
 
 @pytest.fixture(scope="session")
