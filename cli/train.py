@@ -10,6 +10,7 @@ import yaml
 from tqdm import tqdm
 
 from cli.output import emit
+from piston.bundle import Gate
 from piston.errors import ConfigError
 from piston.registry import open_registry
 from piston.settings import load_settings
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             log.warning("not promoted: bundle %s failed its quality gates", outcome.version)
             result["promoted"] = False
-    emit(result, args.json, _human(result))
+    emit(result, args.json, _human(result, outcome.evaluation.gates))
     return 0
 
 
@@ -140,7 +141,7 @@ def _novelty_line(info: dict[str, Any] | None) -> list[str]:
             f" {info['val_flagged']:.1%} of val, {'-' if test is None else f'{test:.1%}'} of test"]
 
 
-def _human(r: dict[str, Any]) -> str:
+def _human(r: dict[str, Any], gates: list[Gate]) -> str:
     lines = [
         f"bundle {r['version']}: test accuracy {r['test_accuracy']:.3f}, macro-F1"
         f" {r['macro_f1']:.3f} ({r['split']} split), trained in {r['train_seconds']:.1f} s",
@@ -158,7 +159,7 @@ def _human(r: dict[str, Any]) -> str:
         f"confusion matrix (rows true {r['classes']}): {r['confusion_matrix']}",
         *_novelty_line(r.get("novelty")),
         "gates: "
-        + ", ".join(f"{g['name']} {'pass' if g['passed'] else 'FAIL'}" for g in r["gates"]),
+        + ", ".join(f"{g.name} {'pass' if g.passed else 'FAIL'}" for g in gates),
         f"report: {r['report']}",
     ]
     if "promoted" in r:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from piston.bundle import Predictor
+from piston.bundle import Gate, Predictor, gates_passed
 from piston.errors import StaleProduction
 from piston.names import NOTHING
 from piston.registry import Registry
@@ -74,8 +74,7 @@ def retrain(
     test_keys = registry.split(challenger)["test"]
     scored = compare(request.dataset, test_keys, registry, challenger, champion, max_pixels,
                      s3_endpoint_url)
-    passed = registry.meta(challenger).gates_passed
-    promoted, reason = decide(challenger, champion, passed, scored, outcome.metrics,
+    promoted, reason = decide(challenger, champion, registry.meta(challenger).gates, scored,
                               request.promote_if_better)
     if promoted:
         try:  # compared with `champion`: only promoted over it, never over a newer move
@@ -126,14 +125,13 @@ def _score(predictor: Predictor, contents: dict[str, bytes], truth: dict[str, st
     return {"accuracy": accuracy, "macro_f1": None, "images": len(scored)}  # classes differ
 
 
-def decide(challenger: str, champion: str | None, gates_passed: bool,
-           scored: dict[str, dict[str, Any]], metrics: dict[str, Any],
-           promote_if_better: bool) -> tuple[bool, str]:
+def decide(challenger: str, champion: str | None, gates: list[Gate],
+           scored: dict[str, dict[str, Any]], promote_if_better: bool) -> tuple[bool, str]:
     """(promote?, why) for the challenger."""
-    if not gates_passed:
-        failed = ", ".join(f"{g['name']} {g['value']:.3f} (bar {g['threshold']})"
-                           for g in metrics["gates"] if not g["passed"])
-        return False, f"failed its quality gates: {failed}"
+    if not gates_passed(gates):
+        failed = ", ".join(f"{g.name} {g.value:.3f} (bar {g.threshold})"
+                           for g in gates if not g.passed)
+        return False, f"failed its quality gates: {failed or 'no gates were measured'}"
     new = scored["challenger"]
     if champion is not None:
         old = scored["champion"]
