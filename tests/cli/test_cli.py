@@ -21,6 +21,7 @@ def piston(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, object]
     return code, json.loads(out) if "--json" in args and out.strip() else out
 
 
+@pytest.mark.slow  # trains
 def test_train_promote_retrain_promote_rollback(
     piston_data: Path, registry_env: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

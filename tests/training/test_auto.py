@@ -37,6 +37,7 @@ def _train(data: Path, tmp: Path, **overrides: object) -> dict:
     return outcome.to_json()
 
 
+@pytest.mark.slow  # trains
 def test_auto_compares_candidates_and_says_why(textures: Path, tmp_path: Path) -> None:
     first = _train(textures, tmp_path / "1", epochs=3, budget_s=120)
     rows = first["search"]
@@ -54,6 +55,7 @@ def test_auto_compares_candidates_and_says_why(textures: Path, tmp_path: Path) -
     assert again["macro_f1"] == first["macro_f1"]
 
 
+@pytest.mark.slow  # trains
 def test_the_search_keeps_to_its_budget(textures: Path, tmp_path: Path) -> None:
     began = time.monotonic()
     result = _train(textures, tmp_path, epochs=200, budget_s=12)
@@ -61,6 +63,7 @@ def test_the_search_keeps_to_its_budget(textures: Path, tmp_path: Path) -> None:
     assert any(r["stopped"] == "budget" or r["note"] for r in result["search"])
 
 
+@pytest.mark.slow  # trains
 def test_training_goes_on_while_it_has_not_converged(textures: Path, tmp_path: Path) -> None:
     from training.prepare import prepare
 
@@ -79,6 +82,7 @@ def test_training_goes_on_while_it_has_not_converged(textures: Path, tmp_path: P
         assert easy.stopped == "converged" and {e.cycle for e in easy.history} == {1}
 
 
+@pytest.mark.slow  # trains
 def test_a_granted_budget_is_spent_while_cycles_help(textures: Path) -> None:
     from cli.train import parse_budget
     from training.prepare import prepare
@@ -97,6 +101,7 @@ def test_a_granted_budget_is_spent_while_cycles_help(textures: Path) -> None:
     assert spent.seconds < 60 + 10
 
 
+@pytest.mark.slow  # trains
 def test_a_round_part_with_a_small_notch(tmp_path: Path) -> None:
     """The default on 512 px grayscale parts whose defect is a notch of 1.3% of the image."""
     data = notch_set(tmp_path / "notch", per_class=60)
@@ -133,6 +138,7 @@ def test_imagenet_weights_load_through_the_torchvision_cache(
     assert torch.equal(module.state_dict()[f"net.{first}"], state[first])
 
 
+@pytest.mark.slow  # trains
 def test_the_linear_probe_trains_only_the_head(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

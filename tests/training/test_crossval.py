@@ -33,6 +33,7 @@ def test_grouped_folds_keep_groups_whole_and_classes_spread() -> None:
     assert np.array_equal(folds, grouped_folds(labels, groups, 5, seed=1))
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize(
     ("classes", "size", "fmt"),
     [
@@ -88,6 +89,7 @@ def test_too_few_groups_for_the_folds_is_a_clear_error(tmp_path: Path) -> None:
         cross_validate(prepared, config, folds=5)
 
 
+@pytest.mark.slow  # trains
 def test_piston_evaluate_on_the_real_data(
     piston_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -26,6 +26,7 @@ def small_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.
     return prepared.decoded.images, prepared.decoded.labels
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -49,6 +50,7 @@ def test_fit_is_seeded_and_learns_with_every_knob(
     assert first.history[-1].train_loss < first.history[0].train_loss
 
 
+@pytest.mark.slow  # trains
 def test_the_bundle_threshold_comes_from_validation_and_the_review_band_is_reported(
     tmp_path: Path,
 ) -> None:

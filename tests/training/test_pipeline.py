@@ -28,6 +28,7 @@ def registry(tmp_path: Path) -> Registry:
     return Registry(LocalStorage(tmp_path / "registry"))
 
 
+@pytest.mark.slow  # trains
 def test_seed_recipe_on_the_random_split_reaches_the_published_figure(
     piston_data: Path, registry: Registry, tmp_path: Path
 ) -> None:
@@ -39,6 +40,7 @@ def test_seed_recipe_on_the_random_split_reaches_the_published_figure(
     assert len(outcome.history) == 25
 
 
+@pytest.mark.slow  # trains
 def test_a_bundle_holds_everything_needed_to_trust_and_rerun_it(
     piston_data: Path, registry: Registry, tmp_path: Path
 ) -> None:
@@ -83,6 +85,7 @@ def test_a_bundle_holds_everything_needed_to_trust_and_rerun_it(
     assert again.metrics["data"]["counts"] == outcome.metrics["data"]["counts"]
 
 
+@pytest.mark.slow  # trains
 def test_gates_follow_the_configured_bar(
     piston_data: Path, registry: Registry, tmp_path: Path
 ) -> None:
