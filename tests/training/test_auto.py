@@ -175,6 +175,7 @@ def _candidates(**overrides: object) -> list[str]:
     return [name for name, _ in candidate_configs(load_config(overrides=overrides))]
 
 
+@pytest.mark.slow  # trains
 def test_auto_adds_a_pretrained_candidate_only_when_its_weights_are_cached(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, textures: Path
 ) -> None:

@@ -117,6 +117,7 @@ def test_too_little_data_is_refused_and_leaves_no_bundle(
     assert registry.versions() == []
 
 
+@pytest.mark.slow  # trains
 def test_the_default_calibrates_on_the_pistons_and_every_edge_applies_it(
     piston_data: Path, registry: Registry, tmp_path: Path
 ) -> None:
