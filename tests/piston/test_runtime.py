@@ -95,7 +95,7 @@ NO_TORCH = textwrap.dedent("""
     assert all(isinstance(o, Decision) for o in [decision, *outcomes])
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision")
                     or m == "piston.arch")
-    print("runtime", engine.model_info()["runtime"], "loaded", loaded)
+    print("runtime", engine.model_info().runtime, "loaded", loaded)
 """)
 
 

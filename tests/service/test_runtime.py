@@ -46,4 +46,4 @@ def test_the_engine_serves_with_onnx_by_default(bundles: Bundles, registry_dir: 
     engine = make_engine(registry_dir, bundles.good)
     image = (piston_data / "normal" / "normal_1.jpeg").read_bytes()
     assert asyncio.run(engine.classify(image)).model_version == bundles.good
-    assert engine.model_info()["runtime"] == "onnx"
+    assert engine.model_info().runtime == "onnx"
