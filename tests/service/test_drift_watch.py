@@ -67,5 +67,5 @@ def test_a_shifted_darkened_feed_drifts(bundles: Bundles, registry_dir: Path, pi
     assert judged is not None and judged.images == 36 and judged.errors == {"empty": 1}
     assert judged.mean_brightness is not None and lit is not None
     assert judged.mean_brightness < lit
-    assert engine.model_info()["drifting"] is True
+    assert engine.model_info().drifting is True
     engine.stop()
