@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from piston.errors import DataError
-from tests.training.synthetic import notch_set, texture_set
+from tests.training.synthetic import SURFACE_COUNTS, notch_set, surface_set, texture_set
 from training.config import load_config
 from training.evaluate import GateBar, classification_metrics, missing_class_warnings, quality_gates
 from training.neighbours import find_near_duplicates
@@ -134,3 +134,18 @@ def test_a_large_consistent_defect_does_not_lump_the_other_class(tmp_path: Path)
     split = make_split(prepared, prepared.resolve(load_config()))
     for part in split.parts().values():
         assert set(prepared.decoded.labels[part].tolist()) == {0, 1}
+
+
+def test_the_surface_stand_in_has_ten_classes_two_rare_and_distinct_parts(
+    tmp_path: Path,
+) -> None:
+    counts = {name: 3 for name in SURFACE_COUNTS}
+    root = surface_set(tmp_path / "surface", counts, side=96)
+    prepared = prepare(str(root), load_config(), MAX_PIXELS)
+    assert prepared.classes == sorted(SURFACE_COUNTS) and len(prepared.decoded.keys) == 30
+    assert prepared.decoded.size == (96, 96)
+    # distinct items: no near-duplicate lumps among surfaces that all look alike
+    assert prepared.report.group_stats()["largest_near_duplicate_group"] <= 2
+    rare = sorted(SURFACE_COUNTS.values())[:2]
+    assert rare == [30, 50]  # 21 and 35 training images in a 70% split
+    assert sum(SURFACE_COUNTS.values()) >= 1000
