@@ -12,6 +12,7 @@ from piston.calibration import Calibration
 from training.calibrate import (
     T_BOUNDS,
     CalibrationFigures,
+    below_validation,
     calibrate,
     choose_threshold,
     class_thresholds,
@@ -104,6 +105,23 @@ def test_the_review_band_holds_still_when_a_small_validation_split_is_redrawn() 
     assert spread < 0.3 * np.subtract(*np.percentile(counted_shares, [90, 10]))
     assert np.percentile(shares, 90) < 0.25 < np.percentile(counted_shares, 90)
     assert np.median(errors) <= 0.02 and np.percentile(errors, 90) < 0.03
+
+
+def test_a_perfect_validation_split_lets_the_threshold_go_under_its_least_sure_image() -> None:
+    probs = probs_of([0.99] * 30 + [0.9] * 3, [0] * 33)
+    labels = np.zeros(33, dtype=int)
+    threshold = choose_threshold(probs, labels, 0.02)
+    assert threshold == pytest.approx(0.9)  # the least confident validation image
+    lower = below_validation(probs, labels, threshold, 0.02)
+    assert 1 / 3 < lower < 0.9  # room for one more image, less sure, in the error budget
+    # a split that already refuses some images leaves no room under them
+    some_wrong = probs_of([0.99] * 30 + [0.6] * 3, [0] * 33)
+    wrong = np.array([0] * 30 + [1] * 3)
+    refused = choose_threshold(some_wrong, wrong, 0.02)
+    assert refused > 0.6 and below_validation(some_wrong, wrong, refused, 0.02) == refused
+    # the more validation images, the more room
+    many = probs_of([0.99] * 300 + [0.9] * 30, [0] * 330)
+    assert below_validation(many, np.zeros(330, dtype=int), 0.9, 0.02) < lower
 
 
 def test_a_hard_class_gets_its_own_higher_threshold() -> None:
