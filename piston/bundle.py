@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from piston.calibration import Calibration
 from piston.errors import RegistryError
+from piston.figures import TrainingMetrics
 from piston.imaging import Contract
 from piston.novelty import NoveltyInfo
 from piston.novelty import load as load_novelty
@@ -59,16 +60,6 @@ class Gate(BaseModel):
     passed: bool
 
 
-REVIEW_HEADLINE = ("review_share", "accepted_accuracy", "ece")
-
-
-def review_headline(metrics: dict[str, Any]) -> dict[str, float | None]:
-    """The test split's review share, accepted accuracy and calibrated ECE: shown beside
-    accuracy wherever accuracy is (None for bundles trained before calibration)."""
-    cal = metrics.get("calibration") or {}
-    return {k: cal.get(k) for k in REVIEW_HEADLINE}
-
-
 def gates_passed(gates: Sequence[Gate]) -> bool:
     """The one definition: every gate passed, and there was at least one.
 
@@ -100,7 +91,7 @@ class BundleMeta(BaseModel):
     calibration: Calibration = Field(default_factory=Calibration)
     novelty: NoveltyInfo | None = None  # None: a bundle without a novelty check (older ones)
     config: dict[str, Any] = Field(default_factory=dict)
-    metrics: dict[str, Any] = Field(default_factory=dict)
+    metrics: TrainingMetrics = Field(default_factory=TrainingMetrics)
     gates: list[Gate] = Field(default_factory=list)
     data_fingerprint: str = ""
     parent: str | None = None
@@ -152,9 +143,9 @@ class BundleMeta(BaseModel):
             "created_at": self.created_at,
             "arch": self.arch,
             "classes": self.classes,
-            "test_accuracy": self.metrics.get("accuracy"),
-            "macro_f1": self.metrics.get("macro_f1"),
-            **review_headline(self.metrics),
+            "test_accuracy": self.metrics.accuracy,
+            "macro_f1": self.metrics.macro_f1,
+            **self.metrics.review(),
             "gates_passed": self.gates_passed,
             "parent": self.parent,
         }

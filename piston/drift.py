@@ -105,18 +105,16 @@ def figures_of(counts: Mapping[str, float]) -> Figures:
 def baseline(meta: BundleMeta) -> Figures:
     """The bundle's own test-split figures: predicted class mix, review share, novelty share."""
     m = meta.metrics
-    matrix = m.get("confusion_matrix")
+    matrix = m.confusion_matrix
     mix: dict[str, float] = {}
     if matrix:
         predicted = [sum(row[j] for row in matrix) for j in range(len(meta.classes))]
         total = sum(predicted)
         mix = {c: p / total for c, p in zip(meta.classes, predicted, strict=True)} if total else {}
-    calibration = m.get("calibration") or {}
-    novelty = m.get("novelty") or {}
-    return Figures(images=int(m.get("support") or 0), class_mix=mix,
-                   review_share=_number(calibration.get("review_share")),
-                   novelty_share=_number(novelty.get("share") if isinstance(novelty, dict)
-                                         else None))
+    novelty = m.novelty or {}
+    return Figures(images=m.support, class_mix=mix,
+                   review_share=m.calibration.review_share if m.calibration else None,
+                   novelty_share=_number(novelty.get("share")))
 
 
 def _number(value: Any) -> float | None:

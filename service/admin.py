@@ -46,7 +46,6 @@ BodyT = TypeVar("BodyT", bound=BaseModel)
 # (request, engine[, body]) -> answer; the body's and the answer's models are read from the
 # handler's annotations, by the route (to validate) and by /docs.json (to document).
 Handler = Callable[..., Awaitable[BaseModel | dict[str, Any]]]
-HEADLINE_METRICS = ("accuracy", "macro_f1", "val_accuracy", "split", "best_epoch")
 
 
 @dataclass(frozen=True)
@@ -87,9 +86,8 @@ def bundle_rows(registry: Registry) -> list[BundleRow]:
     rows = []
     for version in registry.versions():
         meta = registry.meta(version)
-        headline = {k: meta.metrics[k] for k in HEADLINE_METRICS if k in meta.metrics}
         rows.append(BundleRow(**meta.summary(), production=version == current,
-                              gates=meta.gates, metrics=headline))
+                              gates=meta.gates, metrics=meta.metrics.headline()))
     return rows
 
 

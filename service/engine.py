@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 # costs more than an 80x80 decode); larger ones go to the decode threads.
 INLINE_DECODE_PIXELS = 512 * 512
 GC_THRESHOLDS = (20_000, 50, 100)  # Python's defaults: 700, 10, 10
-HEADLINE = ("accuracy", "macro_f1", "per_class", "split", "best_epoch")  # what /model shows
 
 
 @dataclass(frozen=True)
@@ -177,7 +176,9 @@ class Engine:
             arch=meta.arch if meta else None,
             runtime=predictor.runtime.name if predictor is not None else None,
             created_at=meta.created_at if meta else None,
-            metrics={k: meta.metrics.get(k) for k in HEADLINE} if meta else None,
+            metrics={**meta.metrics.headline(),
+                     "per_class": {c: f.model_dump() for c, f in meta.metrics.per_class.items()}}
+            if meta else None,
             gates=list(meta.gates) if meta else None,
             gates_passed=meta.gates_passed if meta else None,
             parent=meta.parent if meta else None,

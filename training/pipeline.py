@@ -19,8 +19,9 @@ from typing import Any
 
 from torch import nn
 
-from piston.bundle import BundleMeta, code_version, create_bundle, new_version, review_headline
+from piston.bundle import BundleMeta, code_version, create_bundle, new_version
 from piston.errors import DataError
+from piston.figures import TrainingMetrics
 from piston.novelty import NOVELTY_FILE, Scorer
 from piston.novelty import save as save_novelty
 from piston.registry import Registry
@@ -74,7 +75,7 @@ class TrainOutcome:
             "version": self.version,
             "test_accuracy": m["accuracy"],
             "macro_f1": m["macro_f1"],
-            **review_headline(m),
+            **TrainingMetrics.model_validate(m).review(),
             **{k: m.get(k) for k in keys},
             "gates_passed": self.evaluation.gates_passed,
             "train_seconds": round(self.train_seconds, 3),

@@ -29,11 +29,10 @@ def details(registry: Registry) -> dict[str, dict[str, Any]]:
     out = {}
     for version in registry.versions():
         meta = registry.meta(version)
-        per_class = meta.metrics.get("per_class") or {}
         out[version] = {
             "input_size": [meta.contract.width, meta.contract.height],
             "data_fingerprint": meta.data_fingerprint, "threshold": meta.threshold,
-            "recall": {c: m.get("recall") for c, m in per_class.items()},
+            "recall": {c: f.recall for c, f in meta.metrics.per_class.items()},
             "code_version": meta.code_version, "parent": meta.parent,
         }
     return out

@@ -35,7 +35,7 @@ def test_the_bundle_records_its_novelty_model(bundle_dir: Path) -> None:
     assert info is not None and predictor.novelty is not None
     assert predictor.novelty.threshold == info.threshold
     assert info.method == "mahalanobis" and info.val_flagged <= 0.05
-    assert predictor.meta.metrics["novelty"]["threshold"] == info.threshold
+    assert (predictor.meta.metrics.novelty or {})["threshold"] == info.threshold
 
 
 def test_a_pistons_model_flags_fabric_and_made_up_images_not_its_test_split(

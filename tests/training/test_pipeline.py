@@ -54,8 +54,8 @@ def test_a_bundle_holds_everything_needed_to_trust_and_rerun_it(
     assert meta.classes == ["defect_1", "defect_2", "normal"]
     assert meta.contract.height == 80 and meta.config["epochs"] == 3
     assert len(meta.data_fingerprint) == 64 and meta.code_version
-    assert meta.metrics["confusion_matrix"] and meta.gates
-    assert set(meta.metrics["per_class"]) == set(meta.classes)
+    assert meta.metrics.confusion_matrix and meta.gates
+    assert set(meta.metrics.per_class) == set(meta.classes)
     for name in (
         "weights.pt",
         "split.json",
