@@ -2,9 +2,9 @@
 
 `/classify` and `/classify_batch` are BentoML APIs (in `/docs.json`, the Swagger page and
 `bentoml.SyncHTTPClient`); their inputs are read by `service.inputs` so raw-body uploads
-and our JSON errors keep working. The GET, admin and job routes are a Starlette app mounted
-beside them. No torch at import: the arbiter process imports this module and never runs
-the model.
+and our JSON errors keep working. Every other route (GET, admin, jobs, the console) lives in
+`service.routes`, mounted beside them. No torch at import: the arbiter process imports this
+module and never runs the model.
 """
 
 from __future__ import annotations
@@ -24,15 +24,14 @@ from piston.follow import ModelFollower
 from piston.registry import open_registry
 from piston.scoring import ImageFailure, Outcome
 from piston.settings import Settings, load_settings
-from service.admin import AdminConfig
-from service.console.app import console_app
 from service.engine import Engine, Limits
 from service.errors import error_response
 from service.evidence import watch_live
 from service.inputs import ClassifyBatchInput, ClassifyInput, Upload
 from service.limits import RequestSizeLimit
 from service.metrics import service_metrics
-from service.routes import build_app
+from service.routes import AdminConfig, build_app
+from service.routes.console import console_app
 from service.schemas import BatchAnswer, DecisionAnswer
 
 log = logging.getLogger(__name__)
@@ -175,9 +174,17 @@ def _instance() -> Inspector:
     return svc
 
 
-def _max_request_bytes() -> int:
+def _settings() -> Settings:
     svc = bentoml.get_current_service()
-    return int((svc.settings if svc is not None else Settings()).max_upload_bytes)
+    return svc.settings if svc is not None else Settings()
+
+
+def _max_request_bytes() -> int:
+    return int(_settings().max_upload_bytes)
+
+
+def _body_budget() -> int:
+    return int(_settings().max_body_bytes_in_flight)
 
 
 # `bentoml.service` as a call (not a decorator) keeps the class and the Service typed apart.
@@ -185,8 +192,7 @@ def _max_request_bytes() -> int:
 PistonInspector: bentoml.Service[Inspector] = bentoml.service(
     name="piston-inspector", workers=1, traffic={"timeout": 60},
     logging={"access": {"enabled": False}}, tracing={"excluded_urls": UNTRACED})(Inspector)
-PistonInspector.mount_asgi_app(
-    build_app(lambda: _instance().engine, lambda: _instance().admin,
-              lambda: PistonInspector), path="/")
+PistonInspector.mount_asgi_app(build_app(_instance, lambda: PistonInspector), path="/")
 PistonInspector.mount_asgi_app(console_app(_instance), path="/ui")  # after: /classify never sees it
-PistonInspector.add_asgi_middleware(RequestSizeLimit, max_bytes=_max_request_bytes)
+PistonInspector.add_asgi_middleware(RequestSizeLimit, max_bytes=_max_request_bytes,
+                                    budget=_body_budget)

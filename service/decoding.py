@@ -2,7 +2,9 @@
 
 The header gives the pixel count before any pixel is decoded: small images (the common
 case, well under a millisecond) decode on the event loop, where a thread hop would cost
-more than the work; large ones go to a few decode threads with a bounded queue, and past
+more than the work. An image is small by its bytes as well as its pixels: a few pixels in
+many bytes (huge metadata chunks, a stream that is slow to decompress) is not cheap. Large
+ones go to a few decode threads with a bounded queue, and past
 that the request is refused with 503 and `Retry-After` instead of waiting without end.
 """
 
@@ -35,9 +37,11 @@ def lower_priority() -> None:
 class Decoder:
     """Turns image bytes into model input: inline when small, in a bounded pool when large."""
 
-    def __init__(self, max_pixels: int, inline_pixels: int, threads: int, queue: int) -> None:
+    def __init__(self, max_pixels: int, inline_pixels: int, threads: int, queue: int,
+                 inline_bytes: int) -> None:
         self.max_pixels = max_pixels
         self.inline_pixels = inline_pixels
+        self.inline_bytes = inline_bytes
         self.capacity = threads + queue
         self.pending = 0  # touched only on the event loop
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode",
@@ -46,7 +50,7 @@ class Decoder:
     async def __call__(self, data: bytes, contract: Contract) -> np.ndarray:
         """The CHW float32 array: `ImageError` for a bad image, `Overloaded` when full."""
         img = open_image(data, self.max_pixels)
-        if img.width * img.height <= self.inline_pixels:
+        if img.width * img.height <= self.inline_pixels and len(data) <= self.inline_bytes:
             return prepare(img, contract)
         if self.pending >= self.capacity:
             raise Overloaded(f"{self.pending} large images are being decoded on this worker;"

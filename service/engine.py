@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 # Images up to this many pixels decode on the event loop (about 2 ms at most; a thread hop
 # costs more than an 80x80 decode); larger ones go to the decode threads.
 INLINE_DECODE_PIXELS = 512 * 512
+# ...and up to this many bytes: 512x512 RGB uncompressed (BMP) is 768 KiB; more bytes for so
+# few pixels is metadata or a costly stream, which goes to the decode threads too.
+INLINE_DECODE_BYTES = 1024 * 1024
 GC_THRESHOLDS = (20_000, 50, 100)  # Python's defaults: 700, 10, 10
 
 
@@ -59,7 +62,7 @@ class Engine:
         # One forward pass holds at most one full batch request.
         self.batcher = Batcher(infer, limits.max_batch_images, thread_init)
         self.decode = Decoder(limits.max_image_pixels, INLINE_DECODE_PIXELS,
-                              limits.decode_threads, limits.decode_queue)
+                              limits.decode_threads, limits.decode_queue, INLINE_DECODE_BYTES)
         self.watchers = Watchers()  # shadow scoring, drift watch: told after each answer
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -110,10 +113,9 @@ class Engine:
 
     def predictor(self) -> Predictor:
         predictor = self.follower.current
-        if predictor is None:
-            reason = self.follower.status.last_error or ("no bundle is loaded yet (is one in"
-                                                         " production? `piston models promote`)")
-            raise NotReady(f"not ready: {reason}")
+        if predictor is None:  # why (paths, endpoints) is for the admin: GET /model with it
+            raise NotReady("not ready: no bundle is loaded yet (is one in production? `piston"
+                           " models current`; GET /model with the admin token says why)")
         return predictor
 
     # -- scoring ----------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""ASGI middleware capping request bodies (BentoML has no limit of its own).
+"""ASGI middleware capping request bodies (BentoML has no limit of its own): each one's size,
+and the bytes of all the bodies one worker holds at once.
 
 A declared `Content-Length` over the limit is refused before the app sees the request; a
 streamed (chunked) body is cut off as soon as it passes the limit. Both get a JSON 413 —
@@ -6,6 +7,12 @@ after reading and dropping the rest of the body (up to `DRAIN_BYTES`), because a
 that closes a connection with unread data makes the client's kernel reset it, and clients
 such as Python's `urllib` then report a reset instead of the 413. A client that sent
 `Expect: 100-continue` has not sent its body yet and is answered at once.
+
+Each request with a body reserves its `Content-Length` (a chunked one: the size limit) from
+the worker's budget until its answer is sent; one that does not fit is drained and answered
+503 with `Retry-After`, so N clients sending large bodies at once cost the budget, not N
+bodies (a worker holds a body, its multipart copy and the decoded image while it works). The
+first request always fits, so a budget under the size limit never refuses everything.
 """
 
 from __future__ import annotations
@@ -19,14 +26,22 @@ Message = dict[str, Any]
 Receive = Callable[[], Any]
 Send = Callable[[Message], Any]
 DRAIN_BYTES = 64 * 1024 * 1024  # beyond this a sender is not worth waiting for: just close
+RETRY_AFTER_S = 1
 
 
 class RequestSizeLimit:
-    """Pure ASGI middleware; `max_bytes` is read through a callable so settings load once, late."""
+    """Pure ASGI middleware; the limits are read through callables so settings load once, late.
 
-    def __init__(self, app: Any, max_bytes: Callable[[], int]) -> None:
+    `budget`: body bytes in flight at once (None: no budget). One event loop per worker
+    process, so the count needs no lock.
+    """
+
+    def __init__(self, app: Any, max_bytes: Callable[[], int],
+                 budget: Callable[[], int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.budget = budget
+        self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -48,7 +63,23 @@ class RequestSizeLimit:
                 await _reject(send, 413, "too_large",
                               f"the request body is {int(declared)} bytes, over the {limit} limit")
                 return
-        await self._streamed(scope, receive, send, limit)
+        chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
+        reserve = limit if chunked else int(declared or 0)
+        if reserve and self.budget is not None:
+            budget = self.budget()
+            if self.in_flight and self.in_flight + reserve > budget:
+                if not waits:
+                    await _drain(receive, DRAIN_BYTES)
+                await _reject(send, 503, "overloaded",
+                              f"this worker holds {self.in_flight} bytes of request bodies (its"
+                              f" budget is {budget}); retry shortly",
+                              [(b"retry-after", str(RETRY_AFTER_S).encode())])
+                return
+        self.in_flight += reserve
+        try:
+            await self._streamed(scope, receive, send, limit)
+        finally:
+            self.in_flight -= reserve
 
     async def _streamed(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         seen = 0
@@ -92,10 +123,11 @@ async def _drain(receive: Receive, budget: int) -> None:
             return
 
 
-async def _reject(send: Send, status: int, kind: str, reason: str) -> None:
+async def _reject(send: Send, status: int, kind: str, reason: str,
+                  extra: list[tuple[bytes, bytes]] | None = None) -> None:
     body = json.dumps({"error": reason, "kind": kind}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                            (b"connection", b"close"), *(extra or [])]})
     await send({"type": "http.response.body", "body": body})

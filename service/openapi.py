@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 from starlette.routing import Route
 
-from service.admin import route_shapes
+from service.routes.auth import route_shapes
 from service.schemas import ErrorAnswer, ModelAnswer
 
 REF = "#/components/schemas/{model}"

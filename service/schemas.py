@@ -8,23 +8,27 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from piston.bundle import Gate
 from piston.job_record import JobState
-from piston.registry import Move
+from piston.registry import MAX_REASON_CHARS, Move
 
 EXPECTED = Field(description="the version production is at now, as you last saw it ('none'"
                  " before the first promote); a stale one is refused with 409, kind 'stale'")
 
 
+REASON = Field(min_length=1, max_length=MAX_REASON_CHARS, description="why (kept in the"
+               " history)")
+
+
 class PromoteBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: str
-    reason: str = Field(min_length=1)
+    reason: str = REASON
     expected: str = EXPECTED
     force: bool = False
 
 
 class RollbackBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reason: str = Field(min_length=1)
+    reason: str = REASON
     expected: str = EXPECTED
     to: str | None = None
 
@@ -97,9 +101,13 @@ class ModelAnswer(BaseModel):
     follows_registry: bool
     pinned: str | None = Field(None, description="the bento's bundle when served from one")
     poll_interval_s: float
+    # Only with the admin token (`PRIVATE_MODEL_FIELDS`): they name paths, endpoints
+    # and buckets.
     refused: dict[str, str] = Field(
-        default_factory=dict, description="version -> why this worker did not swap it in")
-    last_error: str | None = None
+        default_factory=dict, description="version -> why this worker did not swap it in"
+        " (admin token only)")
+    last_error: str | None = Field(None, description="why the last refresh failed (admin token"
+                                   " only)")
     batching: dict[str, Any] = Field(description="the batcher's counters")
     # The bundle being served; all null until one is loaded.
     version: str | None = None
@@ -117,6 +125,9 @@ class ModelAnswer(BaseModel):
     drifting: bool | None = None
     drift: dict[str, Any] | None = Field(None, description="the drift watch: reasons, window")
     shadow: dict[str, Any] | None = Field(None, description="the bundle running in shadow")
+
+
+PRIVATE_MODEL_FIELDS = frozenset({"refused", "last_error"})
 
 
 class BundleRow(BaseModel):

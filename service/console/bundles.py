@@ -1,8 +1,9 @@
 """What the console shows of a bundle beyond `/admin/models`: its details and its report.
 
-The report is `report/report.html` beside two PNGs inside the bundle. The page is served with
-the PNGs inlined as data URIs, so the console can show it in a sandboxed frame (fetched with
-the admin token) without a second authenticated request per picture.
+The report is `report/report.html` beside two PNGs inside the bundle, read from the local
+model store (checked when it was imported) or through `Registry.archive` (digests checked).
+The page is served with the PNGs inlined as data URIs and a `sandbox` CSP, so it runs no
+script and reaches nothing of the console's, in the console's sandboxed frame or opened alone.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def _report_files(registry: Registry, version: str) -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     except (RegistryError, OSError):
         pass  # not imported here (or not readable): read the archive instead
-    archive = registry.storage.read(f"bundles/{version}.bentomodel")
+    archive = registry.archive(version)  # its digests checked, like a model fetch
     files = {}
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:*") as tar:
         for member in tar.getmembers():

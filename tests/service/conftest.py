@@ -55,9 +55,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class ServerUrl(str):
+    """A running server's base URL; `pid` is its `piston serve` process (a session leader)."""
+
+    pid: int
+
+
 @contextmanager
 def running_server(target: str, env: dict[str, str], log: Path,
-                   workers: int = 1) -> Iterator[str]:
+                   workers: int = 1) -> Iterator[ServerUrl]:
     """A real `piston serve` (BentoML) process on 127.0.0.1; yields its base URL once ready."""
     port = free_port()
     command = [sys.executable, "-m", "cli.main", "serve", "--port", str(port),
@@ -68,7 +74,8 @@ def running_server(target: str, env: dict[str, str], log: Path,
     with log.open("wb") as out:
         proc = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=out, stderr=out,
                                 start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    url = ServerUrl(f"http://127.0.0.1:{port}")
+    url.pid = proc.pid
     try:
         deadline = time.monotonic() + 90
         while True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,9 @@ def asgi_app() -> Any:
 def serve_in_process(asgi_app: Any, registry: Path,
                      monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
     monkeypatch.setenv("PISTON_REGISTRY", str(registry))
+    # jobs may use the test's folder (the registry's parent, which holds the registry too)
+    monkeypatch.setenv("PISTON_JOB_ROOTS", json.dumps([str(registry.parent)]))
+    monkeypatch.setenv("PISTON_RETRAIN_DATASET_ROOTS", '["s3://bucket"]')
     monkeypatch.setenv("PISTON_ADMIN_TOKEN", TOKEN)
     monkeypatch.setenv("PISTON_POLL_INTERVAL_S", "0.2")
     monkeypatch.setenv("PISTON_MAX_UPLOAD_BYTES", "300000")
@@ -270,15 +274,19 @@ def test_admin_lists_bundles_and_history_with_kinds_on_errors(
 
 def test_score_job_is_queued_like_the_cli(bare_client: TestClient, tmp_path: Path) -> None:
     client = bare_client
-    body = {"src": str(tmp_path), "out": str(tmp_path / "out"), "only_new": True}
+    (tmp_path / "images").mkdir()
+    body = {"src": str(tmp_path / "images"), "out": str(tmp_path / "out"), "only_new": True}
     assert client.post("/jobs/score", json=body).status_code == 401
     relative = client.post("/jobs/score", json={**body, "src": "images"}, headers=AUTH)
-    assert relative.status_code == 422 and relative.json()["kind"] == "invalid_body"
+    assert relative.status_code == 403 and relative.json()["kind"] == "forbidden"
+    (tmp_path / "file").write_text("x")
+    a_file = client.post("/jobs/score", json={**body, "src": str(tmp_path / "file")}, headers=AUTH)
+    assert a_file.status_code == 422 and a_file.json()["kind"] == "invalid_body"
     queued = client.post("/jobs/score", json=body, headers=AUTH)
     assert queued.status_code == 200, queued.text
     job_id = queued.json()["job_id"]
     status = client.get(f"/jobs/{job_id}", headers=AUTH).json()
-    assert status["kind"] == "score" and status["src"] == str(tmp_path)
+    assert status["kind"] == "score" and status["src"] == str(tmp_path / "images")
     import redis
 
     queue = redis.Redis.from_url("redis://127.0.0.1:6379/14")
@@ -315,7 +323,7 @@ def test_docs_json_documents_every_route(bare_client: TestClient) -> None:
 def test_answers_match_the_schemas_docs_json_gives_them(bare_client: TestClient) -> None:
     """The answers are built from the models /docs.json is generated from: they cannot drift."""
     client = bare_client
-    answers = {("GET", "/model"): client.get("/model"),
+    answers = {("GET", "/model"): client.get("/model", headers=AUTH),  # with its details
                ("GET", "/admin/models"): client.get("/admin/models", headers=AUTH),
                ("GET", "/admin/history"): client.get("/admin/history", headers=AUTH),
                ("POST", "/admin/reload"): client.post("/admin/reload", headers=AUTH)}
@@ -328,3 +336,95 @@ def test_answers_match_the_schemas_docs_json_gives_them(bare_client: TestClient)
         assert_matches_its_schema(client, "GET", "/model", {**model, "refused": []})
     with pytest.raises(Exception, match="Additional properties"):
         assert_matches_its_schema(client, "GET", "/model", {**model, "stray": 1})
+
+
+def queued_ids(kind: str) -> list[bytes | str]:
+    import redis
+
+    return list(redis.Redis.from_url("redis://127.0.0.1:6379/14").lrange(kind, 0, -1))
+
+
+def test_a_job_writing_into_the_registry_is_refused_and_changes_nothing(
+        client: TestClient, bundles: Bundles, registry_dir: Path, tmp_path: Path) -> None:
+    """The history-poisoning request of issue 21: out inside the registry's history."""
+    registry = open_registry(registry_dir)
+    registry.promote(bundles.good, reason="first", force=True)
+    before = sorted(p.relative_to(registry_dir) for p in registry_dir.rglob("*"))
+    queued = queued_ids(jobs.SCORE_QUEUE)
+    (tmp_path / "images").mkdir()
+    src = str(tmp_path / "images")
+    for body, says in (
+        ({"src": src, "out": str(registry_dir / "history")}, "overlaps the model registry"),
+        ({"src": src, "out": f"{registry_dir}//history"}, "overlaps the model registry"),
+        ({"src": src, "out": str(tmp_path)}, "overlaps the model registry"),  # holds it
+        ({"src": src, "out": f"{tmp_path}/x/../registry"}, "without '..'"),
+        ({"src": "/", "out": str(tmp_path / "out")}, "under a job root"),
+        ({"src": "/etc", "out": str(tmp_path / "out")}, "is not under a job root"),
+        ({"src": "/no/such/dir", "out": str(tmp_path / "out")}, "is not under a job root"),
+        ({"src": src, "out": "s3://piston/registry/history"}, "is not under a job root"),
+    ):
+        response = client.post("/jobs/score", json=body, headers=AUTH)
+        assert response.status_code == 403, (body, response.text)
+        assert response.json()["kind"] == "forbidden" and says in response.json()["error"]
+        assert "exist" not in response.json()["error"]  # nothing said about paths outside
+    after = sorted(p.relative_to(registry_dir) for p in registry_dir.rglob("*"))
+    assert after == before and queued_ids(jobs.SCORE_QUEUE) == queued
+    assert registry.current() == bundles.good
+
+
+def test_retrain_overrides_are_an_allow_list_with_bounds(client: TestClient) -> None:
+    queued = queued_ids(jobs.RETRAIN_QUEUE)
+    for overrides, status, says in (
+        ({"epochs": 10_000}, 400, "override epochs=10000"),
+        ({"epochs": True}, 400, "a whole number"),
+        ({"min_steps": 10**9}, 400, "override min_steps"),
+        ({"input_size": [1024, 1024]}, 400, "over the limit"),
+        ({"input_size": [4096, 4096]}, 400, "from 16 to 1024"),
+        ({"arch_params": {"widths": [1024] * 40}}, 400, "arch_params.widths"),
+        ({"search": ["bn_cnn"] * 50}, 400, "'search' is not allowed"),
+        ({"pretrained_weights": "/etc/passwd"}, 403, "under a retrain root"),
+        ({"pretrained_weights": "/no/such/file"}, 403, "under a retrain root"),
+    ):
+        body = {"dataset": "s3://bucket/pistons", "overrides": overrides}
+        response = client.post("/admin/retrain", json=body, headers=AUTH)
+        assert response.status_code == status, (overrides, response.text)
+        error = response.json()["error"]
+        assert says in error and "\n" not in error and len(error) < 500, error
+        assert "root:" not in error  # /etc/passwd's contents never come back
+    outside = client.post("/admin/retrain", json={"dataset": "/etc"}, headers=AUTH)
+    assert outside.status_code == 403
+    assert queued_ids(jobs.RETRAIN_QUEUE) == queued
+
+
+def test_small_leaks_are_closed(client: TestClient, bundles: Bundles,
+                                registry_dir: Path) -> None:
+    registry = open_registry(registry_dir)
+    registry.promote(bundles.good, reason="first", force=True)
+    wait_ready(client)
+    # a non-ASCII bearer token is refused like any wrong one, not a 500
+    for token in ("Bearer t\xc3\xb6k\xc3\xa9n".encode("latin-1"), b"Bearer \xff\xfe"):
+        response = client.get("/admin/models", headers={"Authorization": token})
+        assert response.status_code == 401 and response.json()["kind"] == "unauthorized"
+    # a reason has a length limit
+    long = client.post("/admin/promote", json={"version": bundles.other, "reason": "x" * 501,
+                                               "force": True, "expected": bundles.good},
+                       headers=AUTH)
+    assert long.status_code == 422 and "reason" in long.json()["error"]
+    # /model without a token shows no paths; with it, why bundles were refused
+    registry.storage.write("history/99999999.json", b"{}")  # breaks the pointer: an error
+    client.post("/admin/reload", headers=AUTH)
+    public = client.get("/model")
+    assert public.status_code == 200 and public.json()["version"] == bundles.good
+    assert str(registry_dir) not in public.text and "last_error" not in public.json()
+    detailed = client.get("/model", headers=AUTH).json()
+    assert str(registry_dir) in detailed["last_error"] and "99999999" in detailed["last_error"]
+    assert client.get("/model", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    # the console cannot be framed, and a report runs sandboxed even opened alone
+    page = client.get("/ui/")
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY"
+    report = client.get(f"/ui/api/models/{bundles.good}/report", headers=AUTH)
+    assert report.status_code == 200 and "Quality gates" in report.text
+    assert report.headers["content-security-policy"].startswith("sandbox;")
+    script = client.get("/ui/static/console.js").text
+    assert "report-open" not in script and '"text/html"' not in script  # no blob: page of it

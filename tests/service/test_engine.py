@@ -194,3 +194,78 @@ def test_a_broken_bundle_is_refused_and_the_old_one_keeps_serving(
     assert asyncio.run(engine.classify(image_bytes())).model_version == bundles.good
     registry.rollback(reason="back to good")
     assert engine.refresh() is False and engine.model_info().version == bundles.good
+
+
+async def _post(app: RequestSizeLimit, size: int) -> tuple[int, dict[bytes, bytes]]:
+    """One request with a `size`-byte body straight through the ASGI middleware."""
+    chunks = [{"type": "http.request", "body": b"x" * size, "more_body": False}]
+    answer: dict[str, object] = {}
+
+    async def receive() -> dict[str, object]:
+        return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.start":
+            answer.update(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": [
+        (b"content-length", str(size).encode())]}
+    await app(scope, receive, send)
+    return int(answer["status"]), dict(answer["headers"])  # type: ignore[call-overload]
+
+
+def test_request_bodies_in_flight_have_a_budget_then_503_with_retry_after() -> None:
+    release = asyncio.Event()
+
+    async def slow(scope: dict[str, object], receive: object, send: object) -> None:
+        while (await receive())["more_body"]:  # type: ignore[operator]
+            pass
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
+
+    async def run() -> list[int]:
+        app = RequestSizeLimit(slow, max_bytes=lambda: 1000, budget=lambda: 1500)
+        first = asyncio.create_task(_post(app, 800))
+        while app.in_flight != 800:
+            await asyncio.sleep(0)
+        status, headers = await _post(app, 800)  # does not fit beside the first: refused
+        assert status == 503 and headers[b"retry-after"] == b"1"
+        small = asyncio.create_task(_post(app, 600))  # fits
+        while app.in_flight != 1400:
+            await asyncio.sleep(0)
+        release.set()
+        statuses = [(await first)[0], (await small)[0]]
+        assert app.in_flight == 0
+        alone = RequestSizeLimit(slow, max_bytes=lambda: 1000, budget=lambda: 10)
+        statuses.append((await _post(alone, 900))[0])  # the first always fits
+        return statuses
+
+    assert asyncio.run(run()) == [200, 200, 200]
+
+
+def test_inline_decoding_is_chosen_by_bytes_as_well_as_pixels() -> None:
+    import io
+
+    from PIL import Image, PngImagePlugin
+
+    from piston.errors import Overloaded
+    from piston.imaging import Contract
+    from service.decoding import Decoder
+    from service.engine import INLINE_DECODE_BYTES
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("padding", "p" * (2 * INLINE_DECODE_BYTES))
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buf, format="PNG", pnginfo=info)
+    heavy, light = buf.getvalue(), image_bytes(size=(64, 64))
+    assert len(heavy) > INLINE_DECODE_BYTES > len(light)
+    decoder = Decoder(10**8, 512 * 512, threads=1, queue=0, inline_bytes=INLINE_DECODE_BYTES)
+    decoder.pending = decoder.capacity  # every decode thread busy: only inline work proceeds
+    contract = Contract(height=32, width=32)
+    try:
+        assert asyncio.run(decoder(light, contract)).shape == (3, 32, 32)
+        with pytest.raises(Overloaded):  # 4096 pixels, but 2 MB: sent to the threads
+            asyncio.run(decoder(heavy, contract))
+    finally:
+        decoder.close()

@@ -1,4 +1,4 @@
-"""The review queue's routes: a job's flagged images, one thumbnail, an answer, a retrain.
+"""The console's review queue routes: a job's flagged images, a thumbnail, an answer, a retrain.
 
 Only images the job flagged can be shown or answered, so these routes cannot be used to
 read or label anything else under the job's source.
@@ -21,9 +21,8 @@ from piston import jobs
 from piston.errors import InputError
 from piston.limits import check_retrain
 from piston.storage import Storage, open_storage
-from service.admin import read_body, registry_of
-from service.console.http import Body, Host, guarded
 from service.console.retrain import build_training_set, stamp
+from service.routes.auth import Body, Host, guarded, read_body, registry_of
 
 
 class Answer(Body):

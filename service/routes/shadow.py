@@ -10,16 +10,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
+from starlette.routing import Route
 
 from piston import shadow
 from piston.errors import LiveStoreUnavailable, PistonError
 from service.engine import Engine
 from service.evidence import shadow_of
+from service.routes.auth import Host, guarded, read_body
 from service.shadow import ShadowScorer
 
 log = logging.getLogger(__name__)
@@ -39,25 +41,25 @@ def scorer_of(engine: Engine) -> ShadowScorer:
     return scorer
 
 
-def shadow_handlers() -> dict[tuple[str, str], Callable[[Request, Engine], Awaitable[Any]]]:
-    """The routes, for `service.admin.admin_routes` (which checks the token first)."""
+async def post(request: Request, host: Host) -> dict[str, Any]:
+    """Shadow a candidate on a share of live images (as `piston models shadow`)."""
+    return await start(host.engine, await read_body(request, ShadowBody))
 
-    async def post(request: Request, engine: Engine) -> dict[str, Any]:
-        """Shadow a candidate on a share of live images (as `piston models shadow`)."""
-        from service.admin import read_body  # admin imports this module
 
-        return await start(engine, await read_body(request, ShadowBody))
+async def post_stop(request: Request, host: Host) -> dict[str, Any]:
+    """End the shadow (its figures stay readable until they expire)."""
+    return await stop(host.engine, "stopped by admin-api")
 
-    async def post_stop(request: Request, engine: Engine) -> dict[str, Any]:
-        """End the shadow (its figures stay readable until they expire)."""
-        return await stop(engine, "stopped by admin-api")
 
-    async def get(request: Request, engine: Engine) -> dict[str, Any]:
-        """The shadow's figures: agreement, the disagreement matrix, confidence, review, latency."""
-        return await report(engine)
+async def get(request: Request, host: Host) -> dict[str, Any]:
+    """The shadow's figures: agreement, the disagreement matrix, confidence, review, latency."""
+    return await report(host.engine)
 
-    return {("POST", "/admin/shadow"): post, ("POST", "/admin/shadow/stop"): post_stop,
-            ("GET", "/admin/shadow"): get}
+
+def shadow_routes(get_host: Callable[[], Host]) -> list[Route]:
+    return [Route("/admin/shadow", guarded(get_host, post), methods=["POST"]),
+            Route("/admin/shadow/stop", guarded(get_host, post_stop), methods=["POST"]),
+            Route("/admin/shadow", guarded(get_host, get), methods=["GET"])]
 
 
 async def start(engine: Engine, body: ShadowBody) -> dict[str, Any]:

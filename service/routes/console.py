@@ -1,8 +1,9 @@
-"""The console's routes: the page and its assets, and the admin-only data behind its views.
+"""The console's routes (`/ui`): the page and its assets, and the admin-only data behind it.
 
 Mounted at `/ui` after the piston routes, so a `/classify` request never reaches it. Every
 `/api` route takes the admin token like the admin API and answers `{"error", "kind"}` on
-failure; the page calls the public and admin APIs directly for everything else.
+failure; the page calls the public and admin APIs directly for everything else. The static
+files and the logic behind the views live in `service.console`.
 """
 
 from __future__ import annotations
@@ -16,24 +17,30 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+import service.console
 import service.console.recent as recent
 from piston.errors import InputError
-from service.admin import registry_of
 from service.console.bundles import Reports, details
-from service.console.http import Host, guarded
-from service.console.queue import review_routes
 from service.errors import error_response
+from service.routes.auth import Host, guarded, registry_of
+from service.routes.review import review_routes
 
-STATIC = Path(__file__).parent / "static"
+STATIC = Path(service.console.__file__).parent / "static"
 ASSETS = {"console.css": "text/css; charset=utf-8",
           "console.js": "text/javascript; charset=utf-8",
           "favicon.svg": "image/svg+xml",
           "live.js": "text/javascript; charset=utf-8", "live.css": "text/css; charset=utf-8"}
-# The page loads nothing from elsewhere; reports show in a sandboxed frame.
+# The page loads nothing from elsewhere, and no other site may frame it (clickjacking the
+# promote buttons); reports show in a sandboxed frame.
 CSP = ("default-src 'self'; img-src 'self' data: blob:; frame-src 'self' blob: data:;"
-       " style-src 'self' 'unsafe-inline'; script-src 'self'")
+       " style-src 'self' 'unsafe-inline'; script-src 'self'; frame-ancestors 'none'")
 PAGE_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
-                "Content-Security-Policy": CSP}
+                "Content-Security-Policy": CSP, "X-Frame-Options": "DENY"}
+# A report is a bundle's own HTML: even opened alone it runs no script, has an opaque origin
+# and loads nothing but its inlined pictures.
+REPORT_CSP = "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+REPORT_HEADERS = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff",
+                  "Content-Security-Policy": REPORT_CSP}
 
 
 def console_app(get_host: Callable[[], Host]) -> Starlette:
@@ -50,12 +57,12 @@ def console_app(get_host: Callable[[], Host]) -> Starlette:
         if name not in ASSETS:
             return error_response(InputError("not_found", f"no console asset {name!r}"))
         return Response((STATIC / name).read_bytes(), media_type=ASSETS[name],
-                        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+                        headers=PAGE_HEADERS)
 
     async def report(request: Request, host: Host) -> Response:
         html = await asyncio.to_thread(reports.page, registry_of(host.engine),
                                        request.path_params["version"])
-        return HTMLResponse(html, headers={"Cache-Control": "private, max-age=3600"})
+        return HTMLResponse(html, headers=REPORT_HEADERS)
 
     async def bundles(request: Request, host: Host) -> Response:
         return JSONResponse({"bundles": await asyncio.to_thread(details, registry_of(host.engine))})

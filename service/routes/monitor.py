@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
+from starlette.routing import Route
 
 from piston import drift
 from piston.bundle import BundleMeta
@@ -16,6 +17,7 @@ from piston.errors import PistonError, RegistryError
 from piston.live import connect, reaching
 from service.engine import Engine
 from service.evidence import drift_of
+from service.routes.auth import Host, guarded
 
 CHART_WINDOWS = 24
 CHART_DAYS = 7
@@ -58,9 +60,10 @@ def monitor(engine: Engine) -> dict[str, Any]:
             "versions": out, "errors_before_a_model": unversioned[0].errors}
 
 
-def monitor_handlers() -> dict[tuple[str, str], Callable[[Request, Engine], Awaitable[Any]]]:
-    async def get(request: Request, engine: Engine) -> dict[str, Any]:
-        """Drift watch: per version, short and day windows against its test split; verdicts."""
-        return await asyncio.to_thread(monitor, engine)
+async def get(request: Request, host: Host) -> dict[str, Any]:
+    """Drift watch: per version, short and day windows against its test split; verdicts."""
+    return await asyncio.to_thread(monitor, host.engine)
 
-    return {("GET", "/admin/monitor"): get}
+
+def monitor_routes(get_host: Callable[[], Host]) -> list[Route]:
+    return [Route("/admin/monitor", guarded(get_host, get), methods=["GET"])]
