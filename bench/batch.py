@@ -297,7 +297,7 @@ def run_local(args: argparse.Namespace) -> None:
 def time_job(env: dict[str, str], procs: int, src: str, out: str, warm: str, tmp: Path,
              workers: list[subprocess.Popen[bytes]]) -> float:
     """Images/s of one scoring job on a fresh `piston worker -c procs`, after a warm-up job."""
-    from piston.jobs import client, enqueue_score, job_status
+    from piston.jobs import JobState, client, enqueue_score, job_status
 
     env = dict(env, PISTON_REDIS_URL=REDIS_URL, BENTOML_HOME=str(tmp / f"worker{procs}"))
     with (tmp / f"worker{procs}.log").open("wb") as log:
@@ -312,7 +312,7 @@ def time_job(env: dict[str, str], procs: int, src: str, out: str, warm: str, tmp
     start = time.perf_counter()
     summary = wait(enqueue_score(REDIS_URL, src, out), job_status)
     seconds = time.perf_counter() - start
-    assert summary["state"] == "SUCCESS", summary
+    assert summary["state"] == JobState.SUCCESS, summary
     worker.terminate()
     worker.wait(30)
     workers.remove(worker)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from piston.bundle import Gate
 from training.calibrate import CalibrationFigures
 from training.decode import DecodedSet
 from training.evaluate import Evaluation
@@ -68,10 +69,11 @@ def misclassified(
 
 
 def _gates(metrics: dict[str, Any]) -> str:
+    gates = [Gate.model_validate(g) for g in metrics.get("gates", [])]
     return "".join(
-        f"<li class={'pass' if g['passed'] else 'fail'}>{html.escape(g['name'])}: "
-        f"{g['value']:.3f} (bar {g['threshold']}) {'PASS' if g['passed'] else 'FAIL'}</li>"
-        for g in metrics.get("gates", []))
+        f"<li class={'pass' if g.passed else 'fail'}>{html.escape(g.name)}: "
+        f"{g.value:.3f} (bar {g.threshold}) {'PASS' if g.passed else 'FAIL'}</li>"
+        for g in gates)
 
 
 def _per_class(metrics: dict[str, Any]) -> str:
