@@ -53,8 +53,8 @@ class MahalanobisScorer:
         self.threshold = float(threshold)
 
     def score(self, features: np.ndarray) -> np.ndarray:
-        z = np.asarray(features, dtype=np.float32) @ self.whiten
-        d2 = (z ** 2).sum(1, keepdims=True) - 2.0 * z @ self.centres.T + self.centre_norms
+        z = product(np.asarray(features, dtype=np.float32), self.whiten)
+        d2 = (z ** 2).sum(1, keepdims=True) - 2.0 * product(z, self.centres.T) + self.centre_norms
         return np.sqrt(np.maximum(d2.min(1), 0.0))
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -72,7 +72,7 @@ class KnnScorer:
         self.threshold = float(threshold)
 
     def score(self, features: np.ndarray) -> np.ndarray:
-        sim = unit_rows(np.asarray(features, dtype=np.float32)) @ self.bank.T
+        sim = product(unit_rows(np.asarray(features, dtype=np.float32)), self.bank.T)
         top = -np.partition(-sim, self.k - 1, axis=1)[:, :self.k]
         return 1.0 - top.mean(1)
 
@@ -81,6 +81,13 @@ class KnnScorer:
 
 
 Scorer = MahalanobisScorer | KnnScorer
+
+
+def product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """`a @ b` in numpy's own single-threaded loops, never OpenBLAS's threads: for a (32, 128)
+    x (128, 128) product those spin for 40x the CPU time of the work itself (0.76 ms against
+    0.02 ms, measured on 2 busy cores), taken from the inference threads of a loaded server."""
+    return np.einsum("nd,dk->nk", a, b)
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:

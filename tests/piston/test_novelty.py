@@ -42,7 +42,7 @@ def test_score_is_vectorised_and_row_by_row_the_same() -> None:
     batch = s.score(features)
     assert batch.shape == (33,) and batch.dtype == np.float32
     assert batch == pytest.approx(np.r_[[s.score(f[None])[0] for f in features]], rel=1e-5)
-    assert s.score(s.means) == pytest.approx([0.0, 0.0], abs=1e-3)
+    assert s.score(s.means) == pytest.approx([0.0, 0.0], abs=1e-2)  # float32 cancellation
 
 
 @pytest.mark.parametrize("method", ["mahalanobis", "knn"])
