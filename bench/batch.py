@@ -294,6 +294,16 @@ def run_local(args: argparse.Namespace) -> None:
                   f" job / torch's job: {jobs[(rt, 2)] / jobs[('torch', 2)]:.2f}x")
 
 
+def print_rss(pid: int, label: str) -> None:
+    """Resident memory of a worker's processes (the pool processes hold the model)."""
+    import psutil
+
+    main = psutil.Process(pid)
+    sizes = [p.memory_info().rss / 2**20 for p in [main, *main.children(recursive=True)]]
+    print(f"{label}: resident memory {' + '.join(f'{mb:.0f}' for mb in sizes)} MB"
+          f" (main process, then its pool)", flush=True)
+
+
 def time_job(env: dict[str, str], procs: int, src: str, out: str, warm: str, tmp: Path,
              workers: list[subprocess.Popen[bytes]]) -> float:
     """Images/s of one scoring job on a fresh `piston worker -c procs`, after a warm-up job."""
@@ -313,6 +323,7 @@ def time_job(env: dict[str, str], procs: int, src: str, out: str, warm: str, tmp
     summary = wait(enqueue_score(REDIS_URL, src, out), job_status)
     seconds = time.perf_counter() - start
     assert summary["state"] == JobState.SUCCESS, summary
+    print_rss(worker.pid, f"{env.get('PISTON_RUNTIME', 'default')} worker -c {procs}")
     worker.terminate()
     worker.wait(30)
     workers.remove(worker)

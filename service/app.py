@@ -15,6 +15,7 @@ from typing import Any
 
 import bentoml
 import numpy as np
+from bentoml import get_current_service  # once: `bentoml.X` resolves lazily on every access
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
@@ -168,14 +169,14 @@ def slot_answer(outcome: Outcome) -> dict[str, Any]:
 
 
 def _instance() -> Inspector:
-    svc = bentoml.get_current_service()
+    svc = get_current_service()
     if svc is None:
         raise NotReady("not ready: the service is starting")
     return svc
 
 
 def _settings() -> Settings:
-    svc = bentoml.get_current_service()
+    svc = get_current_service()
     return svc.settings if svc is not None else Settings()
 
 

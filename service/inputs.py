@@ -9,6 +9,7 @@ JSON shape instead of BentoML's.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Any
 
 import bentoml
@@ -61,7 +62,12 @@ class _UploadInput(bentoml.IODescriptor):
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> Any:
-        return cls.model_construct(**dict.fromkeys(cls.model_fields, Upload(request)))
+        # What BentoML reads of the parsed input: `model_fields` and an attribute per field. A
+        # plain namespace, not a model instance: constructing one and BentoML's access to an
+        # instance's `model_fields` (a deprecation warning each time) cost ~40 us a request.
+        upload = Upload(request)
+        return SimpleNamespace(model_fields=cls.model_fields,
+                               **dict.fromkeys(cls.model_fields, upload))
 
 
 class ClassifyInput(_UploadInput):
