@@ -69,6 +69,7 @@ def test_shadow_started_from_the_models_page_shows_its_matrix(
     from selenium.webdriver.common.by import By
 
     browser.get(f"{served.url}/ui/#models")
+    browser.refresh()  # the token set after the first load: shown as set
     button = wait_for(browser, lambda d: d.find_element(
         By.CSS_SELECTOR, f'tr[data-version="{served.candidate}"] button[data-action="shadow"]'),
         what="the Shadow button")
@@ -105,6 +106,7 @@ def test_a_darkened_feed_is_marked_drifting_on_the_monitor_page(
     dark = [darkened(p, 0.3) for p in sorted((piston_data / "normal").glob("*.jp*g"))[:40]]
     classify(served.url, dark)
     browser.get(f"{served.url}/ui/#monitor")
+    browser.refresh()
     wait_for(browser, lambda d: d.find_element(
         By.CSS_SELECTOR, f'.monitor-card[data-version="{served.production}"] [data-drift]')
         .get_attribute("data-drift") == "drifting", timeout=60, what="the drifting mark")
@@ -112,5 +114,6 @@ def test_a_darkened_feed_is_marked_drifting_on_the_monitor_page(
     charts = browser.find_elements(By.CSS_SELECTOR,
                                    f'.monitor-card[data-version="{served.production}"] svg.chart')
     assert len(charts) == 8
-    browser.execute_script("document.querySelector('.monitor-card').scrollIntoView()")
+    browser.execute_script("const top = document.getElementById('monitor-bounds')"
+                           ".getBoundingClientRect().top; window.scrollTo(0, top + scrollY - 110)")
     screenshot(browser, "monitor")

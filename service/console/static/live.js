@@ -22,7 +22,7 @@ const clock = (iso) => new Date(iso).toLocaleTimeString(undefined, { hour: "2-di
 const day = (iso) => new Date(iso).toLocaleDateString(undefined, { month: "short", day: "numeric" });
 
 // ------------------------------------------------------------------------------------ charts
-const W = 340, H = 150, PAD = { l: 38, r: 10, t: 22, b: 22 };
+const W = 340, H = 150, PAD = { l: 48, r: 10, t: 22, b: 22 };
 
 function frame(title, max, fmt, windows, label) {
   const g = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img", "aria-label": title });
@@ -43,9 +43,10 @@ function xAt(i, n) { return PAD.l + (n <= 1 ? 0.5 : i / (n - 1)) * (W - PAD.l - 
 function yAt(v, max) { return H - PAD.b - (max ? v / max : 0) * (H - PAD.b - PAD.t); }
 
 // One figure per window as a line (gaps where a window had no images), the test split dashed.
-function lineChart(title, windows, pick, { max = 1, fmt = (v) => pct(v), baseline = null, label = clock } = {}) {
+function lineChart(title, windows, pick, { max = 1, floor = 1e-9, fmt = (v) => pct(v), baseline = null, label = clock } = {}) {
   const values = windows.map(pick);
-  const top = max === "auto" ? Math.max(1e-9, ...values.filter((v) => v !== null && v !== undefined), baseline || 0) * 1.15 : max;
+  const known = values.filter((v) => v !== null && v !== undefined);
+  const top = max === "auto" ? Math.max(floor, ...known, baseline || 0) * 1.15 : max;
   const g = frame(title, top, fmt, windows, label);
   if (baseline !== null && baseline !== undefined) {
     const y = yAt(baseline, top);
@@ -130,7 +131,7 @@ function versionCard(v) {
       lineChart("Mean brightness", windows, (w) => w.mean_brightness, { fmt: (x) => num(x, 2) }),
       lineChart("Megapixels per image", windows, (w) => w.mean_megapixels, { max: "auto", fmt: (x) => num(x, 2) }),
       lineChart("Errors per window", windows, (w) => Object.values(w.errors || {}).reduce((a, b) => a + b, 0),
-        { max: "auto", fmt: (x) => String(Math.round(x)) })),
+        { max: "auto", floor: 1, fmt: (x) => String(Math.round(x)) })),
     legend(classes),
     h("details", {}, h("summary", {}, "By day"), dayTable(v.days || [])));
 }
