@@ -147,3 +147,27 @@ def test_a_move_ends_the_shadow_and_its_figures_stay(
     assert report.spec.ended_reason == f"production moved to {bundles.other}"
     assert connect(REDIS).ttl(shadow.LAST_KEY) > 0
     engine.stop()
+
+
+def test_the_cli_starts_reads_and_stops_a_shadow_and_a_promote_reports_it(
+        bundles: Bundles, registry_dir: Path, redis_url: str,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.main import main
+
+    monkeypatch.setenv("PISTON_REGISTRY", str(registry_dir))
+    monkeypatch.setenv("PISTON_REDIS_URL", REDIS)
+    open_registry(registry_dir).promote(bundles.good, reason="test", force=True)
+    assert main(["models", "shadow", bundles.other, "--share", "0.3"]) == 0
+    assert f"shadowing {bundles.other} on 30% of live images" in capsys.readouterr().out
+    spec = shadow.current(REDIS)
+    assert spec is not None and spec.production == bundles.good and spec.share == 0.3
+    connect(REDIS).hset(shadow.counts_key(spec.id), mapping={"compared": 40, "agreed": 39})
+    assert main(["models", "shadow"]) == 0
+    assert "agreement 97.5% on 40 live images" in capsys.readouterr().out
+    assert main(["models", "promote", bundles.other, "--reason", "shadow agreed", "--force"]) == 0
+    assert "(shadow: agreement 97.5% on 40 live images)" in capsys.readouterr().out
+    assert shadow.current(REDIS) is None
+    assert main(["models", "shadow", "--stop"]) == 0
+    assert "no shadow was running" in capsys.readouterr().out
+    assert main(["models", "shadow", bundles.good, "--share", "1.5"]) == 2
+    assert "share 1.5" in capsys.readouterr().err
