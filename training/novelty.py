@@ -29,6 +29,7 @@ from training.decode import DecodedSet
 from training.train import to_inputs
 
 TARGET_SHARE = 0.02
+MIN_VAL = 2  # scores to fit a tail to
 KNN_K = 5
 
 
@@ -122,11 +123,14 @@ def fit_novelty(method: Method, features: np.ndarray, labels: np.ndarray, val: n
                 target: float = TARGET_SHARE) -> tuple[Scorer, NoveltyInfo]:
     """Fit on the training features (and labels), threshold on validation, test shows it."""
     scorer = fit_scorer(method, features, labels, classes)
-    threshold = tail_threshold(scorer.score(val), target)
+    # a tail needs two scores; with fewer validation images the training images' own scores
+    # (lower than unseen ones': a threshold that flags more) stand in, and the record says so
+    reference, source = (val, "validation") if len(val) >= MIN_VAL else (features, "training")
+    threshold = tail_threshold(scorer.score(reference), target)
     scorer = with_threshold(scorer, threshold)
     info = NoveltyInfo(
         method=method, threshold=threshold, target_share=target,
-        threshold_source=f"log-normal tail of {len(val)} validation scores",
+        threshold_source=f"log-normal tail of {len(reference)} {source} scores",
         val_flagged=flagged_share(scorer, val, threshold) or 0.0,
         test_flagged=flagged_share(scorer, test, threshold), fitted_on=len(features))
     return scorer, info

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from piston.novelty import NoveltyInfo
 from training.novelty import (
     TARGET_SHARE,
     fit_mahalanobis,
@@ -78,3 +79,11 @@ def test_the_threshold_never_flags_more_than_the_target_of_its_own_scores() -> N
     threshold = tail_threshold(scores)
     assert (scores > threshold).mean() <= TARGET_SHARE + 1e-9
     assert tail_threshold(np.array([]), TARGET_SHARE) == np.inf
+
+
+def test_with_one_validation_image_the_training_scores_set_a_finite_threshold() -> None:
+    features, labels, _ = clusters(200, 8)
+    val, _, _ = clusters(1, 9)
+    scorer, info = fit_novelty("mahalanobis", features, labels, val, val, 3)
+    assert np.isfinite(scorer.threshold) and "training" in info.threshold_source
+    assert NoveltyInfo.model_validate_json(info.model_dump_json()) == info  # bundle.json
