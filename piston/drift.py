@@ -111,10 +111,10 @@ def baseline(meta: BundleMeta) -> Figures:
         predicted = [sum(row[j] for row in matrix) for j in range(len(meta.classes))]
         total = sum(predicted)
         mix = {c: p / total for c, p in zip(meta.classes, predicted, strict=True)} if total else {}
-    novelty = m.novelty or {}
     return Figures(images=m.support, class_mix=mix,
                    review_share=m.calibration.review_share if m.calibration else None,
-                   novelty_share=_number(novelty.get("share")))
+                   # the share of the test split the novelty check flagged (NoveltyInfo)
+                   novelty_share=meta.novelty.test_flagged if meta.novelty else None)
 
 
 def _number(value: Any) -> float | None:

@@ -6,6 +6,7 @@ import pytest
 
 from piston import drift
 from piston.bundle import BundleMeta
+from piston.novelty import NoveltyInfo
 
 BOUNDS = drift.DriftBounds(window_s=60, keep_windows=10, min_images=10, max_class_shift=0.25,
                            max_review_shift=0.15, max_novelty_shift=0.10)
@@ -25,11 +26,12 @@ def counts(labels: dict[str, int], review: int, novel: int | None = None) -> dic
     return out
 
 
-def meta() -> BundleMeta:
+def meta(novelty: NoveltyInfo | None = None) -> BundleMeta:
     return BundleMeta(version="v1", classes=["a", "b"], arch="x", contract={"height": 8,
                       "width": 8}, metrics={"confusion_matrix": [[45, 5], [5, 45]],
                                             "support": 100,
-                                            "calibration": {"review_share": 0.1}})
+                                            "calibration": {"review_share": 0.1}},
+                      novelty=novelty)
 
 
 def test_figures_of_summed_counters() -> None:
@@ -43,6 +45,10 @@ def test_figures_of_summed_counters() -> None:
 def test_the_test_split_is_the_predicted_mix_and_review_share() -> None:
     b = drift.baseline(meta())
     assert b.class_mix == {"a": 0.5, "b": 0.5} and b.review_share == 0.1 and b.images == 100
+    assert b.novelty_share is None  # a bundle without a novelty check
+    info = NoveltyInfo(method="mahalanobis", threshold=3.0, target_share=0.05,
+                       threshold_source="val", val_flagged=0.05, test_flagged=0.04, fitted_on=9)
+    assert drift.baseline(meta(info)).novelty_share == 0.04
 
 
 def test_a_shifted_mix_or_review_share_drifts_and_a_small_window_says_nothing() -> None:
