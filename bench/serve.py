@@ -8,11 +8,12 @@ request, no batching), drives them with a small asyncio load generator (raw HTTP
 keep-alive sockets, so the client costs little CPU) at concurrency 1, 8 and 32 in
 alternating bursts (so the machine's other load falls on all of them alike), then
 `/classify_batch` against decode + forward in-process at batch 32 in each runtime (the two
-ceilings). Prints requests/s, p50/p99, stalls (requests over 50 ms), ratios and resident
-memory. A "plain" server per runtime runs our own routes, engine and batcher on uvicorn
-without BentoML, to separate BentoML's per-request cost from ours. The machine's load
-average is printed before and after: compare ratios within one run, never figures across
-runs.
+ceilings), and `/classify?explain=true` against plain `/classify` at one client on each of
+our servers (the heatmap's cost). Prints requests/s, p50/p99, stalls (requests over 50 ms),
+ratios and resident memory. A "plain" server per runtime runs our own routes, engine and
+batcher on uvicorn without BentoML, to separate BentoML's per-request cost from ours. The
+machine's load average is printed before and after: compare ratios within one run, never
+figures across runs.
 """
 
 from __future__ import annotations
@@ -287,6 +288,19 @@ def measure_levels(targets: dict[str, tuple[int, bytes]],
     return rows
 
 
+def explain_cost(port: int, image: bytes, args: argparse.Namespace
+                 ) -> dict[str, dict[str, float]]:
+    """Plain answers and answers with a heatmap from the same server, one client, in
+    alternating bursts."""
+    targets = {"plain": (port, request_bytes("/classify", image, "image/jpeg")),
+               "explain": (port, request_bytes("/classify?explain=true", image, "image/jpeg"))}
+    found = interleaved(targets, 1, args.duration, args.rounds)
+    for name, r in found.items():
+        print(f"{name:7s} c=1   {r['rps']:7.0f} req/s  p50 {r['p50']:6.2f} ms"
+              f"  p99 {r['p99']:6.2f} ms  errors {r['errors']}  (n={r['n']})", flush=True)
+    return found
+
+
 def start_servers(env: dict[str, str], model_dir: str, runtimes: list[RuntimeName],
                   workers: int) -> dict[str, tuple[int, subprocess.Popen[bytes]]]:
     """name -> (port, process): `ours-<runtime>` (piston serve), `plain-<runtime>`, `naive`."""
@@ -359,6 +373,7 @@ def main() -> None:
         batch, tops = batch_against_ceiling(ours, batch_payload, model_dir, images, args)
         stats = {rt: __import__("httpx").get(f"http://127.0.0.1:{port}/model").json()["batching"]
                  for rt, port in ours.items()}
+        explained = {rt: explain_cost(port, images[0], args) for rt, port in ours.items()}
         rss = {name: tree_rss_mb(proc.pid) for name, (_, proc) in servers.items()}
     finally:
         for _, proc in servers.values():
@@ -368,6 +383,11 @@ def main() -> None:
 
     print(f"\nload average before/after: {load_before} / {os.getloadavg()}")
     report(rows, args, batch, tops, stats)
+    for rt, found in explained.items():
+        e, p = found["explain"], found["plain"]
+        print(f"explain / plain /classify, ours-{rt}, c=1 (alternating bursts): req/s"
+              f" {e['rps'] / p['rps']:.2f}x  p50 {e['p50'] / p['p50']:.2f}x"
+              f"  p99 {e['p99'] / p['p99']:.2f}x")
     print("\nresident memory (an API worker is the `_bentoml_impl.worker` process):")
     for label, procs in rss.items():
         for proc_name, mb in procs:

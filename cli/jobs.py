@@ -32,6 +32,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     score.add_argument("--out", required=True, metavar="DST", help="results prefix or folder")
     score.add_argument("--only-new", action="store_true",
                        help="skip images scored before by any model version")
+    score.add_argument("--explain-flagged", action="store_true",
+                       help="write a heatmap of each image flagged for review (DST/heatmaps/)")
     score.set_defaults(handler=run_score)
     retrain = sub.add_parser("retrain", help="train on DATASET; promote only if not worse")
     retrain.add_argument("dataset", metavar="DATASET", help="folder-per-class or CSV manifest")
@@ -83,7 +85,8 @@ def run_score(args: argparse.Namespace) -> int:
     settings = load_settings()
     src, out = _location(args.src), _location(args.out)
     check_job_paths(settings, src, out)
-    job_id = jobs.enqueue_score(settings.redis_url, _exists(src), out, args.only_new)
+    job_id = jobs.enqueue_score(settings.redis_url, _exists(src), out, args.only_new,
+                                args.explain_flagged)
     return _after_enqueue(settings, job_id, args)
 
 

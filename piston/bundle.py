@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from piston.calibration import Calibration
-from piston.errors import RegistryError
+from piston.errors import ConfigError, RegistryError
 from piston.figures import TrainingMetrics
 from piston.imaging import Contract
 from piston.novelty import NoveltyInfo
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     import numpy as np
     from torch import nn
 
+    from piston.explain import Method
     from piston.scoring import NoveltyScorer
 
 MODEL_NAME = "piston-classifier"
@@ -255,6 +257,8 @@ class Predictor:
         self.runtime = module if isinstance(module, Runtime) else TorchRuntime(module)
         self.contract = meta.contract
         self.novelty = novelty
+        self.model_dir: Path | None = None  # where it was loaded from (for explain on ONNX)
+        self.threads: int | None = None
 
     @classmethod
     def load(cls, model_dir: str | Path, runtime: RuntimeName = DEFAULT_RUNTIME,
@@ -262,11 +266,37 @@ class Predictor:
         """The bundle in `runtime` (torch when it has no model.onnx), `threads` intra-op."""
         meta = read_meta(model_dir)
         novelty = load_novelty(model_dir, meta.novelty) if meta.novelty else None
-        return cls(meta, load_runtime(model_dir, meta, runtime, threads), novelty)
+        predictor = cls(meta, load_runtime(model_dir, meta, runtime, threads), novelty)
+        predictor.model_dir, predictor.threads = Path(model_dir), threads
+        return predictor
 
-    def forward(self, batch: np.ndarray) -> NetOutput:
-        """Logits and features for a (N, 3, H, W) float32 batch."""
+    def forward(self, batch: np.ndarray, explain: bool = False) -> NetOutput:
+        """Logits and features for a (N, 3, H, W) float32 batch; with `explain`, the last
+        convolutional feature maps too (`NetOutput.maps`, see `piston.cam`)."""
+        if explain:
+            return self.explainer.explain(batch)
         return self.runtime.forward(batch)
+
+    @functools.cached_property
+    def explainer(self) -> TorchRuntime:
+        """The network in torch, which hands out its feature maps: the runtime itself, or for
+        an ONNX bundle its weights, loaded on the first explain (so that a worker that never
+        explains never loads torch)."""
+        if isinstance(self.runtime, TorchRuntime):
+            return self.runtime
+        if self.model_dir is None:
+            raise ConfigError("heatmaps need the bundle's torch weights: load it from its folder")
+        return TorchRuntime.load(self.model_dir, self.meta, self.threads)
+
+    @property
+    def explain_method(self) -> Method:
+        """cam, or grad_cam for a net whose head is not linear over the pooled maps."""
+        return "cam" if self.explainer.feature_maps.linear else "grad_cam"
+
+    def head_weights(self) -> np.ndarray | None:
+        """The (C, D) head weights that turn `NetOutput.maps` into class activation maps
+        (None for Grad-CAM, whose maps come weighted)."""
+        return self.explainer.feature_maps.head_weights()
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities for a (N, 3, H, W) float32 batch."""

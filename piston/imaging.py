@@ -23,6 +23,8 @@ SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L"})
 # JPEG draft decoding (DCT scaling) only down to twice the input size: the final resize
 # still averages at least 2x2 source pixels per output pixel.
 DRAFT_MARGIN = 2
+EXIF_ORIENTATION = 0x0112
+QUARTER_TURNS = frozenset({5, 6, 7, 8})  # orientations that swap width and height
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,22 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     if width < 1 or height < 1:
         raise ImageError("not_an_image", "the image has no pixels")
     return img
+
+
+def oriented_size(img: Image.Image, contract: Contract | None = None) -> tuple[int, int]:
+    """An opened image's (width, height) as decoding will orient it (EXIF rotations by a
+    quarter turn swap the sides), read from the header alone."""
+    width, height = img.size
+    turned = img.getexif().get(EXIF_ORIENTATION, 1) in QUARTER_TURNS
+    if turned and (contract is None or contract.exif_transpose):
+        return height, width
+    return width, height
+
+
+def image_size(data: bytes, contract: Contract | None, max_pixels: int | None = None
+               ) -> tuple[int, int]:
+    """Image bytes -> the (width, height) the image has once oriented (header only)."""
+    return oriented_size(open_image(data, max_pixels or default_max_pixels()), contract)
 
 
 def load_image(img: Image.Image, contract: Contract | None = None) -> Image.Image:

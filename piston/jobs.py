@@ -67,10 +67,16 @@ def client(redis_url: str) -> Any:
 
 
 @_reaching_redis
-def enqueue_score(redis_url: str, src: str, out: str, only_new: bool = False) -> str:
-    """Queue a batch-scoring job of every image under `src` into `out`; returns its job id."""
+def enqueue_score(redis_url: str, src: str, out: str, only_new: bool = False,
+                  explain_flagged: bool = False) -> str:
+    """Queue a batch-scoring job of every image under `src` into `out`; returns its job id.
+
+    With `explain_flagged`, each image flagged for review gets its heatmap under
+    `out/heatmaps/` (the shards read it from the job's record).
+    """
     job_id = str(uuid.uuid4())
-    JobRecord.open(redis_url, job_id).create("score", src=src, out=out, only_new=only_new)
+    JobRecord.open(redis_url, job_id).create("score", src=src, out=out, only_new=only_new,
+                                             explain_flagged=explain_flagged)
     client(redis_url).send_task(
         SCORE_TASK, kwargs={"src": src, "out": out, "only_new": only_new}, task_id=job_id
     )

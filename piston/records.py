@@ -32,17 +32,19 @@ class ScoreRecord(BaseModel):
     error: str | None = None  # "<kind>: <reason>" when the image could not be scored
     scored_at: str = ""
     job_id: str = ""
+    heatmap: str | None = None  # the key of its heatmap under the output (explain_flagged)
 
     @classmethod
     def of(cls, outcome: Outcome, *, key: str, etag: str, size: int, model_version: str,
-           metadata: dict[str, str], scored_at: str, job_id: str) -> ScoreRecord:
+           metadata: dict[str, str], scored_at: str, job_id: str,
+           heatmap: str | None = None) -> ScoreRecord:
         common = {"key": key, "etag": etag, "size": size, "metadata": metadata,
-                  "scored_at": scored_at, "job_id": job_id}
+                  "scored_at": scored_at, "job_id": job_id, "heatmap": heatmap}
         if isinstance(outcome, ImageFailure):
             return cls(model_version=model_version, error=f"{outcome.kind}: {outcome.error}",
                        **common)
         assert isinstance(outcome, Decision)
-        return cls(**outcome.model_dump(), **common)
+        return cls(**outcome.model_dump(exclude={"explanation"}), **common)
 
 
 class ShardCounts(BaseModel):

@@ -9,6 +9,7 @@ torch whatever was asked.
 
 from __future__ import annotations
 
+import functools
 import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from piston.bundle import BundleMeta
+    from piston.cam import FeatureMaps
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +73,31 @@ class TorchRuntime(Runtime):
     def forward(self, batch: np.ndarray) -> NetOutput:
         import torch
 
-        # OpenMP keeps its thread count per calling thread: set it in whichever thread runs us
-        if self.threads and torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)
+        self._threads()
         with torch.inference_mode():
             logits, features = self.embedder(torch.from_numpy(batch))
             return NetOutput(logits.numpy(), features.numpy())
+
+    def explain(self, batch: np.ndarray) -> NetOutput:
+        """`forward` with the last convolutional feature maps (`piston.cam`)."""
+        import torch
+
+        self._threads()
+        taken = self.feature_maps(torch.from_numpy(batch))
+        return NetOutput(taken.logits, taken.features, taken.maps)
+
+    @functools.cached_property
+    def feature_maps(self) -> FeatureMaps:
+        from piston.cam import FeatureMaps
+
+        return FeatureMaps(self.embedder)
+
+    def _threads(self) -> None:
+        import torch
+
+        # OpenMP keeps its thread count per calling thread: set it in whichever thread runs us
+        if self.threads and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
 
 
 def session_options(threads: int) -> Any:

@@ -16,7 +16,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from piston.errors import InputError
-from piston.imaging import preprocess
+from piston.explain import Explanation, explain
+from piston.imaging import image_size, preprocess
 
 if TYPE_CHECKING:
     from piston.bundle import Predictor
@@ -28,22 +29,30 @@ class NetOutput:
 
     `logits` are the raw class scores (averaged over the test-time views); `features` are the
     input of the classifier's last linear layer, averaged the same way. Calibration turns the
-    logits into probabilities, the novelty check reads the features.
+    logits into probabilities, the novelty check reads the features. `maps`, only when a
+    heatmap was asked for, are the last convolutional feature maps (the input of global
+    pooling, flipped back and averaged over the views; see `piston.cam`), from which
+    `piston.explain` draws the heatmap in numpy.
     """
 
     logits: np.ndarray  # (N, C) float32
     features: np.ndarray  # (N, D) float32
+    maps: np.ndarray | None = None  # (N, K, h, w) float32, only when explaining
 
     def __len__(self) -> int:
         return len(self.logits)
 
     def row(self, i: int) -> NetOutput:
-        return NetOutput(self.logits[i:i + 1], self.features[i:i + 1])
+        maps = self.maps[i:i + 1] if self.maps is not None else None
+        return NetOutput(self.logits[i:i + 1], self.features[i:i + 1], maps)
 
     @classmethod
     def concat(cls, parts: Sequence[NetOutput]) -> NetOutput:
+        maps = ([p.maps for p in parts if p.maps is not None]
+                if all(p.maps is not None for p in parts) else [])
         return cls(np.concatenate([p.logits for p in parts]),
-                   np.concatenate([p.features for p in parts]))
+                   np.concatenate([p.features for p in parts]),
+                   np.concatenate(maps) if maps else None)
 
 
 ReviewReason = Literal["low_confidence", "novel"]
@@ -70,6 +79,7 @@ class Decision(BaseModel):
     novelty: float | None = None
     novel: bool = False
     model_version: str
+    explanation: Explanation | None = None  # the heatmap, only when asked for
 
 
 class ImageFailure(BaseModel):
@@ -134,19 +144,49 @@ def decide(predictor: Predictor, out: NetOutput) -> list[Decision]:
     return decisions
 
 
-def score_prepared(predictor: Predictor, prepared: Sequence[Prepared]) -> list[Outcome]:
-    """One forward pass over the decoded arrays; failures keep their slot, in order."""
+def explained(predictor: Predictor, out: NetOutput, decisions: Sequence[Decision],
+              sizes: Sequence[tuple[int, int]]) -> list[Decision]:
+    """The decisions with the heatmap of each one's class, at its image's (width, height)."""
+    if out.maps is None:
+        raise ValueError("the forward pass was run without explain: it has no feature maps")
+    weights = predictor.head_weights()
+    classes = predictor.meta.classes
+    return [d.model_copy(update={"explanation": explain(
+        out.maps[i], weights, classes.index(d.label), d.label, predictor.explain_method, w, h)})
+        for i, (d, (w, h)) in enumerate(zip(decisions, sizes, strict=True))]
+
+
+def score_prepared(predictor: Predictor, prepared: Sequence[Prepared],
+                   sizes: Sequence[tuple[int, int]] | None = None) -> list[Outcome]:
+    """One forward pass over the decoded arrays; failures keep their slot, in order.
+
+    With `sizes` (each image's original width and height, per slot) the decisions carry
+    heatmaps.
+    """
     arrays = [p for p in prepared if not isinstance(p, ImageFailure)]
-    decisions: Iterator[Decision] = iter(
-        decide(predictor, predictor.forward(np.stack(arrays))) if arrays else [])
+    found: list[Decision] = []
+    if arrays:
+        out = predictor.forward(np.stack(arrays), explain=sizes is not None)
+        found = decide(predictor, out)
+        if sizes is not None:
+            kept = [s for p, s in zip(prepared, sizes, strict=True)
+                    if not isinstance(p, ImageFailure)]
+            found = explained(predictor, out, found, kept)
+    decisions: Iterator[Decision] = iter(found)
     return [p if isinstance(p, ImageFailure) else next(decisions) for p in prepared]
 
 
 def score_blobs(predictor: Predictor, blobs: Sequence[bytes | ImageFailure], max_pixels: int,
-                map_fn: MapFn = map) -> list[Outcome]:
-    """Many blobs -> one `Decision` or `ImageFailure` each, in order.
+                map_fn: MapFn = map, explain: bool = False) -> list[Outcome]:
+    """Many blobs -> one `Decision` or `ImageFailure` each, in order (with heatmaps when
+    `explain`).
 
     `map_fn` decodes the blobs (`map`, or a bounded thread pool's `map` to decode in parallel).
     """
     prepared = list(map_fn(lambda blob: prepare(blob, predictor, max_pixels), blobs))
-    return score_prepared(predictor, prepared)
+    sizes = None
+    if explain:
+        sizes = [(0, 0) if isinstance(p, ImageFailure) or isinstance(b, ImageFailure)
+                 else image_size(b, predictor.contract, max_pixels)
+                 for p, b in zip(prepared, blobs, strict=True)]
+    return score_prepared(predictor, prepared, sizes)

@@ -28,7 +28,7 @@ from piston.settings import Settings, load_settings
 from service.engine import Engine, Limits
 from service.errors import error_response
 from service.evidence import watch_live
-from service.inputs import ClassifyBatchInput, ClassifyInput, Upload
+from service.inputs import ClassifyBatchInput, ClassifyInput, Flag, Upload
 from service.limits import RequestSizeLimit
 from service.metrics import service_metrics
 from service.routes import AdminConfig, build_app
@@ -111,14 +111,16 @@ class Inspector:
         self.engine.stop()
 
     @bentoml.api(route="/classify", input_spec=ClassifyInput, output_spec=DecisionAnswer)
-    async def classify(self, image: Upload) -> Response:
+    async def classify(self, image: Upload, explain: Flag) -> Response:
         """Classify one image: label, confidence, every class's probability, needs_review.
 
         Send a multipart file field `image`, or the image itself as the body with an
         `image/*` content type (`curl --data-binary @part.jpg -H 'Content-Type: image/jpeg'`).
+        `explain=true` (form field or query) adds the heatmap of the predicted class.
         """
         try:
-            decision = await self.engine.classify(await image.one())
+            data = await image.one()
+            decision = await self.engine.classify(data, explain.value())
             return Response(decision.model_dump_json(), media_type="application/json")
         except PistonError as err:
             return self.refuse(err)
@@ -127,15 +129,16 @@ class Inspector:
 
     @bentoml.api(route="/classify_batch", input_spec=ClassifyBatchInput,
                  output_spec=BatchAnswer)
-    async def classify_batch(self, images: Upload) -> Response:
+    async def classify_batch(self, images: Upload, explain: Flag) -> Response:
         """Classify up to PISTON_MAX_BATCH_IMAGES images (repeated multipart fields `images`).
 
         Results come back in order; an image that cannot be scored gets `{"error", "kind",
-        "status"}` in its slot and the others are still scored.
+        "status"}` in its slot and the others are still scored. `explain=true` adds each
+        image's heatmap.
         """
         try:
             files = await images.many(self.engine.limits.max_batch_images)
-            outcomes = await self.engine.classify_many(files)
+            outcomes = await self.engine.classify_many(files, explain.value())
             return JSONResponse({"results": [slot_answer(o) for o in outcomes]})
         except PistonError as err:
             return self.refuse(err)

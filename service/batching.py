@@ -17,15 +17,22 @@ import asyncio
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 import numpy as np
 
 from piston.bundle import Predictor
 from piston.scoring import NetOutput
 
-InferFn = Callable[[Predictor, np.ndarray], NetOutput]
+
+class InferFn(Protocol):
+    """One forward pass: `explain` asks for the feature maps too (`NetOutput.maps`)."""
+
+    def __call__(self, predictor: Predictor, batch: np.ndarray, /, explain: bool = False
+                 ) -> NetOutput: ...
+
+
 INLINE_FORWARD_S = 0.004  # a forward pass this short may block the event loop
 
 
@@ -34,6 +41,7 @@ class _Item:
     predictor: Predictor
     array: np.ndarray
     future: asyncio.Future[NetOutput] = field(repr=False)
+    explain: bool = False
 
 
 class Batcher:
@@ -55,14 +63,17 @@ class Batcher:
         self._arrivals = 0  # score() calls so far
         self._lone_seconds: dict[int, float] = {}  # id(predictor) -> last 1-image forward time
 
-    async def score(self, predictor: Predictor, arrays: list[np.ndarray]) -> NetOutput:
-        """The network's outputs for `arrays` (one request's images), batched with others."""
+    async def score(self, predictor: Predictor, arrays: list[np.ndarray],
+                    explain: bool = False) -> NetOutput:
+        """The network's outputs for `arrays` (one request's images), batched with others;
+        with `explain` they carry the feature maps (a batch that holds one such request is
+        run with maps for all; the others' rows drop them)."""
         loop = asyncio.get_running_loop()
         if self._queue is None or self._runner is None or self._runner.done():
             self._queue = asyncio.Queue()
             self._runner = loop.create_task(self._run())
         self._arrivals += 1
-        if len(arrays) == 1 and self._may_inline(predictor):
+        if len(arrays) == 1 and not explain and self._may_inline(predictor):
             arrivals = self._arrivals
             await asyncio.sleep(0)  # requests ready to run go first: are we alone?
             if arrivals == self._arrivals and self._may_inline(predictor):
@@ -73,7 +84,7 @@ class Batcher:
         futures = []
         for array in arrays:
             future: asyncio.Future[NetOutput] = loop.create_future()
-            self._queue.put_nowait(_Item(predictor, array, future))
+            self._queue.put_nowait(_Item(predictor, array, future, explain))
             futures.append(future)
         return NetOutput.concat(await asyncio.gather(*futures))
 
@@ -93,9 +104,10 @@ class Batcher:
                 batch.append(item)
             try:
                 stacked = np.stack([item.array for item in batch])
+                explain = any(item.explain for item in batch)
                 self._busy = True
                 out = await loop.run_in_executor(self._pool, self._timed, first.predictor,
-                                                 stacked)
+                                                 stacked, explain)
             except Exception as err:  # reported to every caller of this batch
                 for item in batch:
                     if not item.future.done():
@@ -107,7 +119,8 @@ class Batcher:
             self.rows += len(batch)
             for i, item in enumerate(batch):
                 if not item.future.done():
-                    item.future.set_result(out.row(i))
+                    row = out.row(i)
+                    item.future.set_result(row if item.explain else replace(row, maps=None))
 
     @property
     def busy(self) -> bool:
@@ -120,9 +133,12 @@ class Batcher:
         idle = not self._busy and self._queue.empty()
         return idle and self._lone_seconds.get(id(predictor), 1.0) <= INLINE_FORWARD_S
 
-    def _timed(self, predictor: Predictor, batch: np.ndarray) -> NetOutput:
-        """`infer`, timing one-image batches: the first lone request of a model measures it
-        in the inference thread, the ones after it may then run inline."""
+    def _timed(self, predictor: Predictor, batch: np.ndarray, explain: bool = False
+               ) -> NetOutput:
+        """`infer`, timing plain one-image batches: the first lone request of a model measures
+        it in the inference thread, the ones after it may then run inline."""
+        if explain:
+            return self.infer(predictor, batch, explain=True)
         began = time.perf_counter()
         out = self.infer(predictor, batch)
         if len(batch) == 1:

@@ -6,6 +6,7 @@ requests and call it.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import threading
@@ -18,7 +19,16 @@ import numpy as np
 from piston.bundle import Predictor
 from piston.errors import InputError, NotReady, Overloaded
 from piston.follow import ModelFollower
-from piston.scoring import Decision, ImageFailure, NetOutput, Outcome, Prepared, decide
+from piston.imaging import image_size
+from piston.scoring import (
+    Decision,
+    ImageFailure,
+    NetOutput,
+    Outcome,
+    Prepared,
+    decide,
+    explained,
+)
 from service.batching import Batcher, InferFn
 from service.decoding import Decoder
 from service.metrics import ServiceMetrics
@@ -45,8 +55,8 @@ class Limits:
     decode_queue: int = 4
 
 
-def forward(predictor: Predictor, batch: np.ndarray) -> NetOutput:
-    return predictor.forward(batch)
+def forward(predictor: Predictor, batch: np.ndarray, /, explain: bool = False) -> NetOutput:
+    return predictor.forward(batch, explain=explain)
 
 
 class Engine:
@@ -120,23 +130,33 @@ class Engine:
 
     # -- scoring ----------------------------------------------------------------------------
 
-    async def classify(self, data: bytes) -> Decision:
-        """One image -> its decision; `InputError` for a bad image, `Overloaded` when busy."""
+    async def classify(self, data: bytes, explain: bool = False, counted: bool = True
+                       ) -> Decision:
+        """One image -> its decision (with its heatmap when `explain`); `InputError` for a bad
+        image, `Overloaded` when busy. `counted`: in the prediction metrics (the console's
+        second look at a flagged image is not)."""
         predictor = self.predictor()  # the model this request finishes on, even across a swap
         began = time.perf_counter()
         array = await self.decode(data, predictor.contract)
-        decision = decide(predictor, await self.batcher.score(predictor, [array]))[0]
-        self.metrics.record([decision])
-        self.watchers.seen(predictor, [Seen(data, array, decision)], time.perf_counter() - began)
-        return decision
+        out = await self.batcher.score(predictor, [array], explain)
+        decisions = decide(predictor, out)
+        if counted:
+            self.metrics.record(decisions)
+            self.watchers.seen(predictor, [Seen(data, array, decisions[0])],
+                               time.perf_counter() - began)
+        if explain:
+            sizes = [image_size(data, predictor.contract, self.limits.max_image_pixels)]
+            decisions = explained(predictor, out, decisions, sizes)
+        return decisions[0]
 
     def error(self, kind: str) -> None:
         """A refused request or image: counted in Prometheus and by the watchers."""
         self.metrics.error(kind)
         self.watchers.error(self.follower.status.version, kind)
 
-    async def classify_many(self, images: list[bytes]) -> list[Outcome]:
-        """Many images -> a `Decision` or an `ImageFailure` each, in order."""
+    async def classify_many(self, images: list[bytes], explain: bool = False) -> list[Outcome]:
+        """Many images -> a `Decision` or an `ImageFailure` each, in order (with heatmaps
+        when `explain`)."""
         predictor = self.predictor()
         began = time.perf_counter()
         prepared: list[Prepared] = []
@@ -147,11 +167,18 @@ class Engine:
                 self.error(err.kind)
                 prepared.append(ImageFailure(error=str(err), kind=err.kind))
         arrays = [p for p in prepared if not isinstance(p, ImageFailure)]
-        decisions = decide(predictor, await self.batcher.score(predictor, arrays)) if arrays else []
+        blobs = [d for d, p in zip(images, prepared, strict=True)
+                 if not isinstance(p, ImageFailure)]
+        decisions: list[Decision] = []
+        if arrays:
+            out = await self.batcher.score(predictor, arrays, explain)
+            decisions = decide(predictor, out)
+            if explain:  # a few ms an image: off the event loop
+                sizes = [image_size(data, predictor.contract, self.limits.max_image_pixels)
+                         for data in blobs]
+                decisions = await asyncio.to_thread(explained, predictor, out, decisions, sizes)
         self.metrics.record(decisions)
         if decisions:
-            blobs = [d for d, p in zip(images, prepared, strict=True)
-                     if not isinstance(p, ImageFailure)]
             self.watchers.seen(predictor, [Seen(*row) for row in zip(blobs, arrays, decisions,
                                                                       strict=True)],
                                time.perf_counter() - began)

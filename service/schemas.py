@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from piston.bundle import Gate
+from piston.explain import Explanation
 from piston.job_record import JobState
 from piston.registry import MAX_REASON_CHARS, Move
 
@@ -47,6 +48,8 @@ class ScoreJobBody(BaseModel):
     src: str = Field(min_length=1, description="s3://bucket/prefix, or a folder on the server")
     out: str = Field(min_length=1, description="where results.jsonl and the summary go")
     only_new: bool = False
+    explain_flagged: bool = Field(False, description="write a heatmap overlay of each image"
+                                  " flagged for review under out/heatmaps/<key>.png")
 
 
 class ErrorAnswer(BaseModel):
@@ -71,6 +74,8 @@ class DecisionAnswer(BaseModel):
                                   " is (null when the bundle has no novelty model)")
     novel: bool = Field(False, description="novelty over the bundle's threshold: never accepted")
     model_version: str
+    explanation: Explanation | None = Field(None, description="only with explain=true: the"
+                                            " heatmap of the predicted class and its box")
 
 
 class SlotAnswer(BaseModel):
@@ -84,6 +89,7 @@ class SlotAnswer(BaseModel):
     novelty: float | None = None
     novel: bool | None = None
     model_version: str | None = None
+    explanation: Explanation | None = None
     error: str | None = None
     kind: str | None = None
     status: int | None = Field(None, description="the status this image alone would get")

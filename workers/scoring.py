@@ -6,6 +6,7 @@ retries, fan-out); the tests and the benchmark call them directly, in-process.
 
 from __future__ import annotations
 
+import io
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -15,14 +16,17 @@ from pathlib import PurePosixPath
 
 from piston.bundle import Predictor
 from piston.errors import StorageError, StorageUnavailable
+from piston.explain import overlay
+from piston.imaging import load_image, open_image
 from piston.jobs import now
 from piston.records import ScoreRecord
-from piston.scoring import ImageFailure, score_blobs
+from piston.scoring import Decision, ImageFailure, Outcome, score_blobs
 from piston.storage import ObjectInfo, Storage
 from training.dataset import IMAGE_SUFFIXES
 from workers.results import read_results
 
 BATCH = 16  # images per forward pass: small enough for frequent progress and stop checks
+HEATMAPS = "heatmaps"  # under a job's output: <key>.png for each flagged image, when asked
 READ_AHEAD = 2  # batches read while the one before is scored: bounds the bytes held
 
 Item = tuple[str, str, int]  # key, etag, size: what a shard message carries per image
@@ -96,11 +100,13 @@ def score_shard(src: Storage, predictor: Predictor, items: Sequence[Item], *, jo
                 max_pixels: int, max_bytes: int, decode_threads: int = 2,
                 on_batch: Callable[[list[ScoreRecord]], None] | None = None,
                 should_stop: Callable[[], bool] | None = None,
-                max_per_second: float = 0.0) -> list[ScoreRecord] | None:
+                max_per_second: float = 0.0,
+                heatmaps: Storage | None = None) -> list[ScoreRecord] | None:
     """Score a shard's images into one record each, in order; None when stopped early.
 
     Reads run ahead in threads while the model scores the batch before; at most
-    `decode_threads` images are decoded at once (a decoded image can be large).
+    `decode_threads` images are decoded at once (a decoded image can be large). With
+    `heatmaps` (the job's output), each image flagged for review gets its heatmap there.
     """
     records: list[ScoreRecord] = []
     start = time.perf_counter()
@@ -110,12 +116,41 @@ def score_shard(src: Storage, predictor: Predictor, items: Sequence[Item], *, jo
             if should_stop and should_stop():
                 return None
             outcomes = score_blobs(predictor, [b for _, _, b in batch], max_pixels, decodes.map)
+            written = (write_heatmaps(heatmaps, predictor, batch, outcomes, max_pixels)
+                       if heatmaps is not None else {})
             records.extend(
                 ScoreRecord.of(o, key=item[0], etag=item[1], size=item[2], model_version=version,
-                               metadata=meta, scored_at=now(), job_id=job_id)
+                               metadata=meta, scored_at=now(), job_id=job_id,
+                               heatmap=written.get(item[0]))
                 for (item, meta, _), o in zip(batch, outcomes, strict=True))
             if max_per_second:
                 time.sleep(max(0.0, len(records) / max_per_second - (time.perf_counter() - start)))
             if on_batch:
                 on_batch(records)
     return records
+
+
+def heatmap_key(key: str) -> str:
+    return f"{HEATMAPS}/{key}.png"
+
+
+def write_heatmaps(out: Storage, predictor: Predictor,
+                   batch: Sequence[tuple[Item, dict[str, str], bytes | ImageFailure]],
+                   outcomes: Sequence[Outcome], max_pixels: int) -> dict[str, str]:
+    """The flagged images of a batch, explained (a second forward pass over them alone) and
+    written as overlays under `heatmaps/`; their keys, by image key."""
+    flagged = [(item[0], blob) for (item, _, blob), o in zip(batch, outcomes, strict=True)
+               if isinstance(o, Decision) and o.needs_review and isinstance(blob, bytes)]
+    if not flagged:
+        return {}
+    explained = score_blobs(predictor, [blob for _, blob in flagged], max_pixels, explain=True)
+    written = {}
+    for (key, blob), outcome in zip(flagged, explained, strict=True):
+        if not isinstance(outcome, Decision) or outcome.explanation is None:
+            continue
+        image = load_image(open_image(blob, max_pixels), predictor.contract)
+        buf = io.BytesIO()
+        overlay(image, outcome.explanation).save(buf, format="PNG")
+        out.write(heatmap_key(key), buf.getvalue())
+        written[key] = heatmap_key(key)
+    return written

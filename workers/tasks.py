@@ -182,6 +182,7 @@ def _run_shard(rt: Runtime, record: JobRecord, shard: int, items: list[Any], ver
         decode_threads=s.score_decode_threads, max_per_second=s.score_max_images_per_second,
         on_batch=lambda done: record.progress(shard, ShardCounts.of(done), worker),
         should_stop=lambda: record.state.ended,
+        heatmaps=rt.storage(out_uri) if record.get("explain_flagged") else None,
     )
     state = record.state
     if state is JobState.SUCCESS:  # a duplicate of a shard that was merged meanwhile

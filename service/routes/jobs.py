@@ -44,7 +44,8 @@ async def score(request: Request, host: Host, body: ScoreJobBody) -> JobQueued:
     """Queue a batch-scoring job of every image under `src` (as `piston jobs score`)."""
     check_job_paths(host.settings, body.src, body.out)  # before `src` is looked at
     job_id = await asyncio.to_thread(jobs.enqueue_score, host.admin.redis_url,
-                                     score_source(body.src), body.out, body.only_new)
+                                     score_source(body.src), body.out, body.only_new,
+                                     body.explain_flagged)
     return JobQueued(job_id=job_id)
 
 

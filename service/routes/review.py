@@ -89,6 +89,23 @@ async def picture(request: Request, host: Host) -> Response:
                     headers={"Cache-Control": "private, max-age=3600"})
 
 
+async def heatmap(request: Request, host: Host) -> Response:
+    """A flagged image's heatmap, drawn now by the model this worker serves (through its
+    batcher: one thread runs the network)."""
+    key = request.query_params.get("key", "")
+
+    def read() -> bytes:
+        job = _open(host, request)
+        job.flagged(key)
+        return job.src.read(key)
+    decision = await host.engine.classify(await asyncio.to_thread(read), explain=True,
+                                          counted=False)
+    return JSONResponse({"image_path": key, "label": decision.label,
+                         "model_version": decision.model_version,
+                         "explanation": decision.explanation.model_dump()
+                         if decision.explanation else None})
+
+
 async def answer(request: Request, host: Host) -> Response:
     body = await read_body(request, Answer)
 
@@ -130,5 +147,6 @@ def review_routes(get_host: Callable[[], Host]) -> list[Route]:
         Route(f"{base}/review", guarded(get_host, listing), methods=["GET"]),
         Route(f"{base}/review", guarded(get_host, answer), methods=["POST"]),
         Route(f"{base}/thumbnail", guarded(get_host, picture), methods=["GET"]),
+        Route(f"{base}/heatmap", guarded(get_host, heatmap), methods=["GET"]),
         Route(f"{base}/retrain", guarded(get_host, retrain), methods=["POST"]),
     ]

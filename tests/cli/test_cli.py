@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from cli.main import main
 from tests.conftest import synthetic_dataset
@@ -83,6 +84,16 @@ def test_train_promote_retrain_promote_rollback(
     assert predictions[0]["label"] in {"defect_1", "defect_2", "normal"}  # type: ignore[index]
     assert "not a recognised image" in predictions[1]["error"]  # type: ignore[index]
     assert predictions[0]["novelty"] is not None  # type: ignore[index]
+    heatmaps = registry_env.parent / "heatmaps"
+    code, explained = piston(capsys, "predict", str(image), str(bad), "--explain", str(heatmaps),
+                             "--json")
+    assert code == 1 and isinstance(explained, list)
+    written = Path(explained[0]["heatmap"])
+    assert written.parent == heatmaps and Image.open(written).size == (80, 80)
+    assert explained[0]["label"] == predictions[0]["label"]  # type: ignore[index]
+    box = explained[0]["box"]
+    assert 0 <= box["x0"] < box["x1"] <= 80 and 0 <= box["y0"] < box["y1"] <= 80
+    assert "heatmap" not in explained[1] and list(heatmaps.iterdir()) == [written]
 
 
 def test_predict_says_why_an_image_needs_review() -> None:
@@ -112,6 +123,7 @@ def test_predict_says_why_an_image_needs_review() -> None:
         (["models", "promote", "20990101-000000-000", "--reason", "x"], "no bundle"),
         (["models", "rollback", "--reason", "x"], "nothing is in production"),
         (["predict", "x.jpg"], "no bundle is in production"),
+        (["predict", "x.jpg", "--explain", "/proc/no/such"], "--explain /proc/no/such"),
         (["data", "check", "/no/such/folder"], "does not exist"),
         (["train", "--budget", "ten minutes"], "write it as 10m"),
         (["train", "--budget", "0s"], "more than 0"),

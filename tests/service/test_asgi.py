@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import time
@@ -428,3 +429,56 @@ def test_small_leaks_are_closed(client: TestClient, bundles: Bundles,
     assert report.headers["content-security-policy"].startswith("sandbox;")
     script = client.get("/ui/static/console.js").text
     assert "report-open" not in script and '"text/html"' not in script  # no blob: page of it
+
+
+def explanation_fits(answer: dict[str, Any], width: int, height: int) -> None:
+    """The answer's heatmap is a PNG at the image's aspect; its box lies inside the image."""
+    found = answer["explanation"]
+    assert found["label"] == answer["label"] and found["method"] == "cam"
+    assert (found["image_width"], found["image_height"]) == (width, height)
+    box = found["box"]
+    assert 0 <= box["x0"] < box["x1"] <= width and 0 <= box["y0"] < box["y1"] <= height
+    png = Image.open(io.BytesIO(base64.b64decode(found["heatmap_png"])))
+    assert png.format == "PNG" and abs(png.width / png.height - width / height) < 0.02
+
+
+def test_explain_adds_a_heatmap_only_when_asked(
+        client: TestClient, bundles: Bundles, registry_dir: Path, piston_data: Path) -> None:
+    open_registry(registry_dir).promote(bundles.good, reason="first", force=True)
+    wait_ready(client)
+    wide = encoded("RGB", "JPEG", (160, 90))
+    part = (piston_data / "defect_1" / "defect_30.jpeg").read_bytes()
+    plain = client.post("/classify", files={"image": ("a.jpg", part, "image/jpeg")}).json()
+    assert plain["explanation"] is None
+    asked = client.post("/classify", files={"image": ("a.jpg", part, "image/jpeg")},
+                        data={"explain": "true"})
+    assert asked.status_code == 200
+    explanation_fits(asked.json(), 80, 80)
+    assert asked.json()["probabilities"] == pytest.approx(plain["probabilities"], abs=1e-4)
+    raw = client.post("/classify?explain=1", content=wide,
+                      headers={"content-type": "image/jpeg"})
+    explanation_fits(raw.json(), 160, 90)
+    batch = client.post("/classify_batch", data={"explain": "yes"}, files=[
+        ("images", ("a.jpg", part, "image/jpeg")), ("images", ("b.jpg", b"nope", "image/jpeg")),
+        ("images", ("c.jpg", wide, "image/jpeg"))]).json()["results"]
+    explanation_fits(batch[0], 80, 80)
+    assert batch[1]["kind"] == "not_an_image" and "explanation" not in batch[1]
+    explanation_fits(batch[2], 160, 90)
+    for bad in ({"data": {"explain": "maybe"}}, {"params": {"explain": "2"}}):
+        refused = client.post("/classify", files={"image": ("a.jpg", part, "image/jpeg")},
+                              **bad)  # type: ignore[arg-type]
+        assert refused.status_code == 400 and refused.json()["kind"] == "bad_request"
+        assert "explain must be true or false" in refused.json()["error"]
+    refused = client.post("/classify_batch?explain=sure",
+                          files=[("images", ("a.jpg", part, "image/jpeg"))])
+    assert refused.status_code == 400
+
+
+def test_docs_json_shows_explain(client: TestClient) -> None:
+    spec = client.get("/docs.json").json()
+    for path in ("/classify", "/classify_batch"):
+        body = spec["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]
+        assert "explain" in body["schema"]["properties"], path
+    assert {"Explanation", "Box"} <= set(spec["components"]["schemas"])
+    answer = spec["paths"]["/classify"]["post"]["responses"]["200"]["content"]
+    assert "explanation" in answer["application/json"]["schema"]["properties"]

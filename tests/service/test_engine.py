@@ -269,3 +269,26 @@ def test_inline_decoding_is_chosen_by_bytes_as_well_as_pixels() -> None:
             asyncio.run(decoder(heavy, contract))
     finally:
         decoder.close()
+
+
+def test_a_batch_with_one_explain_request_runs_with_maps_and_only_it_keeps_them() -> None:
+    calls: list[tuple[int, bool]] = []
+
+    def infer(predictor: object, batch: np.ndarray, explain: bool = False) -> NetOutput:
+        calls.append((len(batch), explain))
+        maps = np.ones((len(batch), 2, 3, 3), dtype=np.float32) if explain else None
+        return NetOutput(batch * 2, batch * 3, maps)
+
+    async def run() -> list[NetOutput]:
+        batcher = Batcher(infer, max_batch_size=16)  # type: ignore[arg-type]
+        model = object()
+        rows = [np.full((2,), i, dtype=np.float32) for i in range(6)]
+        results = await asyncio.gather(*(batcher.score(model, [r], explain=i == 3)  # type: ignore[arg-type]
+                                         for i, r in enumerate(rows)))
+        batcher.close()
+        return list(results)
+
+    results = asyncio.run(run())
+    assert [r.maps is not None for r in results] == [False, False, False, True, False, False]
+    assert results[3].maps is not None and results[3].maps.shape == (1, 2, 3, 3)
+    assert any(explain for _, explain in calls) and sum(n for n, _ in calls) == 6

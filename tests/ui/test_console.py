@@ -217,6 +217,50 @@ def test_reviewing_two_images_writes_two_rows(browser: Any, console: Console) ->
     screenshot(browser, "review")
 
 
+def heat_shown(driver: Any, scope: str) -> bool:
+    """Whether a heatmap and its box are laid over an image under `scope`, and visible."""
+    return bool(driver.execute_script("""
+        const heat = document.querySelector(arguments[0] + ' .stage .heat');
+        const box = document.querySelector(arguments[0] + ' .stage .heat-box');
+        if (!heat || !box || !heat.complete || heat.naturalWidth === 0) return false;
+        const img = heat.parentElement.querySelector('img');
+        const a = heat.getBoundingClientRect(), b = img.getBoundingClientRect();
+        const over = Math.abs(a.width - b.width) < 2 && Math.abs(a.height - b.height) < 2;
+        return over && getComputedStyle(heat).display !== 'none'
+          && getComputedStyle(box).display !== 'none';""", scope))
+
+
+def test_the_heatmap_overlay_toggles_in_try_it_and_in_the_review_queue(
+        browser: Any, console: Console, piston_data: Path) -> None:
+    image = (piston_data / "defect_1" / "defect_30.jpeg").read_bytes()
+    open_view(browser, console, "try")
+    toggle = browser.find_element(By.ID, "try-heatmap")
+    assert toggle.is_selected()  # on by default: a person asked about one image
+    drop(browser, image, "holed.jpeg", "image/jpeg")
+    wait_for(browser, lambda d: heat_shown(d, "#drop"), what="the heatmap over the image")
+    assert "of 80\u00d780" in browser.find_element(By.ID, "try-box-text").text
+    screenshot(browser, "try-heatmap")
+    toggle.click()
+    wait_for(browser, lambda d: not heat_shown(d, "#drop"), what="the heatmap to hide")
+    toggle.click()
+    wait_for(browser, lambda d: heat_shown(d, "#drop"), what="the heatmap back")
+
+    open_view(browser, console, "review")
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".thumb .stage img"),
+             what="thumbnails")
+    assert not heat_shown(browser, "#review-grid")  # off until asked for
+    browser.find_element(By.ID, "review-heatmaps").click()
+    wait_for(browser, lambda d: heat_shown(d, "#review-grid"), timeout=60,
+             what="heatmaps over the flagged images")
+    readable = browser.find_elements(By.CSS_SELECTOR, ".thumb .stage")
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".thumb .stage .heat"))
+             == len(readable), timeout=90, what="a heatmap on every readable image (messages:"
+             f" {browser.find_element(By.ID, 'toast').get_attribute('textContent')!r})")
+    screenshot(browser, "review-heatmap")
+    browser.find_element(By.ID, "review-heatmaps").click()
+    wait_for(browser, lambda d: not heat_shown(d, "#review-grid"), what="the heatmaps to hide")
+
+
 def test_retrain_with_reviewed_labels_is_one_button(browser: Any, console: Console,
                                                     piston_data: Path) -> None:
     from piston.jobs import cancel, job_status
@@ -299,6 +343,10 @@ def test_console_api_refuses_bad_input(console: Console) -> None:
          {"image_path": flagged, "target": "normal", "by": "x"}, 422, "invalid_body"),
         ("thumbnail of another file", "GET",
          f"{base}/jobs/{job}/thumbnail?key=line-2/../../registry", auth, None, 404, "not_found"),
+        ("heatmap of another file", "GET",
+         f"{base}/jobs/{job}/heatmap?key=line-2/../../registry", auth, None, 404, "not_found"),
+        ("heatmap without the token", "GET", f"{base}/jobs/{job}/heatmap?key={flagged}", {},
+         None, 401, "unauthorized"),
         ("bad job id", "GET", f"{base}/jobs/job%20one/review", auth, None, 400,
          "invalid_name"),
         ("unknown job", "GET", f"{base}/jobs/0b1c2d3e-aaaa-bbbb-cccc-000000000000/review", auth,

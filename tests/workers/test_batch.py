@@ -8,10 +8,12 @@ import json
 import os
 import signal
 import time
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from piston.jobs import TERMINAL, enqueue_score, job_status
 from piston.storage import open_storage
@@ -145,3 +147,37 @@ def test_cancel_stops_a_running_job(worker: Worker, s3_pistons: dict[str, Any],
     final = job_status(REDIS_URL, job_id)
     assert final["state"] == "REVOKED" and final["reason"] == "cancelled"
     assert outputs(moto, out) == {}  # no results, and staged parts of finished shards removed
+
+
+def test_explain_flagged_writes_a_heatmap_for_each_flagged_image(
+    worker: Worker, moto: MotoServer, s3_pistons: dict[str, Any], piston_data: Path
+) -> None:
+    """Pistons and made-up images (noise, blank, a checkerboard): whatever the job flags for
+    review gets its overlay under heatmaps/, at the image's size; nothing else does."""
+    src = f"s3://{BUCKET}/explain"
+    store = open_storage(src, moto.url)
+    for path in sorted((piston_data / "defect_1").glob("*.jpeg"))[:4]:
+        store.write(f"parts/{path.name}", path.read_bytes())
+    rng = np.random.default_rng(0)
+    made_up = {"noise": rng.integers(0, 256, (90, 120, 3), dtype=np.uint8),
+               "blank": np.full((90, 120, 3), 255, dtype=np.uint8),
+               "checker": ((np.indices((90, 120)) // 10).sum(0) % 2 * 255).astype(np.uint8)}
+    for name, pixels in made_up.items():
+        buf = io.BytesIO()
+        Image.fromarray(pixels).convert("RGB").save(buf, format="PNG")
+        store.write(f"odd/{name}.png", buf.getvalue())
+    out = f"s3://{BUCKET}/results/explained"
+    summary = wait_job(enqueue_score(REDIS_URL, src, out, explain_flagged=True))
+    assert summary["state"] == "SUCCESS", summary
+    files = outputs(moto, out)
+    records = read_jsonl(files["results.jsonl"])
+    flagged = [r for r in records if r["needs_review"] and not r["error"]]
+    assert flagged, records
+    for r in records:
+        if r in flagged:
+            assert r["heatmap"] == f"heatmaps/{r['key']}.png"
+            size = (80, 80) if r["key"].startswith("parts/") else (120, 90)
+            assert Image.open(io.BytesIO(files[r["heatmap"]])).size == size
+        else:
+            assert r["heatmap"] is None
+    assert len([k for k in files if k.startswith("heatmaps/")]) == len(flagged)

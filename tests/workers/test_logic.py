@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from piston import arch
 from piston.bundle import BundleMeta, Predictor
@@ -156,3 +157,30 @@ def test_two_merges_at_once_lose_nothing(tmp_path: Path) -> None:
     assert LocalStorage(spellings[0]).uri == LocalStorage(spellings[1]).uri  # one lock name
     keys = [r.key for r in read_results(LocalStorage(spellings[0]))]
     assert sorted(keys) == sorted(r.key for rs in jobs.values() for r in rs)
+
+
+def test_a_shard_writes_heatmaps_for_the_images_it_flags(tmp_path: Path,
+                                                         piston_data: Path) -> None:
+    meta = BundleMeta(version="v1", classes=["defect", "normal"], arch="bn_cnn",
+                      contract={"height": 32, "width": 32}, threshold=0.99)  # all flagged
+    module = arch.build("bn_cnn", 2, 32, 32)
+    module.eval()
+    unsure = Predictor(meta, module)
+    src, out = LocalStorage(tmp_path / "in"), LocalStorage(tmp_path / "out")
+    for path in sorted((piston_data / "defect_1").glob("*.jpeg"))[:3]:
+        src.write(f"d/{path.name}", path.read_bytes())
+    src.write("d/cut.jpeg", b"not an image")
+    items = [(o.key, o.etag, o.size) for o in list_images(src)]
+    records = score_shard(src, unsure, items, job_id="j1", max_pixels=10**7, max_bytes=10**6,
+                          heatmaps=out)
+    assert records is not None
+    for r in records:
+        if r.error:
+            assert r.heatmap is None
+            continue
+        assert r.needs_review and r.heatmap == f"heatmaps/{r.key}.png"
+        picture = Image.open(io.BytesIO(out.read(r.heatmap)))
+        assert picture.format == "PNG" and picture.size == (80, 80)
+    assert len([r for r in records if r.heatmap]) == 3
+    plain = score_shard(src, unsure, items, job_id="j2", max_pixels=10**7, max_bytes=10**6)
+    assert plain is not None and all(r.heatmap is None for r in plain)

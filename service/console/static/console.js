@@ -307,12 +307,27 @@ async function threshold(version) {
   return state.info && state.info.version === version ? state.info.threshold : null;
 }
 
+// A heatmap laid over the image in `stage` (a .stage holding it): the PNG stretched to the
+// image, the box in percent of the original pixels; shown while an ancestor has .heat-on.
+function layHeat(stage, explanation) {
+  stage.querySelectorAll(".heat, .heat-box").forEach((e) => e.remove());
+  if (!explanation) return;
+  const b = explanation.box, w = explanation.image_width, ht = explanation.image_height;
+  stage.append(
+    h("img", { class: "heat", alt: `heatmap of ${explanation.label}`,
+      src: `data:image/png;base64,${explanation.heatmap_png}` }),
+    h("span", { class: "heat-box", title: `hottest region for ${explanation.label}`, style: {
+      left: `${100 * b.x0 / w}%`, top: `${100 * b.y0 / ht}%`,
+      width: `${100 * (b.x1 - b.x0) / w}%`, height: `${100 * (b.y1 - b.y0) / ht}%` } }));
+}
+
 async function classify(file) {
-  $("try-preview").hidden = true;
+  $("try-stage").hidden = true;
+  layHeat($("try-stage"), null);
   if (file.type.startsWith("image/")) {
     URL.revokeObjectURL($("try-preview").src);
     $("try-preview").src = URL.createObjectURL(file);
-    $("try-preview").hidden = false;
+    $("try-stage").hidden = false;
   }
   $("drop-hint").textContent = file.name;
   $("try-result").hidden = true;
@@ -320,7 +335,12 @@ async function classify(file) {
   try {
     const form = new FormData();
     form.append("image", file, file.name);  // multipart, so any file reaches the decoder
+    form.append("explain", "true");  // one image, for a person: always with its heatmap
     const r = await api("/classify", { method: "POST", body: form });
+    layHeat($("try-stage"), r.explanation);
+    const b = r.explanation && r.explanation.box;
+    $("try-box-text").textContent = b ? `x ${b.x0}–${b.x1}, y ${b.y0}–${b.y1} px`
+      + ` of ${r.explanation.image_width}×${r.explanation.image_height}` : "–";
     const limit = await threshold(r.model_version);
     $("try-label").textContent = r.label;
     $("try-review").textContent = r.needs_review ? "needs review" : "confident";
@@ -352,6 +372,9 @@ function setupTry() {
     ev.preventDefault();
     if (ev.dataTransfer.files.length) classify(ev.dataTransfer.files[0]);
   });
+  const heatTry = () => $("drop").classList.toggle("heat-on", $("try-heatmap").checked);
+  $("try-heatmap").addEventListener("change", heatTry);
+  heatTry();
   $("try-file").addEventListener("change", () => {
     if ($("try-file").files.length) classify($("try-file").files[0]);
     $("try-file").value = "";
@@ -479,6 +502,7 @@ async function openQueue(jobId) {
 
 function reviewCard(item, index) {
   const pic = h("div", { class: "pic" }, "loading…");
+  if (!item.predicted) pic.dataset.unreadable = "1";
   const choices = h("div", { class: "choices" }, state.review.classes.map((c, k) =>
     h("button", { type: "button", "data-class": c, title: `key ${k + 1}`,
       class: [c === item.answer ? "chosen" : "", c === item.predicted ? "predicted" : ""].join(" "),
@@ -509,13 +533,44 @@ async function loadThumbnails(jobId) {
           { admin: true, raw: true });
         const url = URL.createObjectURL(await response.blob());
         r.urls.push(url);
-        pic.replaceChildren(h("img", { src: url, alt: card.dataset.key }));
+        pic.replaceChildren(h("span", { class: "stage" }, h("img", { src: url, alt: card.dataset.key })));
+        if (state.review.heat) loadHeat(jobId, card);
       } catch (err) {
         pic.textContent = err.message;
       }
     }
   }
   await Promise.all([worker(), worker(), worker(), worker()]);
+}
+
+// Heatmaps of the flagged images, drawn on demand by the serving model, two at a time.
+async function loadHeat(jobId, card) {
+  const stage = card.querySelector(".stage");
+  if (!stage || card.dataset.heat || card.querySelector(".pic").dataset.unreadable) return;
+  card.dataset.heat = "loading";
+  try {
+    const got = await api(`api/jobs/${jobId}/heatmap?key=${encodeURIComponent(card.dataset.key)}`,
+      { admin: true });
+    if (state.review.job !== jobId) return;
+    layHeat(stage, got.explanation);
+    card.dataset.heat = "shown";
+  } catch (err) {
+    card.dataset.heat = "";
+    toast(err.message, true);
+  }
+}
+
+async function showHeatmaps() {
+  const r = state.review;
+  r.heat = $("review-heatmaps").checked;
+  $("review-grid").classList.toggle("heat-on", r.heat);
+  if (!r.heat || !r.job) return;
+  const cards = [...$("review-grid").querySelectorAll(".thumb")];
+  const jobId = r.job;
+  async function worker() {
+    while (cards.length && r.job === jobId && r.heat) await loadHeat(jobId, cards.shift());
+  }
+  await Promise.all([worker(), worker()]);
 }
 
 function reviewProgress() {
@@ -551,6 +606,7 @@ async function answer(index, target) {
 }
 
 function setupReview() {
+  $("review-heatmaps").addEventListener("change", () => showHeatmaps());
   $("review-job").addEventListener("change", () => {
     if ($("review-job").value) openQueue($("review-job").value).catch((e) => toast(e.message, true));
   });
