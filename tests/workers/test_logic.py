@@ -162,7 +162,8 @@ def test_two_merges_at_once_lose_nothing(tmp_path: Path) -> None:
 def test_a_shard_writes_heatmaps_for_the_images_it_flags(tmp_path: Path,
                                                          piston_data: Path) -> None:
     meta = BundleMeta(version="v1", classes=["defect", "normal"], arch="bn_cnn",
-                      contract={"height": 32, "width": 32}, threshold=0.99)  # all flagged
+                      contract={"height": 32, "width": 32},
+                      calibration=Calibration(threshold=0.99))  # all flagged
     module = arch.build("bn_cnn", 2, 32, 32)
     module.eval()
     unsure = Predictor(meta, module)
