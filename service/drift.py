@@ -94,6 +94,8 @@ class DriftWatch:
                                      drift.baseline(predictor.meta), self.bounds, time.time(),
                                      windows=2, days=0)
         except PistonError as err:
+            if str(err) != self.last_error:  # once, not every tick; not in the public /model
+                log.warning("drift watch: %s", err)
             self.last_error = str(err)
             return
         self.state, self.last_error = state, None
@@ -109,8 +111,7 @@ class DriftWatch:
                 "drift": {"reasons": state.reasons if state else [],
                           "window_s": self.bounds.window_s,
                           "judged": state.judged.model_dump() if state and state.judged
-                          else None,
-                          "last_error": self.last_error}}
+                          else None}}
 
     def close(self) -> None:
         """Nothing of its own to stop: the engine's watch thread ticks it."""

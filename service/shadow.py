@@ -115,7 +115,7 @@ class ShadowScorer:
         try:
             self.sync(serving)
         except PistonError as err:  # Redis away: keep the candidate, try at the next tick
-            self.last_error = str(err)
+            self._note(str(err))
         self.tally.flush(connect(self.redis_url))
 
     def sync(self, serving: str | None) -> None:
@@ -139,16 +139,21 @@ class ShadowScorer:
                 try:
                     self.candidate = self._load(spec.version)
                 except StorageUnavailable as err:  # passing: try again next tick
-                    self.last_error = f"cannot fetch candidate {spec.version} yet: {err}"
+                    self._note(f"cannot fetch candidate {spec.version} yet: {err}")
                     return
                 except Exception as err:
                     self._refused[spec.id] = f"{type(err).__name__}: {err}"
-                    self.last_error = f"candidate {spec.version} refused: {self._refused[spec.id]}"
-                    log.error("%s", self.last_error)
-                    raise PistonError(self.last_error, "conflict") from None
+                    self._note(f"candidate {spec.version} refused: {self._refused[spec.id]}")
+                    raise PistonError(self.last_error or "", "conflict") from None
             self.spec, self.last_error = spec, None
             self._start_thread()
             log.info("shadowing %s on %.0f%% of live images", spec.version, 100 * spec.share)
+
+    def _note(self, error: str) -> None:
+        """Log an error once (ticks repeat it every second); kept out of the public /model."""
+        if error != self.last_error:
+            log.warning("shadow: %s", error)
+        self.last_error = error
 
     def _production(self) -> str | None:
         return self.registry.current() if self.registry is not None else None
@@ -252,7 +257,7 @@ class ShadowScorer:
         return {"shadow": {"version": spec.version if spec else None,
                            "share": spec.share if spec else None,
                            "loaded": self.candidate is not None,
-                           "queued": self._queue.qsize(), "last_error": self.last_error}}
+                           "queued": self._queue.qsize()}}
 
     def close(self) -> None:
         self._stop.set()
