@@ -99,7 +99,7 @@ class Inspector:
         self.admin = AdminConfig(token.get_secret_value() or None if token else None,
                                  self.settings.redis_url, self.settings.data_dir)
         self.engine.start_following()
-        watch_live(self.engine, self.settings, set_torch_threads)
+        watch_live(self.engine, self.settings, thread_init(self.settings))
         log.info("piston-inspector worker up (%s)", f"pinned to {pinned}" if pinned
                  else f"following {self.settings.registry}")
 
