@@ -24,6 +24,7 @@ of the ceilings), so each runtime's job is compared with its own ceiling in the 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -159,8 +160,9 @@ def run(args: argparse.Namespace, tmp: Path, endpoint: str,
 
         env = dict(os.environ, PISTON_S3_ENDPOINT_URL=endpoint,
                    PISTON_REGISTRY="s3://bench/registry", PISTON_RUNS_DIR=str(tmp / "runs"),
-                   PISTON_SCORE_SHARD_SIZE=str(args.shard_size), PISTON_RUNTIME=rt)
-        jobs = {procs: time_job(env, procs, "s3://bench/images", f"s3://bench/out{procs}{rt}",
+                   PISTON_SCORE_SHARD_SIZE=str(args.shard_size), PISTON_RUNTIME=rt,
+                   PISTON_JOB_ROOTS=json.dumps(["s3://bench/images", "s3://bench/out"]))
+        jobs = {procs: time_job(env, procs, "s3://bench/images", f"s3://bench/out/{procs}{rt}",
                                 "s3://bench/images/copy0", tmp, workers)
                 for procs in (1, 2)}
         print(f"-- runtime {rt}")
@@ -263,11 +265,12 @@ def run_local(args: argparse.Namespace) -> None:
         jobs: dict[tuple[str, int], float] = {}
         for rt in args.runtimes:
             env = dict(os.environ, PISTON_REGISTRY=str(tmp / "registry"), PISTON_RUNTIME=rt,
-                       PISTON_SCORE_SHARD_SIZE=str(args.shard_size), PISTON_RUNS_DIR=str(tmp))
+                       PISTON_SCORE_SHARD_SIZE=str(args.shard_size), PISTON_RUNS_DIR=str(tmp),
+                       PISTON_JOB_ROOTS=json.dumps([str(tmp / "images"), str(tmp / "out")]))
             for procs in (1, 2):  # the ceiling just before and just after the job: a shared
                 before = compute_ceiling(model_dir, paths, procs, rt)  # machine's load moves
                 jobs[(rt, procs)] = time_job(
-                    env, procs, str(tmp / "images"), str(tmp / f"out{procs}{rt}"),
+                    env, procs, str(tmp / "images"), str(tmp / "out" / f"{procs}{rt}"),
                     str(tmp / "images" / "copy0"), tmp, workers)
                 after = compute_ceiling(model_dir, paths, procs, rt)
                 print(f"{rt}, {procs} process(es): ceiling {before:.1f} before, {after:.1f}"
