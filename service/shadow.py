@@ -77,7 +77,8 @@ class ShadowScorer:
         self.spec: shadow.ShadowSpec | None = None
         self.candidate: Predictor | None = None
         self.last_error: str | None = None
-        self._refused: dict[str, str] = {}  # shadow id -> why its candidate did not load
+        # The shadow whose candidate did not load, and why (only the latest: bounded).
+        self._refused: dict[str, str] = {}
         self._queue: queue.Queue[_Item] = queue.Queue(limits.queue)
         self._rng = random.Random()
         self._stop = threading.Event()
@@ -142,7 +143,7 @@ class ShadowScorer:
                     self._note(f"cannot fetch candidate {spec.version} yet: {err}")
                     return
                 except Exception as err:
-                    self._refused[spec.id] = f"{type(err).__name__}: {err}"
+                    self._refused = {spec.id: f"{type(err).__name__}: {err}"}
                     self._note(f"candidate {spec.version} refused: {self._refused[spec.id]}")
                     raise PistonError(self.last_error or "", "conflict") from None
             self.spec, self.last_error = spec, None

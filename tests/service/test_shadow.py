@@ -12,7 +12,13 @@ import pytest
 
 from piston import shadow
 from piston.bundle import Predictor
-from piston.errors import LiveStoreUnavailable, RegistryError, StaleProduction, UnknownBundle
+from piston.errors import (
+    LiveStoreUnavailable,
+    PistonError,
+    RegistryError,
+    StaleProduction,
+    UnknownBundle,
+)
 from piston.follow import ModelFollower
 from piston.imaging import preprocess
 from piston.live import connect
@@ -21,6 +27,7 @@ from piston.scoring import decide
 from service.engine import Engine, Limits
 from service.metrics import service_metrics
 from service.shadow import ShadowLimits, ShadowScorer
+from tests.conftest import image_bytes
 from tests.service.conftest import Bundles, open_registry, sample_images
 
 REDIS = "redis://127.0.0.1:6379/11"
@@ -171,3 +178,21 @@ def test_the_cli_starts_reads_and_stops_a_shadow_and_a_promote_reports_it(
     assert "no shadow was running" in capsys.readouterr().out
     assert main(["models", "shadow", bundles.good, "--share", "1.5"]) == 2
     assert "share 1.5" in capsys.readouterr().err
+
+
+def test_a_candidate_that_cannot_load_is_refused_with_the_reason(
+        bundles: Bundles, registry_dir: Path, redis_url: str) -> None:
+    registry = open_registry(registry_dir)
+    engine, scorer = engine_with_shadow(registry, bundles.good)
+    broken = "20990101-000000-000"
+    meta = registry.meta(bundles.good).model_copy(update={"version": broken})
+    registry.storage.write(f"bundles/{broken}.json", meta.model_dump_json().encode())
+    registry.storage.write(f"bundles/{broken}.bentomodel", b"not a model archive")
+    shadow.start(REDIS, registry, broken, 1.0, bundles.good, TTL)
+    with pytest.raises(PistonError, match=f"candidate {broken} refused") as err:
+        scorer.sync(bundles.good)
+    assert err.value.status == 409 and scorer.candidate is None
+    scorer.tick(bundles.good)  # refused once: not retried at every tick
+    assert scorer.candidate is None and scorer.info()["shadow"]["loaded"] is False
+    assert asyncio.run(engine.classify(image_bytes())).model_version == bundles.good
+    engine.stop()
