@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 from piston.bundle import Gate
-from workers.retrain import decide
+from workers.retrain import Comparison, Scores, decide
 
 PASSED = [Gate(name="accuracy", value=0.95, threshold=0.9, passed=True)]
 FAILED = [Gate(name="accuracy", value=0.5, threshold=0.9, passed=False)]
 
 
 def scores(new: float, old: float | None, f1_new: float = 0.9,
-           f1_old: float = 0.9) -> dict[str, dict[str, float | None]]:
-    out: dict[str, dict[str, float | None]] = {
-        "challenger": {"accuracy": new, "macro_f1": f1_new, "images": 40}}
-    if old is not None:
-        out["champion"] = {"accuracy": old, "macro_f1": f1_old, "images": 40}
-    return out
+           f1_old: float = 0.9) -> Comparison:
+    return Comparison(
+        challenger=Scores(accuracy=new, macro_f1=f1_new, images=40),
+        champion=Scores(accuracy=old, macro_f1=f1_old, images=40) if old is not None else None)
 
 
 def test_promote_only_when_gates_pass_and_not_worse() -> None:
