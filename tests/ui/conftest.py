@@ -49,7 +49,9 @@ def copy_trained(registry: Path, trained: Trained) -> list[str]:
     store, source = Registry(open_storage(registry)), Registry(open_storage(trained.registry))
     for version in (trained.good, trained.other):
         store.copy_from(source, version)
-    return [trained.good, trained.other]
+    # The seed-recipe bundle first (in production): it is unsure of some real photos, so a
+    # scoring job flags images that have thumbnails; bn_cnn flags only the non-images.
+    return [trained.other, trained.good]
 
 
 def batch_folder(root: Path, data: Path) -> Path:
