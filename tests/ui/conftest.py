@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Trained
+from tests.conftest import Trained, made_up_images
 from tests.service.conftest import running_server
 from tests.ui.browser import chromium
 from tests.workers.conftest import start_worker
@@ -55,12 +55,17 @@ def copy_trained(registry: Path, trained: Trained) -> list[str]:
 
 
 def batch_folder(root: Path, data: Path) -> Path:
-    """Real piston photos to score, plus two files that are not images (always flagged)."""
+    """Real piston photos to score, images that are no part (flagged novel: the review queue
+    gets real images to show even when the model is sure of every piston), and two files that
+    are not images (always flagged)."""
     folder = root / "batch" / "line-2"
     folder.mkdir(parents=True)
     for cls in ("normal", "defect_1", "defect_2"):
         for path in sorted((data / cls).glob("*.jp*g"))[:4]:
             shutil.copy(path, folder / path.name)
+    for kind, images in made_up_images(per_kind=1, seed=3).items():
+        if kind != "blank":
+            (folder / f"odd_{kind}.png").write_bytes(images[0])
     for name in ("scan_0.jpeg", "scan_1.jpeg"):
         (folder / name).write_bytes(b"\xff\xd8 not really a jpeg")
     return root / "batch"
