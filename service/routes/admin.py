@@ -56,8 +56,10 @@ async def promote(request: Request, host: Host, body: PromoteBody) -> MoveAnswer
     move = await asyncio.to_thread(
         functools.partial(registry_of(engine).promote, body.version, body.reason,
                           by="admin-api", force=body.force, expected=body.expected))
-    await asyncio.to_thread(engine.refresh)
+    # End the shadow before loading the new bundle: a worker that loads it first would end it
+    # as "production moved" (loading takes far longer than this one Redis call).
     await end_shadow(engine, f"promoted {move.version}")
+    await asyncio.to_thread(engine.refresh)
     return MoveAnswer(move=move, serving=engine.follower.status.version, shadow=evidence)
 
 
@@ -67,8 +69,8 @@ async def rollback(request: Request, host: Host, body: RollbackBody) -> MoveAnsw
     move = await asyncio.to_thread(
         functools.partial(registry_of(engine).rollback, body.reason, to=body.to,
                           by="admin-api", expected=body.expected))
+    await end_shadow(engine, f"rolled back to {move.version}")  # first: see promote
     await asyncio.to_thread(engine.refresh)
-    await end_shadow(engine, f"rolled back to {move.version}")
     return MoveAnswer(move=move, serving=engine.follower.status.version)
 
 
