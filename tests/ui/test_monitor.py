@@ -110,7 +110,9 @@ def test_a_darkened_feed_is_marked_drifting_on_the_monitor_page(
     wait_for(browser, lambda d: d.find_element(
         By.CSS_SELECTOR, f'.monitor-card[data-version="{served.production}"] [data-drift]')
         .get_attribute("data-drift") == "drifting", timeout=60, what="the drifting mark")
-    assert browser.find_element(By.ID, "serving-drift").text == "drifting"
+    # the header asks /model, which a worker answers from its own drift tick: wait for it
+    wait_for(browser, lambda d: [e.text for e in d.find_elements(By.ID, "serving-drift")]
+             == ["drifting"], timeout=60, what="the header's drifting mark")
     charts = browser.find_elements(By.CSS_SELECTOR,
                                    f'.monitor-card[data-version="{served.production}"] svg.chart')
     assert len(charts) == 8
