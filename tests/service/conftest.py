@@ -105,3 +105,15 @@ def sample_images(data: Path, per_class: int) -> list[tuple[str, Path]]:
     for folder in sorted(p for p in data.iterdir() if p.is_dir()):
         out += [(folder.name, p) for p in sorted(folder.glob("*.jp*g"))[:per_class]]
     return out
+
+
+@contextmanager
+def empty_redis(url: str) -> Iterator[str]:
+    """A Redis database of the test's own (shadow, drift), emptied before and after it."""
+    from piston.live import connect
+
+    connect(url).flushdb()
+    try:
+        yield url
+    finally:
+        connect(url).flushdb()

@@ -12,11 +12,10 @@ from PIL import Image, ImageEnhance
 
 from piston import drift
 from piston.follow import ModelFollower
-from piston.live import connect
 from service.drift import DriftWatch
 from service.engine import Engine, Limits
 from service.metrics import service_metrics
-from tests.service.conftest import Bundles, open_registry
+from tests.service.conftest import Bundles, empty_redis, open_registry
 
 REDIS = "redis://127.0.0.1:6379/12"
 # One window for the whole test: no window boundary falls inside it.
@@ -26,10 +25,8 @@ BOUNDS = drift.DriftBounds(window_s=10**8, keep_windows=2, min_images=10, max_cl
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    client = connect(REDIS)
-    client.flushdb()
-    yield REDIS
-    client.flushdb()
+    with empty_redis(REDIS) as url:
+        yield url
 
 
 def darkened(path: Path, factor: float = 0.35) -> bytes:

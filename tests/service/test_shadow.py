@@ -28,7 +28,7 @@ from service.engine import Engine, Limits
 from service.metrics import service_metrics
 from service.shadow import ShadowLimits, ShadowScorer
 from tests.conftest import image_bytes
-from tests.service.conftest import Bundles, open_registry, sample_images
+from tests.service.conftest import Bundles, empty_redis, open_registry, sample_images
 
 REDIS = "redis://127.0.0.1:6379/11"
 TTL = 600
@@ -36,10 +36,8 @@ TTL = 600
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    client = connect(REDIS)
-    client.flushdb()
-    yield REDIS
-    client.flushdb()
+    with empty_redis(REDIS) as url:
+        yield url
 
 
 def engine_with_shadow(registry: Registry, production: str, busy: Callable[[], bool] | None = None,
