@@ -1,11 +1,13 @@
 """Each candidate of `auto`, trained alone on one grouped split: docs/evaluation.md's table.
 
-    python bench/candidates.py --data DIR [--only bn_cnn,dihedral_cnn] [--json]
+    python bench/candidates.py --data DIR [--only bn_cnn,dihedral_cnn] [--set KEY=VALUE] [--json]
 
 `auto` screens its candidates within a budget and keeps one, so its table says little about
 the ones that lost. Here every candidate runs its whole schedule (no budget) at the input size
 `auto` resolves from the images, on the split `auto` uses, and is scored on the test split:
 accuracy, macro-F1, worst class recall and training seconds, side by side in one run.
+`--set` applies a setting to every candidate (an ablation: `--set ema_decay=0.998`); the
+figures do not depend on the machine's load (no budget cuts a schedule short), the seconds do.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 import time
 from typing import Any
 
+from cli.train import parse_overrides
 from piston.errors import ConfigError, PistonError
 from piston.settings import Settings
 from training.config import load_config
@@ -26,8 +29,10 @@ from training.search import candidate_configs
 from training.train import contract_of, predict_proba
 
 
-def candidate_rows(data: str, only: set[str], max_pixels: int) -> list[dict[str, Any]]:
-    config = load_config()
+def candidate_rows(
+    data: str, only: set[str], max_pixels: int, overrides: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    config = load_config(overrides=overrides or {})
     prepared = prepare(data, config, max_pixels)
     config = prepared.resolve(config)
     split = make_split(prepared, config)
@@ -61,12 +66,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="data set folder or manifest")
     parser.add_argument("--only", default="", help="comma-separated candidate names")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for every candidate (repeatable)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         rows = candidate_rows(args.data, {n for n in args.only.split(",") if n},
-                              Settings().max_image_pixels)
+                              Settings().max_image_pixels, parse_overrides(args.set))
     except PistonError as err:
         logging.error("%s", err)
         return 2

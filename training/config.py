@@ -67,6 +67,7 @@ class TrainConfig(BaseModel):
     lr_schedule: Literal["constant", "cosine", "onecycle"] = "constant"
     weight_decay: float = Field(0.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    ema_decay: float | None = Field(None, gt=0, lt=1)  # keep a moving average of the weights
     class_weighting: bool = False
     seed: int = 0
     split: Literal["grouped", "random"] = "grouped"

@@ -15,10 +15,12 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from piston import arch
 from piston.imaging import Contract
@@ -94,6 +96,12 @@ class Step:
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LRScheduler
     loss_fn: nn.Module
+    average: AveragedModel | None = None  # an exponential moving average of the weights
+
+    @property
+    def kept(self) -> nn.Module:
+        """The weights that are scored and kept: the average where there is one."""
+        return self.module if self.average is None else cast(nn.Module, self.average.module)
 
 
 def train_one_epoch(
@@ -113,6 +121,8 @@ def train_one_epoch(
         loss.backward()
         step.optimizer.step()
         step.schedule.step()
+        if step.average is not None:
+            step.average.update_parameters(step.module)
         with torch.no_grad():
             total_loss += loss.detach() * len(batch)
             correct += (logits.argmax(1) == targets).sum()
@@ -249,7 +259,8 @@ def fit(
         label_smoothing=config.label_smoothing,
     )
     step = Step(module, optimizer,
-                torch.optim.lr_scheduler.LambdaLR(optimizer, cycle.factor), loss_fn)
+                torch.optim.lr_scheduler.LambdaLR(optimizer, cycle.factor), loss_fn,
+                _moving_average(module, config.ema_decay))
     raw = arch.shrink_inputs(module, torch.as_tensor(train_images).float())
     data = Batches(raw, _normalise(raw, contract), torch.as_tensor(train_labels), contract,
                    build_augment(config.augment))
@@ -295,7 +306,7 @@ class Loop:
                                self.steps_per_epoch * self.epochs,
                                0.5 ** (self.cycles - 1))
             end, why = self.one_cycle(self.cycles, self.result)
-            go_on = end is not None and self.convergence.cycle_end(end, self.step.module)
+            go_on = end is not None and self.convergence.cycle_end(end, self.step.kept)
             self.converged = not go_on
             self.result.stopped = why or ("converged" if self.converged else "cycles")
             if why:
@@ -303,6 +314,8 @@ class Loop:
         best = self.convergence.best
         if self.convergence.best_state is not None and best is not None:
             self.step.module.load_state_dict(self.convergence.best_state)
+            if self.step.average is not None:  # a later cycle goes on from the kept weights
+                self.step.kept.load_state_dict(self.convergence.best_state)
         self.result.best_epoch = best.epoch if best else len(self.result.history)
         self.result.seconds += time.perf_counter() - began
         self.step.module.eval()
@@ -320,7 +333,7 @@ class Loop:
             began = time.perf_counter()
             loss, accuracy = train_one_epoch(self.step, self.data, config.batch_size,
                                              self.generator)
-            val_loss, val_acc = evaluate(self.step.module, *self.val, self.step.loss_fn,
+            val_loss, val_acc = evaluate(self.step.kept, *self.val, self.step.loss_fn,
                                          config.batch_size * 8)
             last = Epoch(len(result.history) + 1, loss, accuracy, val_loss, val_acc, number)
             result.history.append(last)
@@ -335,6 +348,14 @@ class Loop:
             if index >= epochs or fits <= 0:
                 return last, "" if fits > 0 else "budget"
         return last, ""
+
+
+def _moving_average(module: nn.Module, decay: float | None) -> AveragedModel | None:
+    """Weights averaged over the last ~1/(1-decay) steps, batch-norm statistics included: the
+    average lands in a wider minimum than the last step's weights (Polyak averaging)."""
+    if decay is None:
+        return None
+    return AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _optimizer(config: TrainConfig, module: nn.Module) -> torch.optim.Optimizer:

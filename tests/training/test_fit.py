@@ -32,6 +32,7 @@ def small_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.
     [
         {"optimizer": "adamw", "lr_schedule": "cosine", "weight_decay": 0.01},
         {"lr_schedule": "onecycle", "label_smoothing": 0.1, "class_weighting": True},
+        {"arch": "bn_cnn", "ema_decay": 0.9},
         {"arch": "bn_cnn", "arch_params": {"tta": "flips"}, "augment": {"hflip": 0.5,
          "rotate_degrees": 20, "color_jitter": 0.2, "noise_std": 0.02}},
     ],
@@ -48,6 +49,23 @@ def test_fit_is_seeded_and_learns_with_every_knob(
     assert [e.train_loss for e in first.history] == [e.train_loss for e in again.history]
     assert len(first.history) == 4
     assert first.history[-1].train_loss < first.history[0].train_loss
+
+
+@pytest.mark.slow  # trains
+def test_a_moving_average_keeps_the_averaged_weights(
+    small_set: tuple[np.ndarray, np.ndarray],
+) -> None:
+    images, labels = small_set
+    base = {"arch": "bn_cnn", "epochs": 3, "batch_size": 8, "input_size": [28, 40], "threads": 1}
+    plain = fit(load_config("seed", overrides=base), images[:33], labels[:33], images[33:],
+                labels[33:], 3)
+    averaged = fit(load_config("seed", overrides={**base, "ema_decay": 0.9}), images[:33],
+                   labels[:33], images[33:], labels[33:], 3)
+    # the same seed and steps: the training losses agree, the kept weights do not
+    assert [e.train_loss for e in plain.history] == [e.train_loss for e in averaged.history]
+    kept, last = averaged.module.state_dict(), plain.module.state_dict()
+    assert any(not np.allclose(kept[k].numpy(), last[k].numpy()) for k in kept
+               if kept[k].is_floating_point())
 
 
 @pytest.mark.slow  # trains
