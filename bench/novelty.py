@@ -1,13 +1,17 @@
-"""Novelty benchmark: train on one set, then how much of another set each method flags.
+"""Novelty benchmark: a model of one set, then how much of another set each method flags.
 
     python bench/novelty.py --data DIR --other DIR [--recipe bn_cnn] [--set epochs=12]
+    python bench/novelty.py --data DIR --other DIR --bundle BUNDLE_DIR
 
-Trains one model on `--data` (its grouped train/val/test split, as `piston train` does),
-takes the head features (`Embedder`, as serving does) of its splits and of every image under
-`--other` (resized to the model's input), fits each candidate novelty method on train and
-sets its threshold on validation (the log-normal tail, training/novelty.py), then prints the
-share flagged of validation, test and the other set, and the AUROC test-vs-other. Last, the
-cost: CPU time of the forward pass of a batch of 32 against scoring its features.
+Trains one model on `--data` (its grouped train/val/test split, as `piston train` does), or
+takes a trained bundle's weights and split (`--bundle`, a fetched bundle folder: a slow
+training is run once and reused), takes the head features (`Embedder`, as serving does) of
+its splits, of every image under `--other` and of made-up non-part images (noise, blank,
+text, checkerboard; resized to the model's input), fits each novelty method on train and
+sets its threshold on validation (training/novelty.py: `combined` is Mahalanobis and kNN at
+half the target each), then prints the share flagged of validation, test, the other set and
+each made-up kind, and the AUROC test-vs-other. Last, the cost: CPU time of the forward pass
+of a batch of 32 against scoring its features.
 """
 
 from __future__ import annotations
@@ -27,15 +31,21 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cli.train import parse_overrides
-from piston.imaging import preprocess
-from piston.novelty import KnnScorer, Scorer, with_threshold
-from training.config import load_config
-from training.novelty import embed, fit_mahalanobis, head_features, tail_threshold
+from piston.bundle import read_meta
+from piston.imaging import Contract, preprocess
+from piston.novelty import Method, Scorer, rule
+from piston.runtime import TorchRuntime
+from tests.conftest import made_up_images
+from training.config import TrainConfig, load_config
+from training.decode import DecodedSet
+from training.novelty import embed, fit_novelty, head_features
 from training.pipeline import fit_split, make_split, prepare
 from training.train import contract_of
 
 MAX_PIXELS = 40_000_000
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+METHODS: tuple[Method, ...] = ("mahalanobis", "knn", "combined")
+PARTS = ("train", "val", "test")
 
 
 def auroc(familiar: np.ndarray, novel: np.ndarray) -> float:
@@ -45,10 +55,34 @@ def auroc(familiar: np.ndarray, novel: np.ndarray) -> float:
     return float(above + ties / 2)
 
 
+def model_and_splits(args: argparse.Namespace
+                     ) -> tuple[nn.Module, Contract, dict[str, DecodedSet], int]:
+    """The network, its input contract, its splits and its number of classes: a bundle's
+    (`--bundle`) or one trained here."""
+    if args.bundle:
+        meta = read_meta(args.bundle)
+        config = TrainConfig.model_validate(meta.config)
+        prepared = prepare(args.data, config, MAX_PIXELS)
+        split = json.loads((Path(args.bundle) / "split.json").read_text())
+        where = {key: i for i, key in enumerate(prepared.decoded.keys)}
+        parts = {n: prepared.decoded.subset(np.array([where[k] for k in split[n]], dtype=int))
+                 for n in PARTS}
+        return TorchRuntime.load(args.bundle, meta).module, meta.contract, parts, len(
+            meta.classes)
+    config = load_config(args.recipe, overrides=parse_overrides(args.set))
+    prepared = prepare(args.data, config, MAX_PIXELS)
+    config = prepared.resolve(config)
+    split = make_split(prepared, config)
+    parts = {n: prepared.decoded.subset(ix) for n, ix in split.parts().items()}
+    fitted = fit_split(config, parts, prepared.classes)
+    return fitted.module, contract_of(fitted.config), parts, len(prepared.classes)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="the set the model is trained on")
     parser.add_argument("--other", required=True, help="a set the model has never seen")
+    parser.add_argument("--bundle", help="a trained bundle's folder: its weights and split")
     parser.add_argument("--recipe", default="bn_cnn")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", action="store_true")
@@ -56,48 +90,42 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
 
     start = time.perf_counter()
-    config = load_config(args.recipe, overrides=parse_overrides(args.set))
-    prepared = prepare(args.data, config, MAX_PIXELS)
-    config = prepared.resolve(config)
-    split = make_split(prepared, config)
-    parts = {n: prepared.decoded.subset(ix) for n, ix in split.parts().items()}
-    fitted = fit_split(config, parts, prepared.classes)
-    contract = contract_of(fitted.config)
-    train, val, test = (head_features(fitted.module, parts[n].images, contract)
-                        for n in ("train", "val", "test"))
+    module, contract, parts, classes = model_and_splits(args)
+    train, val, test = (head_features(module, parts[n].images, contract) for n in PARTS)
     files = sorted(p for p in Path(args.other).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     other_inputs = np.stack([preprocess(p.read_bytes(), contract) for p in files])
-    other = embed(fitted.module, torch.from_numpy(other_inputs))
+    other = embed(module, torch.from_numpy(other_inputs))
+    made_up = {kind: embed(module, torch.from_numpy(np.stack(
+        [preprocess(b, contract) for b in blobs]))) for kind, blobs in made_up_images().items()}
 
-    candidates: dict[str, Scorer] = {
-        "mahalanobis": fit_mahalanobis(train, parts["train"].labels, len(prepared.classes)),
-        "knn1": KnnScorer(train, 1, 0.0),
-        "knn5": KnnScorer(train, 5, 0.0),
-    }
+    scorers: dict[str, Scorer] = {}
     rows = []
-    for name, scorer in candidates.items():
-        threshold = tail_threshold(scorer.score(val))
-        scorer = with_threshold(scorer, threshold)
+    for method in METHODS:
+        scorer, info = fit_novelty(method, train, parts["train"].labels, val, test, classes)
+        scorers[method] = scorer
         scores = {n: scorer.score(f) for n, f in
-                  (("val", val), ("test", test), ("other", other))}
-        rows.append({"method": name, "threshold": round(threshold, 4),
-                     **{f"{n}_flagged": round(float((s > threshold).mean()), 4)
+                  (("val", val), ("test", test), ("other", other), *made_up.items())}
+        rows.append({"method": method, "rule": rule(info),
+                     **{f"{n}_flagged": round(float((s > scorer.threshold).mean()), 4)
                         for n, s in scores.items()},
-                     "auroc_test_vs_other": round(auroc(scores["test"], scores["other"]), 4)})
-    result = {"data": args.data, "other": args.other, "recipe": args.recipe,
+                     "auroc_test_vs_other": round(auroc(scores["test"], scores["other"]), 4),
+                     "parts": [p.model_dump() for p in info.parts]})
+    result = {"data": args.data, "other": args.other, "bundle": args.bundle,
+              "recipe": None if args.bundle else args.recipe,
               "images": {"train": len(train), "val": len(val), "test": len(test),
-                         "other": len(other)},
-              "methods": rows, "cost": cost(fitted.module, other_inputs, candidates),
+                         "other": len(other), **{k: len(v) for k, v in made_up.items()}},
+              "methods": rows, "cost": cost(module, other_inputs, scorers),
               "seconds": round(time.perf_counter() - start, 1),
               "load_average": os.getloadavg()}
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
-    print(f"{args.recipe} on {args.data}, other: {args.other} {result['images']}")
+    print(f"{args.bundle or args.recipe} on {args.data}, other: {args.other} {result['images']}")
     for r in rows:
-        print(f"  {r['method']:12s} threshold {r['threshold']:.4f}: flags val"
-              f" {r['val_flagged']:.1%}, test {r['test_flagged']:.1%}, other"
-              f" {r['other_flagged']:.1%}; AUROC test-vs-other {r['auroc_test_vs_other']:.3f}")
+        kinds = ", ".join(f"{k} {r[f'{k}_flagged']:.0%}" for k in made_up)
+        print(f"  {r['method']:12s} ({r['rule']}): flags val {r['val_flagged']:.1%}, test"
+              f" {r['test_flagged']:.1%}, other {r['other_flagged']:.1%}; {kinds};"
+              f" AUROC test-vs-other {r['auroc_test_vs_other']:.3f}")
     print(f"  cost per batch of 32: {result['cost']}")
     return 0
 

@@ -8,8 +8,10 @@ request, no batching), drives them with a small asyncio load generator (raw HTTP
 keep-alive sockets, so the client costs little CPU) at concurrency 1, 8 and 32 in
 alternating bursts (so the machine's other load falls on all of them alike), then
 `/classify_batch` against decode + forward in-process at batch 32 in each runtime (the two
-ceilings), and `/classify?explain=true` against plain `/classify` at one client on each of
-our servers (the heatmap's cost). Prints requests/s, p50/p99, stalls (requests over 50 ms),
+ceilings), `/classify?explain=true` against plain `/classify` at one client on each of
+our servers (the heatmap's cost), and at 32 clients our server against the same server on
+the same bundle without its novelty check (published again with `novelty: null`, in a second
+registry: the novelty check's cost). Prints requests/s, p50/p99, stalls (requests over 50 ms),
 ratios and resident memory. A "plain" server per runtime runs our own routes, engine and
 batcher on uvicorn without BentoML, to separate BentoML's per-request cost from ours. The
 machine's load average is printed before and after: compare ratios within one run, never
@@ -230,6 +232,28 @@ def ensure_bundle(registry: str, data: str) -> str:
     return str(reg.fetch(version))
 
 
+def without_novelty(model_dir: str, registry: str) -> None:
+    """The bundle again, with its novelty check left out, as the production bundle of
+    `registry`: the same weights and ONNX file, so the difference is the novelty check."""
+    import torch
+
+    from piston.bundle import META_FILE, WEIGHTS_FILE, create_bundle, new_version, read_meta
+    from piston.novelty import NOVELTY_FILE
+    from piston.registry import Registry
+    from piston.storage import open_storage
+
+    meta = read_meta(model_dir)
+    off = meta.model_copy(update={"novelty": None, "version": new_version(),
+                                  "archive_sha256": None})
+    kept = {p.name: p for p in Path(model_dir).iterdir()
+            if p.name not in {META_FILE, WEIGHTS_FILE, NOVELTY_FILE, "model.yaml"}}
+    state = torch.load(Path(model_dir) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    create_bundle(off, state, kept)
+    reg = Registry(open_storage(registry))
+    reg.publish(off.version)
+    reg.promote(off.version, reason="bench: novelty off", force=True)
+
+
 def batch_against_ceiling(ports: dict[str, int], payload: bytes, model_dir: str,
                           images: list[bytes], args: argparse.Namespace,
                           ) -> tuple[dict[tuple[str, int], dict[str, float]], dict[str, float]]:
@@ -301,16 +325,34 @@ def explain_cost(port: int, image: bytes, args: argparse.Namespace
     return found
 
 
+def novelty_cost(on: int, off: int, payload: bytes, args: argparse.Namespace
+                 ) -> dict[str, dict[str, float]]:
+    """The same server with and without the novelty check, 32 clients, alternating bursts."""
+    found = interleaved({"on": (on, payload), "off": (off, payload)}, 32, args.duration,
+                        args.rounds)
+    for name, r in found.items():
+        print(f"novelty {name:3s} c=32  {r['rps']:7.0f} req/s  p50 {r['p50']:6.2f} ms"
+              f"  p99 {r['p99']:6.2f} ms  errors {r['errors']}  (n={r['n']})", flush=True)
+    return found
+
+
+OFF = "-novelty-off"  # the name suffix of our servers on the bundle without its novelty check
+
+
 def start_servers(env: dict[str, str], model_dir: str, runtimes: list[RuntimeName],
-                  workers: int) -> dict[str, tuple[int, subprocess.Popen[bytes]]]:
-    """name -> (port, process): `ours-<runtime>` (piston serve), `plain-<runtime>`, `naive`."""
+                  workers: int, off_registry: str
+                  ) -> dict[str, tuple[int, subprocess.Popen[bytes]]]:
+    """name -> (port, process): `ours-<runtime>` (piston serve), `ours-<runtime>-novelty-off`
+    (on `off_registry`), `plain-<runtime>`, `naive`."""
     servers = {}
     for rt in runtimes:
-        port = free_port()
-        servers[f"ours-{rt}"] = port, subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--workers",
-             str(workers)], cwd=ROOT, env={**env, "PISTON_RUNTIME": rt},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        for suffix, registry in (("", env["PISTON_REGISTRY"]), (OFF, off_registry)):
+            port = free_port()
+            servers[f"ours-{rt}{suffix}"] = port, subprocess.Popen(
+                [sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--workers",
+                 str(workers)], cwd=ROOT,
+                env={**env, "PISTON_RUNTIME": rt, "PISTON_REGISTRY": registry},
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     port = free_port()
     servers["naive"] = port, subprocess.Popen(
         [sys.executable, __file__, "--naive-server", str(port), model_dir], cwd=ROOT, env=env,
@@ -360,13 +402,15 @@ def main() -> None:
     load_before = os.getloadavg()
     images = [p.read_bytes() for p in sorted(Path(data).glob("*/*.jp*g"))[:64]]
 
-    servers = start_servers(env, model_dir, args.runtimes, args.workers)
+    off_registry = str(work / "registry-novelty-off")
+    without_novelty(model_dir, off_registry)
+    servers = start_servers(env, model_dir, args.runtimes, args.workers, off_registry)
     try:
         for name, (port, proc) in servers.items():
             wait_up(port, "/readyz" if name.startswith("ours") else "/nothing", proc)
         payload = request_bytes("/classify", images[0], "image/jpeg")
-        rows = measure_levels({name: (port, payload) for name, (port, _) in servers.items()},
-                              args)
+        rows = measure_levels({name: (port, payload) for name, (port, _) in servers.items()
+                               if not name.endswith(OFF)}, args)
         body, ctype = multipart((images * 32)[:32], "images")
         batch_payload = request_bytes("/classify_batch", body, ctype)
         ours = {rt: servers[f"ours-{rt}"][0] for rt in args.runtimes}
@@ -374,6 +418,8 @@ def main() -> None:
         stats = {rt: __import__("httpx").get(f"http://127.0.0.1:{port}/model").json()["batching"]
                  for rt, port in ours.items()}
         explained = {rt: explain_cost(port, images[0], args) for rt, port in ours.items()}
+        novelty = {rt: novelty_cost(port, servers[f"ours-{rt}{OFF}"][0], payload, args)
+                   for rt, port in ours.items()}
         rss = {name: tree_rss_mb(proc.pid) for name, (_, proc) in servers.items()}
     finally:
         for _, proc in servers.values():
@@ -388,6 +434,12 @@ def main() -> None:
         print(f"explain / plain /classify, ours-{rt}, c=1 (alternating bursts): req/s"
               f" {e['rps'] / p['rps']:.2f}x  p50 {e['p50'] / p['p50']:.2f}x"
               f"  p99 {e['p99'] / p['p99']:.2f}x")
+    for rt, found in novelty.items():
+        on, off = found["on"], found["off"]
+        print(f"novelty check on / off /classify, ours-{rt}, c=32 (alternating bursts):"
+              f" req/s {on['rps'] / off['rps']:.2f}x  p50 {on['p50'] / off['p50']:.2f}x"
+              f"  p99 {on['p99'] / off['p99']:.2f}x  (the check adds"
+              f" {off['rps'] / on['rps'] - 1:+.1%} time per request)")
     print("\nresident memory (an API worker is the `_bentoml_impl.worker` process):")
     for label, procs in rss.items():
         for proc_name, mb in procs:

@@ -39,14 +39,14 @@ def _read(name: str, max_bytes: int) -> bytes | ImageFailure:
 
 
 def _line(outcome: Decision | ImageFailure) -> str:
-    """`normal (0.987)`, `defect_1 (0.912)  needs review: novel (novelty 75.2)`, `error: ...`."""
+    """`normal (0.987)`, `defect_1 (0.912)  needs review: novel (novelty 2.41)`, `error: ...`."""
     if isinstance(outcome, ImageFailure):
         return f"error: {outcome.error}"
     line = f"{outcome.label} ({outcome.confidence:.3f})"
     if outcome.needs_review:
         line += f"  needs review: {outcome.review_reason}"
     if outcome.novel and outcome.novelty is not None:
-        line += f" (novelty {outcome.novelty:.1f})"
+        line += f" (novelty {outcome.novelty:.3g})"
     return line
 
 

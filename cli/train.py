@@ -12,6 +12,7 @@ from tqdm import tqdm
 from cli.output import emit
 from piston.bundle import Gate
 from piston.errors import ConfigError
+from piston.novelty import NoveltyInfo, rule
 from piston.registry import open_registry
 from piston.settings import load_settings
 from training.config import TrainConfig, load_config, recipe_names
@@ -137,7 +138,7 @@ def _novelty_line(info: dict[str, Any] | None) -> list[str]:
     if not info:
         return []
     test = info.get("test_flagged")
-    return [f"novelty: {info['method']} over {info['threshold']:.3f} is novel; flags"
+    return [f"novelty: {rule(NoveltyInfo.model_validate(info))} is novel; flags"
             f" {info['val_flagged']:.1%} of val, {'-' if test is None else f'{test:.1%}'} of test"]
 
 

@@ -5,10 +5,17 @@ classifier's last linear layer) and chooses its threshold on validation images
 (training/novelty.py). The bundle carries the arrays as `novelty.npz` and the typed record
 `NoveltyInfo` in `bundle.json`. Scoring is numpy only, a few small matrix products, so any
 runtime that gives the features (torch, ONNX) gets the same scores.
+
+Bundles trained since the combined check carry `method: combined`: a Mahalanobis check and a
+kNN check, each with its own threshold, and an image is novel when either is over its own.
+Their `novelty` is one number, the larger of the two scores each divided by its threshold:
+over 1 is novel, 2 is twice as far as the farther-reaching check allows. Older bundles carry
+one method and answer its raw score (over `NoveltyInfo.threshold` is novel).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -18,7 +25,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from piston.errors import RegistryError
 
 NOVELTY_FILE = "novelty.npz"
-Method = Literal["mahalanobis", "knn"]
+PartMethod = Literal["mahalanobis", "knn"]
+Method = Literal["mahalanobis", "knn", "combined"]
+
+
+class NoveltyPart(BaseModel):
+    """One check of a combined novelty model: its own threshold and what it flags alone."""
+
+    model_config = ConfigDict(frozen=True)
+
+    method: PartMethod
+    threshold: float = Field(description="this check's score over it is novel")
+    val_flagged: float = Field(description="share of the validation split this check flags")
+    test_flagged: float | None = None
 
 
 class NoveltyInfo(BaseModel):
@@ -27,13 +46,23 @@ class NoveltyInfo(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     method: Method
-    threshold: float = Field(description="a score over it is novel")
+    threshold: float = Field(description="a score over it is novel (combined: 1, the score is"
+                             " each check's score divided by its own threshold)")
     target_share: float = Field(description="the share of familiar images meant to be flagged")
     threshold_source: str = Field(description="how the threshold was chosen")
     val_flagged: float = Field(description="share of the validation split over the threshold")
     test_flagged: float | None = Field(None, description="share of the test split over it")
     fitted_on: int = Field(description="training images the model was fitted on")
+    parts: list[NoveltyPart] = Field(default_factory=list,
+                                     description="combined: the checks, each with its threshold")
     file: str = NOVELTY_FILE
+
+
+def rule(info: NoveltyInfo) -> str:
+    """When an image is novel, in words: `mahalanobis over 30.6 or knn over 0.0912`."""
+    checks: list[tuple[str, float]] = ([(p.method, p.threshold) for p in info.parts]
+                                       or [(info.method, info.threshold)])
+    return " or ".join(f"{method} over {threshold:.3g}" for method, threshold in checks)
 
 
 class MahalanobisScorer:
@@ -43,7 +72,7 @@ class MahalanobisScorer:
     (N, D) x (D, D) product and one (N, D) x (D, C) product.
     """
 
-    method: Method = "mahalanobis"
+    method: PartMethod = "mahalanobis"
 
     def __init__(self, means: np.ndarray, whiten: np.ndarray, threshold: float) -> None:
         self.whiten = np.asarray(whiten, dtype=np.float32)
@@ -62,12 +91,14 @@ class MahalanobisScorer:
 
 
 class KnnScorer:
-    """One minus the mean cosine similarity to the `k` nearest training features."""
+    """One minus the mean cosine similarity to the `k` nearest training features: one
+    (N, D) x (D, B) product against the bank of B stored features."""
 
-    method: Method = "knn"
+    method: PartMethod = "knn"
 
     def __init__(self, bank: np.ndarray, k: int, threshold: float) -> None:
-        self.bank = unit_rows(np.asarray(bank, dtype=np.float32))
+        self.stored = np.asarray(bank)  # as saved (float16 in combined bundles)
+        self.bank = unit_rows(self.stored.astype(np.float32))
         self.k = int(min(k, len(self.bank)))
         self.threshold = float(threshold)
 
@@ -77,10 +108,37 @@ class KnnScorer:
         return 1.0 - top.mean(1)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"bank": self.bank, "k": np.asarray(self.k)}
+        return {"bank": self.stored, "k": np.asarray(self.k)}
 
 
-Scorer = MahalanobisScorer | KnnScorer
+PartScorer = MahalanobisScorer | KnnScorer
+
+
+class CombinedScorer:
+    """Novel when any of its checks is over its own threshold.
+
+    The score is the largest of the checks' scores each divided by its threshold, so it is
+    over `threshold` (1) exactly when one of them is over its own.
+    """
+
+    method: Method = "combined"
+    threshold = 1.0
+
+    def __init__(self, parts: Sequence[PartScorer]) -> None:
+        if len({p.method for p in parts}) != len(parts) or not parts:
+            raise ValueError("a combined novelty check needs distinct checks")
+        self.parts = list(parts)
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        x = np.asarray(features, dtype=np.float32)
+        ratios = [p.score(x) / np.float32(max(p.threshold, 1e-12)) for p in self.parts]
+        return np.maximum.reduce(ratios)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: v for p in self.parts for k, v in p.arrays().items()}  # distinct names
+
+
+Scorer = MahalanobisScorer | KnnScorer | CombinedScorer
 
 
 def product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -94,11 +152,11 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def with_threshold(scorer: Scorer, threshold: float) -> Scorer:
-    """The same scorer with another threshold."""
+def with_threshold(scorer: PartScorer, threshold: float) -> PartScorer:
+    """The same check with another threshold."""
     if isinstance(scorer, MahalanobisScorer):
         return MahalanobisScorer(scorer.means, scorer.whiten, threshold)
-    return KnnScorer(scorer.bank, scorer.k, threshold)
+    return KnnScorer(scorer.stored, scorer.k, threshold)
 
 
 def save(scorer: Scorer, path: Path) -> None:
@@ -111,9 +169,15 @@ def load(model_dir: str | Path, info: NoveltyInfo) -> Scorer:
     path = Path(model_dir) / info.file
     try:
         with np.load(path) as arrays:
-            if info.method == "mahalanobis":
-                return MahalanobisScorer(arrays["means"], arrays["whiten"], info.threshold)
-            return KnnScorer(arrays["bank"], int(arrays["k"]), info.threshold)
+            if info.method != "combined":
+                return load_part(info.method, arrays, info.threshold)
+            return CombinedScorer([load_part(p.method, arrays, p.threshold) for p in info.parts])
     except (OSError, KeyError, ValueError) as err:
         raise RegistryError(f"the bundle's novelty model {path.name} cannot be read: {err}"
                             ) from None
+
+
+def load_part(method: PartMethod, arrays: np.lib.npyio.NpzFile, threshold: float) -> PartScorer:
+    if method == "mahalanobis":
+        return MahalanobisScorer(arrays["means"], arrays["whiten"], threshold)
+    return KnnScorer(arrays["bank"], int(arrays["k"]), threshold)

@@ -71,7 +71,9 @@ class DecisionAnswer(BaseModel):
                                       " under the bundle's review threshold) or novel (unlike"
                                       " the training images); null when accepted")
     novelty: float | None = Field(None, description="how unlike the training images this one"
-                                  " is (null when the bundle has no novelty model)")
+                                  " is: the larger of the Mahalanobis and kNN scores, each over"
+                                  " its own threshold, so over 1 is novel (bundles with one"
+                                  " check: its raw score); null when the bundle has none")
     novel: bool = Field(False, description="novelty over the bundle's threshold: never accepted")
     model_version: str
     explanation: Explanation | None = Field(None, description="only with explain=true: the"

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from piston.bundle import Gate
+from piston.novelty import NoveltyInfo, rule
 from training.calibrate import CalibrationFigures
 from training.decode import DecodedSet
 from training.evaluate import Evaluation
@@ -163,8 +164,8 @@ def _novelty(info: dict[str, Any] | None) -> str:
         return "<p>No novelty model.</p>"
     test = info.get("test_flagged")
     return (
-        f"<p>Images whose {html.escape(str(info['method']))} novelty is over"
-        f" <b>{info['threshold']:.3f}</b> (a {html.escape(str(info['threshold_source']))},"
+        f"<p>Images with <b>{html.escape(rule(NoveltyInfo.model_validate(info)))}</b>"
+        f" (a {html.escape(str(info['threshold_source']))},"
         f" target {info['target_share']:.0%}) are flagged novel and always need review:"
         f" <b>{info['val_flagged']:.1%}</b> of the validation images,"
         f" <b>{'-' if test is None else f'{test:.1%}'}</b> of the test images.</p>"

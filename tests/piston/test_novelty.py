@@ -14,11 +14,14 @@ from piston.bundle import META_FILE, WEIGHTS_FILE, BundleMeta, Predictor
 from piston.errors import RegistryError
 from piston.novelty import (
     NOVELTY_FILE,
+    CombinedScorer,
     KnnScorer,
     MahalanobisScorer,
     Method,
     NoveltyInfo,
+    NoveltyPart,
     load,
+    rule,
     save,
 )
 from piston.scoring import Decision, decide, score_blobs
@@ -45,12 +48,26 @@ def test_score_is_vectorised_and_row_by_row_the_same() -> None:
     assert s.score(s.means) == pytest.approx([0.0, 0.0], abs=1e-2)  # float32 cancellation
 
 
-@pytest.mark.parametrize("method", ["mahalanobis", "knn"])
+def knn(threshold: float = 0.2, dtype: type = np.float16) -> KnnScorer:
+    return KnnScorer(np.random.default_rng(3).normal(size=(20, 8)).astype(dtype), 5, threshold)
+
+
+def combined(mahalanobis: float = 3.0, cosine: float = 0.2) -> CombinedScorer:
+    return CombinedScorer([scorer(threshold=mahalanobis), knn(cosine)])
+
+
+def combined_info(s: CombinedScorer) -> NoveltyInfo:
+    return info(1.0).model_copy(update={"method": "combined", "parts": [
+        NoveltyPart(method=p.method, threshold=p.threshold, val_flagged=0.01) for p in s.parts]})
+
+
+@pytest.mark.parametrize("method", ["mahalanobis", "knn", "combined"])
 def test_save_and_load_give_the_same_scores(tmp_path: Path, method: Method) -> None:
-    s = scorer() if method == "mahalanobis" else KnnScorer(
-        np.random.default_rng(3).normal(size=(20, 8)), 5, 0.2)
+    s = {"mahalanobis": scorer, "knn": knn, "combined": combined}[method]()
     save(s, tmp_path / NOVELTY_FILE)
-    loaded = load(tmp_path, info(s.threshold).model_copy(update={"method": method}))
+    stored = (info(s.threshold).model_copy(update={"method": method}) if method != "combined"
+              else combined_info(combined()))
+    loaded = load(tmp_path, stored)
     assert type(loaded) is type(s)
     features = np.random.default_rng(2).normal(size=(5, 8)).astype(np.float32)
     assert loaded.threshold == s.threshold
@@ -69,6 +86,36 @@ def test_knn_scores_one_minus_the_cosine_to_the_nearest_training_features() -> N
     bank = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     knn = KnnScorer(bank, 1, 0.1)
     assert knn.score(np.array([[2.0, 0.0], [-1.0, 0.0]])) == pytest.approx([0.0, 1.0 + 0.0])
+
+
+def test_combined_is_novel_when_either_check_is_over_its_own_threshold() -> None:
+    features = np.random.default_rng(4).normal(2, 2, (200, 8)).astype(np.float32)
+    maha, cos = scorer().score(features), knn().score(features)
+    t_maha, t_cos = float(np.median(maha)), float(np.median(cos))  # each flags half
+    s = combined(mahalanobis=t_maha, cosine=t_cos)
+    assert s.score(features) == pytest.approx(np.maximum(maha / t_maha, cos / t_cos), rel=1e-6)
+    either = (maha > t_maha) | (cos > t_cos)
+    assert ((s.score(features) > s.threshold) == either).all()
+    # the sample holds images that only one of the two checks flags, and images neither does
+    assert ((maha > t_maha) & (cos <= t_cos)).any() and ((maha <= t_maha) & (cos > t_cos)).any()
+    assert (~either).any()
+
+
+def test_a_combined_check_needs_two_distinct_checks() -> None:
+    with pytest.raises(ValueError, match="distinct"):
+        CombinedScorer([scorer(), scorer()])
+
+
+def test_the_rule_names_each_check_and_its_threshold() -> None:
+    assert rule(info(30.62)) == "mahalanobis over 30.6"
+    assert rule(combined_info(combined(31.0, 0.0912))) == "mahalanobis over 31 or knn over 0.0912"
+
+
+def test_knn_keeps_its_bank_as_stored_so_a_reload_scores_the_same() -> None:
+    s = knn(dtype=np.float16)
+    assert s.arrays()["bank"].dtype == np.float16
+    assert KnnScorer(s.arrays()["bank"], s.k, s.threshold).score(s.bank) == pytest.approx(
+        s.score(s.bank), abs=0)
 
 
 def write_bundle_dir(root: Path, novelty: NoveltyInfo | None) -> Path:
@@ -91,6 +138,39 @@ def test_a_bundle_with_a_novelty_model_flags_what_is_far_from_it(tmp_path: Path)
     assert isinstance(decision, Decision)
     assert decision.novel and decision.needs_review and decision.review_reason == "novel"
     assert decision.novelty is not None and decision.novelty > 1.0
+
+
+def test_a_bundle_with_a_combined_check_answers_one_relative_score(tmp_path: Path) -> None:
+    far = CombinedScorer([MahalanobisScorer(np.full((2, 8), 100.0), np.eye(8), 1e6),  # never
+                          KnnScorer(-np.ones((4, 8)), 2, 0.5)])  # opposite: always over
+    bundle = write_bundle_dir(tmp_path / "b", combined_info(far))
+    save(far, bundle / NOVELTY_FILE)
+    predictor = Predictor.load(bundle)
+    assert isinstance(predictor.novelty, CombinedScorer) and predictor.novelty.threshold == 1.0
+    out = predictor.forward(np.random.default_rng(0).random((3, 3, 16, 16), dtype=np.float32))
+    expected = far.score(out.features)
+    for decision, score in zip(decide(predictor, out), expected, strict=True):
+        assert decision.novelty == pytest.approx(float(score)) and decision.novelty > 1.0
+        assert decision.novel and decision.review_reason == "novel"
+
+
+def test_an_older_bundle_with_mahalanobis_alone_keeps_its_raw_score(tmp_path: Path) -> None:
+    bundle = write_bundle_dir(tmp_path / "b", None)
+    raw = json.loads((bundle / META_FILE).read_text())
+    raw["novelty"] = {"method": "mahalanobis", "threshold": 30.0, "target_share": 0.02,
+                      "threshold_source": "log-normal tail of 45 validation scores",
+                      "val_flagged": 0.0, "test_flagged": 0.0, "fitted_on": 197,
+                      "file": NOVELTY_FILE}  # bundle.json as written before `parts`
+    (bundle / META_FILE).write_text(json.dumps(raw))
+    old = MahalanobisScorer(np.zeros((2, 8)), np.eye(8), 30.0)
+    np.savez(bundle / NOVELTY_FILE, means=old.means, whiten=old.whiten)  # its file, as then
+    predictor = Predictor.load(bundle)
+    assert isinstance(predictor.novelty, MahalanobisScorer)
+    assert predictor.novelty.threshold == 30.0
+    out = predictor.forward(np.zeros((1, 3, 16, 16), dtype=np.float32))
+    (decision,) = decide(predictor, out)
+    assert decision.novelty == pytest.approx(float(np.linalg.norm(out.features[0])), rel=1e-4)
+    assert decision.novel == (decision.novelty > 30.0)
 
 
 def test_a_bundle_without_one_keeps_working_with_novelty_null(tmp_path: Path) -> None:

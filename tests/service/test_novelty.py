@@ -34,7 +34,9 @@ def test_the_bundle_records_its_novelty_model(bundle_dir: Path) -> None:
     info = predictor.meta.novelty
     assert info is not None and predictor.novelty is not None
     assert predictor.novelty.threshold == info.threshold
-    assert info.method == "mahalanobis" and info.val_flagged <= 0.05
+    assert info.method == "combined" and info.val_flagged <= 0.05
+    assert [p.method for p in info.parts] == ["mahalanobis", "knn"]
+    assert (bundle_dir / info.file).stat().st_size < 2 * 2**20  # the kNN bank is capped
     assert (predictor.meta.metrics.novelty or {})["threshold"] == info.threshold
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from piston.bundle import Predictor, read_meta
 from piston.runtime import ONNX_FILE
@@ -29,6 +30,8 @@ def test_the_test_split_gets_the_same_labels_in_both_runtimes(
     assert [d.label for d in ours] == [d.label for d in theirs]
     for a, b in zip(ours, theirs, strict=True):
         assert np.abs(probabilities(a) - probabilities(b)).max() <= 1e-4
+        assert a.novelty is not None and b.novelty is not None  # both read the same features
+        assert a.novelty == pytest.approx(b.novelty, rel=1e-3) and a.novel == b.novel
 
 
 def decisions(predictor: Predictor, blobs: list[bytes]) -> list[Decision]:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from piston.novelty import NoveltyInfo
+from piston.novelty import CombinedScorer, KnnScorer, MahalanobisScorer, NoveltyInfo
 from training.novelty import (
     TARGET_SHARE,
+    fit_knn,
     fit_mahalanobis,
     fit_novelty,
     ledoit_wolf,
@@ -87,3 +88,38 @@ def test_with_one_validation_image_the_training_scores_set_a_finite_threshold() 
     scorer, info = fit_novelty("mahalanobis", features, labels, val, val, 3)
     assert np.isfinite(scorer.threshold) and "training" in info.threshold_source
     assert NoveltyInfo.model_validate_json(info.model_dump_json()) == info  # bundle.json
+
+
+def test_combined_sets_each_threshold_on_validation_at_half_the_target() -> None:
+    features, labels, _ = clusters(400, 10)
+    val, _, _ = clusters(60, 11)
+    test, _, _ = clusters(50, 12)
+    scorer, info = fit_novelty("combined", features, labels, val, test, 3)
+    assert isinstance(scorer, CombinedScorer) and scorer.threshold == info.threshold == 1.0
+    maha, knn = scorer.parts
+    assert isinstance(maha, MahalanobisScorer) and isinstance(knn, KnnScorer)
+    assert maha.threshold == tail_threshold(maha.score(val), TARGET_SHARE / 2)
+    assert knn.threshold == tail_threshold(knn.score(val), TARGET_SHARE / 2)
+    assert [(p.method, p.threshold) for p in info.parts] == [
+        ("mahalanobis", maha.threshold), ("knn", knn.threshold)]
+    assert info.val_flagged == float((scorer.score(val) > 1.0).mean())
+    assert NoveltyInfo.model_validate_json(info.model_dump_json()) == info  # bundle.json
+
+
+def test_combined_flags_about_the_target_of_familiar_images_together() -> None:
+    features, labels, _ = clusters(400, 13)
+    val, _, _ = clusters(60, 14)
+    fresh, _, _ = clusters(20_000, 15)
+    scorer, _ = fit_novelty("combined", features, labels, val, fresh[:50], 3)
+    flagged = float((scorer.score(fresh) > scorer.threshold).mean())
+    assert 0.002 <= flagged <= 3 * TARGET_SHARE
+    far = fresh[:50] + 8.0  # a shifted population: unlike the training images
+    assert (scorer.score(far) > scorer.threshold).mean() > 0.95
+
+
+def test_the_knn_bank_is_capped_and_stored_as_unit_rows_in_float16() -> None:
+    features, _, _ = clusters(3000, 16)
+    knn = fit_knn(features, bank=500)
+    assert knn.stored.shape == (500, 16) and knn.stored.dtype == np.float16
+    assert np.linalg.norm(knn.stored.astype(np.float32), axis=1) == pytest.approx(1, abs=1e-3)
+    assert knn.score(features[:1000]).max() < 0.1  # the kept rows stand for the rest
