@@ -12,6 +12,7 @@ import datetime as dt
 import fcntl
 import functools
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
     from piston.explain import Method
     from piston.scoring import NoveltyScorer
 
+log = logging.getLogger(__name__)
+
 MODEL_NAME = "piston-classifier"
 META_FILE = "bundle.json"
 # The layout of bundle.json. Bump it when a field changes meaning or goes; a bundle of another
@@ -79,6 +82,8 @@ class OnnxExport(BaseModel):
     images: int  # test-split images compared
     labels_differ: int  # test-split images whose label differs
     export_seconds: float
+    # max |map_onnx - map_torch| / the map's range, when the graph has class_maps (heatmaps)
+    max_map_diff: float | None = None
 
 
 class BundleMeta(BaseModel):
@@ -271,32 +276,31 @@ class Predictor:
         return predictor
 
     def forward(self, batch: np.ndarray, explain: bool = False) -> NetOutput:
-        """Logits and features for a (N, 3, H, W) float32 batch; with `explain`, the last
-        convolutional feature maps too (`NetOutput.maps`, see `piston.cam`)."""
+        """Logits and features for a (N, 3, H, W) float32 batch; with `explain`, the class
+        activation maps too (`NetOutput.maps`, see `piston.explain.class_map`)."""
         if explain:
             return self.explainer.explain(batch)
         return self.runtime.forward(batch)
 
     @functools.cached_property
-    def explainer(self) -> TorchRuntime:
-        """The network in torch, which hands out its feature maps: the runtime itself, or for
-        an ONNX bundle its weights, loaded on the first explain (so that a worker that never
-        explains never loads torch)."""
-        if isinstance(self.runtime, TorchRuntime):
+    def explainer(self) -> Runtime:
+        """The runtime that gives the maps: the runtime itself (torch, or an ONNX graph
+        exported with them), else the bundle's torch weights, loaded on the first explain (so
+        that a worker that never explains never loads torch)."""
+        if self.runtime.explain_method is not None:
             return self.runtime
         if self.model_dir is None:
             raise ConfigError("heatmaps need the bundle's torch weights: load it from its folder")
+        log.info("bundle %s: model.onnx has no class maps, explaining with torch",
+                 self.meta.version)
         return TorchRuntime.load(self.model_dir, self.meta, self.threads)
 
     @property
     def explain_method(self) -> Method:
         """cam, or grad_cam for a net whose head is not linear over the pooled maps."""
-        return "cam" if self.explainer.feature_maps.linear else "grad_cam"
-
-    def head_weights(self) -> np.ndarray | None:
-        """The (C, D) head weights that turn `NetOutput.maps` into class activation maps
-        (None for Grad-CAM, whose maps come weighted)."""
-        return self.explainer.feature_maps.head_weights()
+        method = self.explainer.explain_method
+        assert method is not None  # the explainer is one that explains
+        return method
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities for a (N, 3, H, W) float32 batch."""

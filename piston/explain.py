@@ -1,11 +1,10 @@
-"""Heatmaps in numpy: feature maps + head weights + a class -> heatmap, box and PNG.
+"""Heatmaps in numpy: class activation maps + a class -> heatmap, box and PNG.
 
-Any runtime that gives the last convolutional maps (`NetOutput.maps`) explains the same
-way: the class activation map is the head's weights for the class applied to the maps,
-scaled to 0..1, resized to the original image's aspect. The model saw the image resized to
-its input size (no padding, `piston.imaging.to_uint8`), so map coordinates scale to
-original pixels per axis. The box is the hottest region: the connected area around the
-peak that is at least half as hot.
+Any runtime that gives the class activation maps (`NetOutput.maps`: torch, or an ONNX graph
+exported with them) explains the same way: the class's map is scaled to 0..1 and resized to
+the original image's aspect. The model saw the image resized to its input size (no padding,
+`piston.imaging.to_uint8`), so map coordinates scale to original pixels per axis. The box
+is the hottest region: the connected area around the peak that is at least half as hot.
 """
 
 from __future__ import annotations
@@ -59,22 +58,18 @@ class Explanation(BaseModel):
                              " alpha = heat (lay it over the image, stretched to its size)")
 
 
-def class_map(maps: np.ndarray, weights: np.ndarray | None, cls: int) -> np.ndarray:
-    """(K, h, w) maps -> the (h, w) activation map of class `cls`.
+def class_map(maps: np.ndarray, cls: int, method: Method) -> np.ndarray:
+    """One image's maps -> the (h, w) activation map of class `cls`.
 
-    `weights` are the head's (C, D) weights: D == K for average pooling, 2K when the head
-    reads average and max pooling of each map (both weigh the same map). None: the maps are
-    already weighted (Grad-CAM), their sum is the map.
+    CAM maps are (C, h, w), one per class (`piston.cam.CamEmbedder`, in torch or in the ONNX
+    graph); Grad-CAM's are (1, h, w), already the predicted class's, of which only the
+    positive part counts.
     """
-    if weights is None:
-        return np.maximum(maps.sum(0), 0.0)
-    row = weights[cls]
-    k = maps.shape[0]
-    if len(row) == 2 * k:
-        row = row[:k] + row[k:]
-    if len(row) != k:
-        raise ValueError(f"head weights of width {len(row)} do not fit {k} feature maps")
-    return np.tensordot(row, maps, axes=1)
+    if method == "grad_cam":
+        return np.maximum(maps[0], 0.0)
+    if not 0 <= cls < len(maps):
+        raise ValueError(f"no activation map for class {cls} among {len(maps)}")
+    return maps[cls]
 
 
 def normalized(cam: np.ndarray) -> np.ndarray:
@@ -140,10 +135,11 @@ def png(heat: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def explain(maps: np.ndarray, weights: np.ndarray | None, cls: int, label: str, method: Method,
-            width: int, height: int) -> Explanation:
-    """One image's (K, h, w) maps -> its explanation at its original `width` x `height`."""
-    cam = class_map(maps, weights, cls)
+def explain(maps: np.ndarray, cls: int, label: str, method: Method, width: int,
+            height: int) -> Explanation:
+    """One image's maps (see `class_map`) -> its explanation at its original `width` x
+    `height`."""
+    cam = class_map(maps, cls, method)
     heat = heat_at(cam, width, height)
     grid = heat_at(cam, width, height, BOX_SIDE)
     box = to_original(hottest_region(grid), grid.shape, width, height)

@@ -1,10 +1,11 @@
 """What runs a bundle's network: ONNX Runtime or torch. Both give a `NetOutput`.
 
 A bundle carries its weights for torch and, since issue 22, the same network exported to
-`model.onnx` (test-time augmentation inside, outputs `logits` and `features`). The ONNX
-path imports neither torch nor `piston.arch`: a process that serves or scores with it never
-loads torch (about half of an API worker's memory). A bundle without `model.onnx` runs on
-torch whatever was asked.
+`model.onnx` (test-time augmentation inside, outputs `logits` and `features`, and for nets
+with a class activation map `class_maps` too). The ONNX path imports neither torch nor
+`piston.arch`: a process that serves, scores or explains with it never loads torch (about
+half of an API worker's memory). A bundle without `model.onnx` runs on torch whatever was
+asked; one whose `model.onnx` has no `class_maps` explains with its torch weights.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
     from piston.bundle import BundleMeta
     from piston.cam import FeatureMaps
+    from piston.explain import Method
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ DEFAULT_RUNTIME: RuntimeName = "onnx"
 ONNX_FILE = "model.onnx"
 WEIGHTS_FILE = "weights.pt"
 OUTPUTS = ("logits", "features")  # what NetOutput needs; a model may have more (e.g. maps)
+MAPS = "class_maps"  # the optional output for heatmaps: (N, C, h, w), see piston.cam
 
 
 class Runtime(ABC):
@@ -42,6 +45,15 @@ class Runtime(ABC):
 
     @abstractmethod
     def forward(self, batch: np.ndarray) -> NetOutput: ...
+
+    @property
+    def explain_method(self) -> Method | None:
+        """How `explain` makes its maps; None when this runtime cannot (explain with torch)."""
+        return None
+
+    def explain(self, batch: np.ndarray) -> NetOutput:
+        """`forward` with the maps of `piston.explain.class_map` (`NetOutput.maps`)."""
+        raise NotImplementedError(f"the {self.name} runtime of this bundle gives no maps")
 
 
 class TorchRuntime(Runtime):
@@ -78,8 +90,11 @@ class TorchRuntime(Runtime):
             logits, features = self.embedder(torch.from_numpy(batch))
             return NetOutput(logits.numpy(), features.numpy())
 
+    @property
+    def explain_method(self) -> Method:
+        return "cam" if self.feature_maps.linear else "grad_cam"
+
     def explain(self, batch: np.ndarray) -> NetOutput:
-        """`forward` with the last convolutional feature maps (`piston.cam`)."""
         import torch
 
         self._threads()
@@ -128,6 +143,7 @@ class OnnxRuntime(Runtime):
         missing = [name for name in OUTPUTS if name not in outputs]
         if missing:
             raise ValueError(f"model.onnx lacks the outputs {missing} (it has {outputs})")
+        self.has_maps = MAPS in outputs  # exported before heatmaps, or a net without CAM
 
     @classmethod
     def load(cls, path: str | Path, threads: int = 1) -> OnnxRuntime:
@@ -140,6 +156,16 @@ class OnnxRuntime(Runtime):
     def forward(self, batch: np.ndarray) -> NetOutput:
         logits, features = self.session.run(list(OUTPUTS), {self.input: batch})
         return NetOutput(logits, features)
+
+    @property
+    def explain_method(self) -> Method | None:
+        return "cam" if self.has_maps else None
+
+    def explain(self, batch: np.ndarray) -> NetOutput:
+        if not self.has_maps:
+            return super().explain(batch)
+        logits, features, maps = self.session.run([*OUTPUTS, MAPS], {self.input: batch})
+        return NetOutput(logits, features, maps)
 
 
 def load_runtime(model_dir: str | Path, meta: BundleMeta, kind: RuntimeName = DEFAULT_RUNTIME,

@@ -30,14 +30,14 @@ class NetOutput:
     `logits` are the raw class scores (averaged over the test-time views); `features` are the
     input of the classifier's last linear layer, averaged the same way. Calibration turns the
     logits into probabilities, the novelty check reads the features. `maps`, only when a
-    heatmap was asked for, are the last convolutional feature maps (the input of global
-    pooling, flipped back and averaged over the views; see `piston.cam`), from which
-    `piston.explain` draws the heatmap in numpy.
+    heatmap was asked for, are the class activation maps (one per class, or Grad-CAM's one
+    of the predicted class; see `piston.cam`), from which `piston.explain` draws the heatmap
+    in numpy.
     """
 
     logits: np.ndarray  # (N, C) float32
     features: np.ndarray  # (N, D) float32
-    maps: np.ndarray | None = None  # (N, K, h, w) float32, only when explaining
+    maps: np.ndarray | None = None  # (N, C or 1, h, w) float32, only when explaining
 
     def __len__(self) -> int:
         return len(self.logits)
@@ -149,10 +149,9 @@ def explained(predictor: Predictor, out: NetOutput, decisions: Sequence[Decision
     """The decisions with the heatmap of each one's class, at its image's (width, height)."""
     if out.maps is None:
         raise ValueError("the forward pass was run without explain: it has no feature maps")
-    weights = predictor.head_weights()
-    classes = predictor.meta.classes
+    classes, method = predictor.meta.classes, predictor.explain_method
     return [d.model_copy(update={"explanation": explain(
-        out.maps[i], weights, classes.index(d.label), d.label, predictor.explain_method, w, h)})
+        out.maps[i], classes.index(d.label), d.label, method, w, h)})
         for i, (d, (w, h)) in enumerate(zip(decisions, sizes, strict=True))]
 
 

@@ -2,9 +2,10 @@
 
 What is exported is `piston.arch.Embedder` around the module, so the test-time augmentation
 (`FlipAverage`), `Shrink` and `Standardize` run inside the graph and the outputs are the
-`NetOutput` pair, `logits` and `features`, with a dynamic batch axis. A wrapper with more
-outputs (say, heat maps) exports the same way with its own `output_names`; the runtime reads
-its outputs by name. torch's own exporter (torch.export + onnxscript) runs offline.
+`NetOutput` pair, `logits` and `features`, with a dynamic batch axis. A net with a class
+activation map is exported as `piston.cam.CamEmbedder`, which adds `class_maps` (every
+class's map, for heatmaps without torch); the runtime reads its outputs by name. torch's own
+exporter (torch.export + onnxscript) runs offline.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +23,9 @@ from torch import nn
 
 from piston.arch import Embedder
 from piston.bundle import BundleMeta, OnnxExport
+from piston.cam import cam_embedder
 from piston.imaging import Contract
-from piston.runtime import OUTPUTS, OnnxRuntime, TorchRuntime
+from piston.runtime import MAPS, OUTPUTS, OnnxRuntime, TorchRuntime
 from training.train import to_inputs
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,9 @@ INPUT = "images"
 EXAMPLE_BATCH = 2  # not 0 or 1, which torch.export would specialise the batch axis to
 PARITY_LIMIT = 1e-4  # max |p_onnx - p_torch|; over it the bundle ships without model.onnx
 PARITY_BATCH = 64
+# max |map_onnx - map_torch| over the map's range; over it the graph ships without class maps
+# (a thousandth of the range is a quarter of the heatmap PNG's colour step)
+MAP_PARITY_LIMIT = 1e-3
 
 
 def export_onnx(net: nn.Module, contract: Contract, path: Path,
@@ -47,20 +53,47 @@ def export_onnx(net: nn.Module, contract: Contract, path: Path,
     return int(next(o.version for o in program.model_proto.opset_import if o.domain == ""))
 
 
-def compare(module: nn.Module, path: Path, meta: BundleMeta,
-            images: np.ndarray) -> tuple[float, int]:
-    """Max |p_onnx - p_torch| (calibrated probabilities) and how many labels differ, over
-    uint8 NCHW `images`."""
+def export_bundle_onnx(module: nn.Module, contract: Contract, path: Path) -> int:
+    """The bundle's graph: with `class_maps` when the net has a class activation map."""
+    cam = cam_embedder(module)
+    if cam is None:
+        return export_onnx(Embedder(module), contract, path)
+    return export_onnx(cam, contract, path, (*OUTPUTS, MAPS))
+
+
+@dataclass(frozen=True)
+class Parity:
+    """How an exported graph agrees with torch over the test split."""
+
+    max_prob_diff: float  # max |p_onnx - p_torch| (calibrated probabilities)
+    labels_differ: int
+    max_map_diff: float | None  # class maps (see map_difference); None without them
+
+
+def compare(module: nn.Module, path: Path, meta: BundleMeta, images: np.ndarray) -> Parity:
+    """The graph at `path` against `module` over uint8 NCHW `images`."""
     torch_rt, onnx_rt = TorchRuntime(module), OnnxRuntime.load(path)
     contract, calibration = meta.contract, meta.calibration
-    worst, differ = 0.0, 0
+    worst, differ, worst_map = 0.0, 0, 0.0
     for begin in range(0, len(images), PARITY_BATCH):
         batch = to_inputs(images[begin:begin + PARITY_BATCH], contract).numpy()
-        p_torch = calibration.probabilities(torch_rt.forward(batch).logits)
-        p_onnx = calibration.probabilities(onnx_rt.forward(batch).logits)
+        if onnx_rt.has_maps:
+            ours, theirs = onnx_rt.explain(batch), torch_rt.explain(batch)
+            worst_map = max(worst_map, map_difference(ours.maps, theirs.maps))
+        else:
+            ours, theirs = onnx_rt.forward(batch), torch_rt.forward(batch)
+        p_torch = calibration.probabilities(theirs.logits)
+        p_onnx = calibration.probabilities(ours.logits)
         worst = max(worst, float(np.abs(p_onnx - p_torch).max()))
         differ += int((p_onnx.argmax(1) != p_torch.argmax(1)).sum())
-    return worst, differ
+    return Parity(worst, differ, worst_map if onnx_rt.has_maps else None)
+
+
+def map_difference(ours: np.ndarray | None, theirs: np.ndarray | None) -> float:
+    """Max |difference| of two (N, C, h, w) map stacks, per image relative to its range."""
+    assert ours is not None and theirs is not None and ours.shape == theirs.shape
+    spread = np.ptp(theirs.reshape(len(theirs), -1), axis=1).reshape(-1, 1, 1, 1)
+    return float((np.abs(ours - theirs) / np.maximum(spread, 1e-6)).max())
 
 
 def with_onnx(meta: BundleMeta, module: nn.Module, test_images: np.ndarray,
@@ -68,24 +101,33 @@ def with_onnx(meta: BundleMeta, module: nn.Module, test_images: np.ndarray,
     """Export `module` to `path` and record the parity on the test split in the meta.
 
     A network the exporter cannot handle, or whose export disagrees with torch, leaves the
-    bundle without `model.onnx` (it is then scored with torch) and says so in the log.
+    bundle without `model.onnx` (it is then scored with torch) and says so in the log; one
+    whose class maps disagree is exported without them (heatmaps then come from torch).
     """
     start = time.perf_counter()
     try:
-        opset = export_onnx(Embedder(module), meta.contract, path)
-        worst, differ = compare(module, path, meta, test_images)
+        opset = export_bundle_onnx(module, meta.contract, path)
+        parity = compare(module, path, meta, test_images)
+        if parity.max_map_diff is not None and parity.max_map_diff > MAP_PARITY_LIMIT:
+            log.warning("model.onnx for bundle %s without class maps: they differ from torch's"
+                        " by %.2g of their range (limit %.0e)", meta.version,
+                        parity.max_map_diff, MAP_PARITY_LIMIT)
+            opset = export_onnx(Embedder(module), meta.contract, path)
+            parity = compare(module, path, meta, test_images)
     except Exception as err:  # an architecture the exporter cannot handle: torch only
         log.warning("no model.onnx for bundle %s (%s: %s): it will be scored with torch",
                     meta.version, type(err).__name__, err)
         path.unlink(missing_ok=True)
         return meta
-    if worst > PARITY_LIMIT:
+    if parity.max_prob_diff > PARITY_LIMIT:
         log.warning("no model.onnx for bundle %s: its probabilities differ from torch's by"
-                    " %.2g (limit %.0e)", meta.version, worst, PARITY_LIMIT)
+                    " %.2g (limit %.0e)", meta.version, parity.max_prob_diff, PARITY_LIMIT)
         path.unlink(missing_ok=True)
         return meta
-    onnx = OnnxExport(opset=opset, max_prob_diff=worst, images=len(test_images),
-                      labels_differ=differ, export_seconds=round(time.perf_counter() - start, 2))
+    onnx = OnnxExport(opset=opset, max_prob_diff=parity.max_prob_diff, images=len(test_images),
+                      labels_differ=parity.labels_differ,
+                      export_seconds=round(time.perf_counter() - start, 2),
+                      max_map_diff=parity.max_map_diff)
     log.info("model.onnx for bundle %s: max probability difference %.2g on %d test images",
-             meta.version, worst, len(test_images))
+             meta.version, parity.max_prob_diff, len(test_images))
     return meta.model_copy(update={"onnx": onnx})

@@ -14,6 +14,7 @@ from PIL import Image
 from piston import arch
 from piston.bundle import BundleMeta, Predictor
 from piston.explain import Box, class_map, explain, hottest_region, overlay, to_original
+from piston.runtime import TorchRuntime
 from piston.scoring import Decision, score_blobs
 from tests.conftest import image_bytes
 
@@ -41,13 +42,13 @@ def test_the_maps_give_back_the_logits_of_an_average_pooled_net(tta: str | None)
     plain = predictor.forward(x)
     np.testing.assert_allclose(out.logits, plain.logits, atol=1e-5)
     np.testing.assert_allclose(out.features, plain.features, atol=1e-5)
-    assert out.maps is not None and out.maps.shape[:2] == (3, 128)
-    weights = predictor.head_weights()
-    bias = predictor.explainer.embedder.head.bias.detach().numpy()
-    assert predictor.explain_method == "cam" and weights is not None
+    assert out.maps is not None and out.maps.shape[:2] == (3, 3)  # a map per class
+    assert isinstance(predictor.runtime, TorchRuntime)
+    bias = predictor.runtime.embedder.head.bias.detach().numpy()
+    assert predictor.explain_method == "cam"
     for i in range(3):
         for c in range(3):
-            got = class_map(out.maps[i], weights, c).mean() + bias[c]
+            got = class_map(out.maps[i], c, "cam").mean() + bias[c]
             assert got == pytest.approx(float(out.logits[i, c]), abs=1e-4)
     assert plain.maps is None
 
@@ -64,8 +65,7 @@ def test_every_architecture_explains(name: str, method: str, params: dict[str, o
     out = predictor.forward(x, explain=True)
     assert predictor.explain_method == method and out.maps is not None and len(out.maps) == 2
     np.testing.assert_allclose(out.logits, predictor.forward(x).logits, atol=1e-4)
-    found = explain(out.maps[0], predictor.head_weights(), 1, "b", predictor.explain_method,
-                    300, 150)
+    found = explain(out.maps[0], 1, "b", predictor.explain_method, 300, 150)
     assert found.method == method and (found.image_width, found.image_height) == (300, 150)
     assert 0 <= found.box.x0 < found.box.x1 <= 300 and 0 <= found.box.y0 < found.box.y1 <= 150
 
@@ -75,8 +75,7 @@ def test_the_box_lands_on_the_hot_spot_in_original_pixels() -> None:
     maps = np.zeros((2, 6, 6), dtype=np.float32)
     maps[0, 1, 4] = 1.0
     maps[1, 4, 1] = 1.0  # what class 1 would look at
-    weights = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
-    found = explain(maps, weights, 0, "a", "cam", 600, 300)
+    found = explain(maps, 0, "a", "cam", 600, 300)
     box = found.box
     centre = ((box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2)
     assert 400 <= centre[0] <= 500 and 25 <= centre[1] <= 75, box
@@ -84,7 +83,7 @@ def test_the_box_lands_on_the_hot_spot_in_original_pixels() -> None:
     png = Image.open(io.BytesIO(base64.b64decode(found.heatmap_png)))
     assert png.format == "PNG" and png.mode == "RGBA"
     assert png.width / png.height == pytest.approx(2.0, abs=0.02)
-    other = explain(maps, weights, 1, "b", "cam", 600, 300).box
+    other = explain(maps, 1, "b", "cam", 600, 300).box
     assert other.x1 <= 300 and other.y0 >= 150
 
 

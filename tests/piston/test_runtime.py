@@ -18,7 +18,7 @@ from piston.bundle import META_FILE, BundleMeta, Predictor
 from piston.errors import ConfigError
 from piston.runtime import ONNX_FILE, WEIGHTS_FILE, OnnxRuntime, TorchRuntime
 from piston.settings import load_settings
-from training.onnx_export import export_onnx
+from training.onnx_export import export_bundle_onnx, export_onnx
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,7 +35,7 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     module = arch.build("bn_cnn", 2, 32, 32, widths=[8, 16], tta="hflip").eval()
     torch.save(module.state_dict(), root / WEIGHTS_FILE)
     (root / META_FILE).write_text(meta.model_dump_json())
-    export_onnx(arch.Embedder(module), meta.contract, root / ONNX_FILE)
+    export_bundle_onnx(module, meta.contract, root / ONNX_FILE)
     return root
 
 
@@ -44,6 +44,35 @@ def test_each_runtime_loads_and_they_agree(bundle_dir: Path) -> None:
     assert isinstance(onnx.runtime, OnnxRuntime) and isinstance(torch_.runtime, TorchRuntime)
     batch = np.random.default_rng(0).normal(0, 1, (5, 3, 32, 32)).astype(np.float32)
     assert np.abs(onnx.probabilities(batch) - torch_.probabilities(batch)).max() <= 1e-4
+
+
+def test_onnx_gives_the_class_maps_of_torch(bundle_dir: Path) -> None:
+    onnx, torch_ = Predictor.load(bundle_dir, "onnx"), Predictor.load(bundle_dir, "torch", 1)
+    assert isinstance(onnx.explainer, OnnxRuntime) and onnx.explain_method == "cam"
+    batch = np.random.default_rng(0).normal(0, 1, (3, 3, 32, 32)).astype(np.float32)
+    ours, theirs = onnx.forward(batch, explain=True), torch_.forward(batch, explain=True)
+    assert ours.maps is not None and theirs.maps is not None
+    assert ours.maps.shape == theirs.maps.shape == (3, 2, 8, 8)  # a map per class
+    np.testing.assert_allclose(ours.maps, theirs.maps, atol=1e-4 * np.ptp(theirs.maps))
+
+
+def test_a_model_onnx_without_class_maps_explains_with_torch(bundle_dir: Path,
+                                                             tmp_path: Path) -> None:
+    """Bundles exported before heatmaps: scored with ONNX, explained with their weights."""
+    old = tmp_path / "old-bundle"
+    shutil.copytree(bundle_dir, old)
+    meta = BundleMeta.model_validate_json((old / META_FILE).read_text())
+    module = arch.build("bn_cnn", 2, 32, 32, widths=[8, 16], tta="hflip")
+    module.load_state_dict(torch.load(old / WEIGHTS_FILE, weights_only=True))
+    export_onnx(arch.Embedder(module.eval()), meta.contract, old / ONNX_FILE)
+    predictor = Predictor.load(old, "onnx")
+    assert isinstance(predictor.runtime, OnnxRuntime) and not predictor.runtime.has_maps
+    assert isinstance(predictor.explainer, TorchRuntime)
+    batch = np.zeros((2, 3, 32, 32), dtype=np.float32)
+    expected = Predictor.load(bundle_dir, "onnx").forward(batch, explain=True).maps
+    got = predictor.forward(batch, explain=True).maps
+    assert got is not None and expected is not None
+    np.testing.assert_allclose(got, expected, atol=1e-4 * max(np.ptp(expected), 1e-6))
 
 
 def test_a_bundle_without_model_onnx_falls_back_to_torch(bundle_dir: Path,
@@ -92,6 +121,9 @@ NO_TORCH = textwrap.dedent("""
     assert engine.refresh()
     decision = asyncio.run(engine.classify(image))
     outcomes = score_blobs(engine.predictor(), [image, image], 10**7)
+    explained = asyncio.run(engine.classify(image, explain=True))
+    assert explained.explanation is not None and explained.explanation.method == "cam"
+    outcomes += score_blobs(engine.predictor(), [image], 10**7, explain=True)
     assert all(isinstance(o, Decision) for o in [decision, *outcomes])
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision")
                     or m == "piston.arch")

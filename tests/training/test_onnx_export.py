@@ -13,7 +13,13 @@ from piston import arch
 from piston.bundle import BundleMeta
 from piston.runtime import OnnxRuntime, TorchRuntime
 from training.config import load_config, recipe_names
-from training.onnx_export import PARITY_LIMIT, export_onnx, with_onnx
+from training.onnx_export import (
+    MAP_PARITY_LIMIT,
+    PARITY_LIMIT,
+    export_bundle_onnx,
+    map_difference,
+    with_onnx,
+)
 from training.train import contract_of
 
 # The fast tier checks one recipe's export; the eight-view, wide and ImageNet-sized ones
@@ -57,8 +63,10 @@ def test_onnx_probabilities_match_torch(recipe: str, size: tuple[int, int] | Non
                                         tmp_path: Path) -> None:
     module, meta = recipe_module(recipe, size)
     c = meta.contract
-    export_onnx(arch.Embedder(module), c, tmp_path / "model.onnx")
+    export_bundle_onnx(module, c, tmp_path / "model.onnx")
     onnx_rt, torch_rt = OnnxRuntime.load(tmp_path / "model.onnx"), TorchRuntime(module)
+    # Grad-CAM nets (dense layers, MobileNet's two-layer head) explain in torch only
+    assert onnx_rt.has_maps == (recipe not in ("seed", "linear_probe"))
     rng = np.random.default_rng(1)
     for n in (1, 7):  # the batch axis is dynamic
         batch = rng.normal(0, 1, (n, 3, c.height, c.width)).astype(np.float32)
@@ -67,6 +75,9 @@ def test_onnx_probabilities_match_torch(recipe: str, size: tuple[int, int] | Non
         assert ours.features.shape == theirs.features.shape
         assert np.abs(softmax(ours.logits) - softmax(theirs.logits)).max() <= PARITY_LIMIT
         np.testing.assert_allclose(ours.features, theirs.features, rtol=1e-3, atol=1e-4)
+        if onnx_rt.has_maps:  # the heatmaps' maps, test-time views flipped back and all
+            maps = onnx_rt.explain(batch).maps
+            assert map_difference(maps, torch_rt.explain(batch).maps) <= MAP_PARITY_LIMIT
 
 
 def test_the_parity_is_recorded_in_the_meta(tmp_path: Path) -> None:
@@ -76,6 +87,8 @@ def test_the_parity_is_recorded_in_the_meta(tmp_path: Path) -> None:
     assert recorded.onnx is not None and (tmp_path / "model.onnx").is_file()
     assert recorded.onnx.images == 10 and recorded.onnx.labels_differ == 0
     assert 0 <= recorded.onnx.max_prob_diff <= PARITY_LIMIT
+    assert recorded.onnx.max_map_diff is not None
+    assert 0 <= recorded.onnx.max_map_diff <= MAP_PARITY_LIMIT
     assert BundleMeta.model_validate_json(recorded.model_dump_json()).onnx == recorded.onnx
 
 
