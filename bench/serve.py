@@ -168,8 +168,9 @@ def interleaved(targets: dict[str, tuple[int, bytes]], concurrency: int, seconds
         name: {"lat": [], "wall": [], "errors": []} for name in targets}
     for port, payload in targets.values():
         asyncio.run(_warm(port, payload))
-    for _ in range(rounds):
-        for name, (port, payload) in targets.items():
+    order = list(targets.items())
+    for round_ in range(rounds):  # reversed every other round: no target always goes first
+        for name, (port, payload) in order if round_ % 2 == 0 else order[::-1]:
             burst(port, payload, concurrency, seconds / rounds, pooled[name])
     return {name: summary(into) for name, into in pooled.items()}
 
@@ -411,6 +412,9 @@ def main() -> None:
         payload = request_bytes("/classify", images[0], "image/jpeg")
         rows = measure_levels({name: (port, payload) for name, (port, _) in servers.items()
                                if not name.endswith(OFF)}, args)
+        # before the explain bursts: an explain loads torch into the ONNX server's worker
+        novelty = {rt: novelty_cost(servers[f"ours-{rt}"][0], servers[f"ours-{rt}{OFF}"][0],
+                                    payload, args) for rt in args.runtimes}
         body, ctype = multipart((images * 32)[:32], "images")
         batch_payload = request_bytes("/classify_batch", body, ctype)
         ours = {rt: servers[f"ours-{rt}"][0] for rt in args.runtimes}
@@ -418,8 +422,6 @@ def main() -> None:
         stats = {rt: __import__("httpx").get(f"http://127.0.0.1:{port}/model").json()["batching"]
                  for rt, port in ours.items()}
         explained = {rt: explain_cost(port, images[0], args) for rt, port in ours.items()}
-        novelty = {rt: novelty_cost(port, servers[f"ours-{rt}{OFF}"][0], payload, args)
-                   for rt, port in ours.items()}
         rss = {name: tree_rss_mb(proc.pid) for name, (_, proc) in servers.items()}
     finally:
         for _, proc in servers.values():
