@@ -132,7 +132,7 @@ def run(args: argparse.Namespace, tmp: Path, endpoint: str,
     registry.promote(outcome.version, "bench", force=True)
     n = len(keys)
     print(f"{n} images ({args.copies} copies of {len(blobs)}), model {outcome.version}"
-          f" ({outcome.metrics.get('candidate')}), {os.cpu_count()} cores, S3 = moto at"
+          f" ({outcome.metrics.candidate}), {os.cpu_count()} cores, S3 = moto at"
           f" {endpoint}")
 
     def get(key: str) -> bytes:

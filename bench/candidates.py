@@ -51,11 +51,11 @@ def candidate_rows(
         test = parts["test"]
         probs = predict_proba(fitted.module, test.images, contract_of(candidate))
         m = classification_metrics(test.labels, probs.argmax(1), prepared.classes)
-        worst = min(m["per_class"], key=lambda c: m["per_class"][c]["recall"])
+        worst = min(m.per_class, key=lambda c: m.per_class[c].recall)
         rows.append({
             "candidate": name, "input_size": list(candidate.input_size or ()),
-            "test_accuracy": round(m["accuracy"], 3), "macro_f1": round(m["macro_f1"], 3),
-            "worst_class": worst, "worst_recall": round(m["per_class"][worst]["recall"], 3),
+            "test_accuracy": round(m.accuracy, 3), "macro_f1": round(m.macro_f1, 3),
+            "worst_class": worst, "worst_recall": round(m.per_class[worst].recall, 3),
             "epochs": len(fitted.history), "stopped": fitted.stopped,
             "seconds": round(seconds, 1),
         })

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -16,7 +16,7 @@ from training.config import recipe_names
 from training.dataset import parse_class_map
 
 if TYPE_CHECKING:
-    from training.crossval import FoldResult
+    from training.crossval import CrossValSummary, FoldResult
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -54,32 +54,32 @@ def run(args: argparse.Namespace) -> int:
               unit="fold", leave=False, disable=None) as bar:
 
         def on_fold(f: FoldResult) -> None:
-            bar.set_postfix(acc=f"{f.metrics['accuracy']:.3f}")
+            bar.set_postfix(acc=f"{f.metrics.accuracy:.3f}")
             bar.update(1)
 
         result = cross_validate(prepared, config, args.folds, args.repeats, on_fold)
     summary = result.summary()
     plot = Path(args.plot) if args.plot else settings.runs_dir / f"evaluate-{config.recipe}.png"
-    summary["plot"] = str(plot_crossval(summary, plot))
-    summary["decode_seconds"] = round(prepared.decode_seconds, 3)
-    summary["input_size"] = list(prepared.decoded.size)
-    summary["data"] = prepared.report.to_dict()
-    emit(summary, args.json, _human(summary))
+    plotted = plot_crossval(summary, plot)
+    out = summary.model_dump() | {
+        "plot": str(plotted), "decode_seconds": round(prepared.decode_seconds, 3),
+        "input_size": list(prepared.decoded.size), "data": prepared.report.to_dict()}
+    emit(out, args.json, _human(summary, plotted))
     return 0
 
 
-def _human(s: dict[str, Any]) -> str:
-    recalls = ", ".join(f"{c} {v:.3f}" for c, v in s["recall_mean"].items())
-    cal = s["calibration_mean"]
+def _human(s: CrossValSummary, plot: Path) -> str:
+    recalls = ", ".join(f"{c} {v:.3f}" for c, v in s.recall_mean.items())
+    cal = s.calibration_mean
     return "\n".join([
-        f"recipe {s['recipe']} ({s['arch']}, {s['parameters']} parameters):"
-        f" {s['folds']} grouped folds x {s['repeats']} repeats",
-        f"accuracy {s['mean_accuracy']:.3f} +/- {s['std_accuracy']:.3f}, worst fold"
-        f" {s['worst_fold_accuracy']:.3f}; macro-F1 {s['macro_f1_mean']:.3f}",
+        f"recipe {s.recipe} ({s.arch}, {s.parameters} parameters):"
+        f" {s.folds} grouped folds x {s.repeats} repeats",
+        f"accuracy {s.mean_accuracy:.3f} +/- {s.std_accuracy:.3f}, worst fold"
+        f" {s.worst_fold_accuracy:.3f}; macro-F1 {s.macro_f1_mean:.3f}",
         f"recall (mean over folds): {recalls}",
-        f"review band: {cal['review_share']:.1%} sent to review, accepted accuracy"
-        f" {cal['accepted_accuracy']:.3f}, ECE {cal['ece']:.3f} (plain softmax"
-        f" {cal['ece_uncalibrated']:.3f}, temperature {cal['temperature']:.2f})",
-        f"pooled confusion matrix (rows true {s['classes']}): {s['confusion_matrix']}",
-        f"training {s['train_seconds_mean']:.1f} s per fold; plot: {s['plot']}",
+        f"review band: {cal.review_share:.1%} sent to review, accepted accuracy"
+        f" {cal.accepted_accuracy:.3f}, ECE {cal.ece:.3f} (plain softmax"
+        f" {cal.ece_uncalibrated:.3f}, temperature {cal.temperature:.2f})",
+        f"pooled confusion matrix (rows true {s.classes}): {s.confusion_matrix}",
+        f"training {s.train_seconds_mean:.1f} s per fold; plot: {plot}",
     ])

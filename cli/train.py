@@ -10,7 +10,6 @@ import yaml
 from tqdm import tqdm
 
 from cli.output import emit
-from piston.bundle import Gate
 from piston.errors import ConfigError
 from piston.novelty import NoveltyInfo, rule
 from piston.registry import open_registry
@@ -19,6 +18,8 @@ from training.config import TrainConfig, load_config, recipe_names
 from training.dataset import parse_class_map
 
 if TYPE_CHECKING:
+    from training.calibrate import CalibrationFigures
+    from training.pipeline import TrainOutcome
     from training.train import Epoch
 
 log = logging.getLogger(__name__)
@@ -114,55 +115,56 @@ def run(args: argparse.Namespace) -> int:
             class_map=parse_class_map(args.classes), s3_endpoint_url=settings.s3_endpoint_url,
             on_epoch=on_epoch, strict=args.strict)
     result = outcome.to_json()
+    promoted: bool | None = None
     if args.promote:
-        if result["gates_passed"]:
+        promoted = outcome.evaluation.gates_passed
+        if promoted:
             registry.promote(outcome.version, reason="piston train --promote")
-            result["promoted"] = True
         else:
             log.warning("not promoted: bundle %s failed its quality gates", outcome.version)
-            result["promoted"] = False
-    emit(result, args.json, _human(result, outcome.evaluation.gates))
+        result["promoted"] = promoted
+    emit(result, args.json, _human(outcome, promoted))
     return 0
 
 
-def _review(r: dict[str, Any]) -> str:
-    cal = r["calibration"]
-    accepted, ece = cal["accepted_accuracy"], cal["ece"]
-    return (f"review band: {cal['review_share']:.1%} of the test split sent to review (confidence"
-            f" under {cal['threshold']:.3f}), accepted accuracy"
+def _review(cal: CalibrationFigures) -> str:
+    accepted, ece = cal.accepted_accuracy, cal.ece
+    return (f"review band: {cal.review_share:.1%} of the test split sent to review (confidence"
+            f" under {cal.threshold:.3f}), accepted accuracy"
             f" {'-' if accepted is None else f'{accepted:.3f}'}, ECE"
-            f" {'-' if ece is None else f'{ece:.3f}'} (temperature {cal['temperature']:.2f})")
+            f" {'-' if ece is None else f'{ece:.3f}'} (temperature {cal.temperature:.2f})")
 
 
-def _novelty_line(info: dict[str, Any] | None) -> list[str]:
-    if not info:
+def _novelty_line(info: NoveltyInfo | None) -> list[str]:
+    if info is None:
         return []
-    test = info.get("test_flagged")
-    return [f"novelty: {rule(NoveltyInfo.model_validate(info))} is novel; flags"
-            f" {info['val_flagged']:.1%} of val, {'-' if test is None else f'{test:.1%}'} of test"]
+    test = info.test_flagged
+    return [f"novelty: {rule(info)} is novel; flags"
+            f" {info.val_flagged:.1%} of val, {'-' if test is None else f'{test:.1%}'} of test"]
 
 
-def _human(r: dict[str, Any], gates: list[Gate]) -> str:
+def _human(outcome: TrainOutcome, promoted: bool | None) -> str:
+    r = outcome.metrics
     lines = [
-        f"bundle {r['version']}: test accuracy {r['test_accuracy']:.3f}, macro-F1"
-        f" {r['macro_f1']:.3f} ({r['split']} split), trained in {r['train_seconds']:.1f} s",
-        _review(r),
-        f"recipe {r['candidate']} at {r['input_size']} px, {r['epochs']} epochs"
-        f" (stopped: {r['stopped']})",
-        *(f"  candidate {c['candidate']}: val macro-F1 {c['val_macro_f1']:.3f}, {c['seconds']} s"
-          f"{' <- chosen' if c['chosen'] else ''} {c['note']}" for c in r["search"] or []),
-        *(f"warning: {w}" for w in r["warnings"]),
+        f"bundle {outcome.version}: test accuracy {r.accuracy:.3f}, macro-F1"
+        f" {r.macro_f1:.3f} ({r.split} split), trained in {outcome.train_seconds:.1f} s",
+        _review(r.calibration),
+        f"recipe {r.candidate} at {r.input_size} px, {r.epochs} epochs"
+        f" (stopped: {r.stopped})",
+        *(f"  candidate {c.candidate}: val macro-F1 {c.val_macro_f1:.3f}, {c.seconds} s"
+          f"{' <- chosen' if c.chosen else ''} {c.note}" for c in r.search),
+        *(f"warning: {w}" for w in r.warnings),
         "per class: "
         + ", ".join(
-            f"{n} P {c['precision']:.2f} R {c['recall']:.2f} F1 {c['f1']:.2f}"
-            for n, c in r["per_class"].items()
+            f"{n} P {c.precision:.2f} R {c.recall:.2f} F1 {c.f1:.2f}"
+            for n, c in r.per_class.items()
         ),
-        f"confusion matrix (rows true {r['classes']}): {r['confusion_matrix']}",
-        *_novelty_line(r.get("novelty")),
+        f"confusion matrix (rows true {r.classes}): {r.confusion_matrix}",
+        *_novelty_line(r.novelty),
         "gates: "
-        + ", ".join(f"{g.name} {'pass' if g.passed else 'FAIL'}" for g in gates),
-        f"report: {r['report']}",
+        + ", ".join(f"{g.name} {'pass' if g.passed else 'FAIL'}" for g in r.gates),
+        f"report: {outcome.report_dir / 'report.html'}",
     ]
-    if "promoted" in r:
-        lines.append("promoted to production" if r["promoted"] else "not promoted (gates failed)")
+    if promoted is not None:
+        lines.append("promoted to production" if promoted else "not promoted (gates failed)")
     return "\n".join(lines)

@@ -13,12 +13,27 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class ClassFigures(BaseModel):
-    """One class on the test split."""
+    """One class: precision, recall and F1 of its predictions."""
 
     precision: float
     recall: float
     f1: float
-    support: int = Field(description="test images of this class")
+    support: int = Field(description="images of this class")
+
+
+class ClassificationFigures(BaseModel):
+    """Predictions scored against the truth: what `classification_metrics` measures on any
+    split (a training run's test split, a fold, a retrain's comparison)."""
+
+    accuracy: float
+    macro_f1: float
+    per_class: dict[str, ClassFigures]
+    confusion_matrix: list[list[int]] = Field(description="rows = truth")
+    support: int = Field(description="images scored")
+
+    def missing(self) -> list[str]:
+        """The classes with no image to score."""
+        return [name for name, f in self.per_class.items() if f.support == 0]
 
 
 class ReviewFigures(BaseModel):

@@ -12,11 +12,12 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 
 from piston.errors import DataError
+from piston.figures import ClassificationFigures
 from training.calibrate import CalibrationFigures
 from training.config import TrainConfig
 from training.evaluate import GateBar, evaluate_model
@@ -52,12 +53,72 @@ def grouped_folds(labels: np.ndarray, groups: list[str], k: int, seed: int = 0) 
 class FoldResult:
     repeat: int
     fold: int
-    metrics: dict[str, Any]
+    metrics: ClassificationFigures
     calibration: CalibrationFigures
     train_seconds: float
     epochs_run: int
     sizes: dict[str, int]
     chosen: str = ""
+
+
+class CalibrationMeans(BaseModel):
+    """The calibration's figures, averaged over the folds that measured them (nan: none)."""
+
+    review_share: float
+    accepted_accuracy: float
+    ece: float
+    ece_uncalibrated: float
+    plain_review_share: float
+    plain_accepted_accuracy: float
+    threshold: float
+    temperature: float
+
+
+class FoldRow(BaseModel):
+    """One fold's line in the summary."""
+
+    repeat: int
+    fold: int
+    accuracy: float
+    macro_f1: float
+    train_seconds: float
+    recall: dict[str, float]
+    review_share: float
+    candidate: str
+    test_support: dict[str, int]
+    train: int
+    val: int
+    test: int
+
+
+class CrossValSummary(BaseModel):
+    """Mean, spread and worst fold of every figure (`piston evaluate --json`)."""
+
+    recipe: str
+    arch: str
+    parameters: int
+    folds: int
+    repeats: int
+    runs: int
+    classes: list[str]
+    mean_accuracy: float
+    std_accuracy: float
+    worst_fold_accuracy: float
+    macro_f1_mean: float
+    macro_f1_std: float
+    worst_fold_macro_f1: float
+    recall_mean: dict[str, float]
+    recall_std: dict[str, float]
+    recall_worst_fold: dict[str, float]
+    worst_class_recall_mean: float
+    confusion_matrix: list[list[int]]
+    pooled_accuracy: float
+    calibration_mean: CalibrationMeans
+    train_seconds_mean: float
+    train_seconds_total: float
+    epochs_mean: float
+    candidates_chosen: dict[str, int]
+    per_fold: list[FoldRow]
 
 
 @dataclass
@@ -67,56 +128,56 @@ class CrossValResult:
     folds: list[FoldResult] = field(default_factory=list)
     parameters: int = 0
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> CrossValSummary:
         """Mean, spread and worst fold of every figure, and the pooled confusion matrix."""
-        acc = np.array([f.metrics["accuracy"] for f in self.folds])
-        f1 = np.array([f.metrics["macro_f1"] for f in self.folds])
+        acc = np.array([f.metrics.accuracy for f in self.folds])
+        f1 = np.array([f.metrics.macro_f1 for f in self.folds])
         recall = {
-            c: np.array([f.metrics["per_class"][c]["recall"] for f in self.folds if
-                         f.metrics["per_class"][c]["support"]])
+            c: np.array([f.metrics.per_class[c].recall for f in self.folds
+                         if f.metrics.per_class[c].support])
             for c in self.classes
         }
-        pooled = np.sum([f.metrics["confusion_matrix"] for f in self.folds], axis=0)
-        cal = {k: _finite_mean([getattr(f.calibration, k) for f in self.folds])
-               for k in ("review_share", "accepted_accuracy", "ece", "ece_uncalibrated",
-                         "plain_review_share", "plain_accepted_accuracy", "threshold",
-                         "temperature")}
-        return {
-            "recipe": self.config.recipe,
-            "arch": self.config.arch,
-            "parameters": self.parameters,
-            "folds": len({f.fold for f in self.folds}),
-            "repeats": len({f.repeat for f in self.folds}),
-            "runs": len(self.folds),
-            "classes": self.classes,
-            "mean_accuracy": float(acc.mean()),
-            "std_accuracy": _std(acc),
-            "worst_fold_accuracy": float(acc.min()),
-            "macro_f1_mean": float(f1.mean()),
-            "macro_f1_std": _std(f1),
-            "worst_fold_macro_f1": float(f1.min()),
-            "recall_mean": {c: _finite_mean(list(r)) for c, r in recall.items()},
-            "recall_std": {c: _std(r) for c, r in recall.items()},
-            "recall_worst_fold": {c: float(r.min()) if len(r) else float("nan")
-                                  for c, r in recall.items()},
-            "worst_class_recall_mean": min(_finite_mean(list(r)) for r in recall.values()),
-            "confusion_matrix": pooled.tolist(),
-            "pooled_accuracy": float(np.trace(pooled) / max(pooled.sum(), 1)),
-            "calibration_mean": cal,
-            "train_seconds_mean": float(np.mean([f.train_seconds for f in self.folds])),
-            "train_seconds_total": float(np.sum([f.train_seconds for f in self.folds])),
-            "epochs_mean": float(np.mean([f.epochs_run for f in self.folds])),
-            "candidates_chosen": dict(Counter(f.chosen for f in self.folds)),
-            "per_fold": [
-                {"repeat": f.repeat, "fold": f.fold, "accuracy": f.metrics["accuracy"],
-                 "macro_f1": f.metrics["macro_f1"], "train_seconds": round(f.train_seconds, 3),
-                 "recall": {c: v["recall"] for c, v in f.metrics["per_class"].items()},
-                 "review_share": f.calibration.review_share, "candidate": f.chosen,
-                 "test_support": {c: v["support"] for c, v in f.metrics["per_class"].items()},
-                 **f.sizes}
-                for f in self.folds
-            ],
-        }
+        pooled = np.sum([f.metrics.confusion_matrix for f in self.folds], axis=0)
+        cal = CalibrationMeans(**{
+            k: _finite_mean([getattr(f.calibration, k) for f in self.folds])
+            for k in CalibrationMeans.model_fields})
+        return CrossValSummary(
+            recipe=self.config.recipe,
+            arch=self.config.arch,
+            parameters=self.parameters,
+            folds=len({f.fold for f in self.folds}),
+            repeats=len({f.repeat for f in self.folds}),
+            runs=len(self.folds),
+            classes=self.classes,
+            mean_accuracy=float(acc.mean()),
+            std_accuracy=_std(acc),
+            worst_fold_accuracy=float(acc.min()),
+            macro_f1_mean=float(f1.mean()),
+            macro_f1_std=_std(f1),
+            worst_fold_macro_f1=float(f1.min()),
+            recall_mean={c: _finite_mean(list(r)) for c, r in recall.items()},
+            recall_std={c: _std(r) for c, r in recall.items()},
+            recall_worst_fold={c: float(r.min()) if len(r) else float("nan")
+                               for c, r in recall.items()},
+            worst_class_recall_mean=min(_finite_mean(list(r)) for r in recall.values()),
+            confusion_matrix=pooled.tolist(),
+            pooled_accuracy=float(np.trace(pooled) / max(pooled.sum(), 1)),
+            calibration_mean=cal,
+            train_seconds_mean=float(np.mean([f.train_seconds for f in self.folds])),
+            train_seconds_total=float(np.sum([f.train_seconds for f in self.folds])),
+            epochs_mean=float(np.mean([f.epochs_run for f in self.folds])),
+            candidates_chosen=dict(Counter(f.chosen for f in self.folds)),
+            per_fold=[_row(f) for f in self.folds],
+        )
+
+
+def _row(f: FoldResult) -> FoldRow:
+    per_class = f.metrics.per_class
+    return FoldRow(repeat=f.repeat, fold=f.fold, accuracy=f.metrics.accuracy,
+                   macro_f1=f.metrics.macro_f1, train_seconds=round(f.train_seconds, 3),
+                   recall={c: v.recall for c, v in per_class.items()},
+                   review_share=f.calibration.review_share, candidate=f.chosen,
+                   test_support={c: v.support for c, v in per_class.items()}, **f.sizes)
 
 
 def cross_validate(
@@ -171,26 +232,25 @@ def _one_fold(
                                             "test": len(test)}, fitted.chosen)
 
 
-def plot_crossval(summary: dict[str, Any], path: Path) -> Path:
+def plot_crossval(summary: CrossValSummary, path: Path) -> Path:
     """Per-fold accuracy, per-class recall across folds and the pooled confusion matrix."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    classes = summary["classes"]
-    runs = summary["per_fold"]
+    classes, runs = summary.classes, summary.per_fold
     fig, (acc_ax, rec_ax, cm_ax) = plt.subplots(1, 3, figsize=(15, 4.2))
-    acc_ax.bar(range(len(runs)), [r["accuracy"] for r in runs], color="#4878a8")
-    acc_ax.axhline(summary["mean_accuracy"], color="black", linestyle="--", label="mean")
+    acc_ax.bar(range(len(runs)), [r.accuracy for r in runs], color="#4878a8")
+    acc_ax.axhline(summary.mean_accuracy, color="black", linestyle="--", label="mean")
     acc_ax.set(title="test accuracy per fold", xlabel="repeat.fold", ylim=(0, 1.02))
-    acc_ax.set_xticks(range(len(runs)), [f"{r['repeat']}.{r['fold']}" for r in runs],
+    acc_ax.set_xticks(range(len(runs)), [f"{r.repeat}.{r.fold}" for r in runs],
                       rotation=90, fontsize=7)
     acc_ax.legend()
-    rec_ax.boxplot([[r["recall"][c] for r in runs] for c in classes])
+    rec_ax.boxplot([[r.recall[c] for r in runs] for c in classes])
     rec_ax.set_xticks(range(1, len(classes) + 1), classes, rotation=45, ha="right")
     rec_ax.set(title="recall per class across folds", ylim=(0, 1.02))
-    matrix = np.asarray(summary["confusion_matrix"])
+    matrix = np.asarray(summary.confusion_matrix)
     cm_ax.imshow(matrix, cmap="Blues")
     cm_ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     cm_ax.set_yticks(range(len(classes)), classes)
@@ -198,9 +258,9 @@ def plot_crossval(summary: dict[str, Any], path: Path) -> Path:
     for (i, j), value in np.ndenumerate(matrix):
         cm_ax.text(j, i, str(value), ha="center", va="center",
                    color="white" if value > matrix.max() / 2 else "black")
-    fig.suptitle(f"recipe {summary['recipe']}: accuracy {summary['mean_accuracy']:.3f}"
-                 f" +/- {summary['std_accuracy']:.3f}, worst fold"
-                 f" {summary['worst_fold_accuracy']:.3f}")
+    fig.suptitle(f"recipe {summary.recipe}: accuracy {summary.mean_accuracy:.3f}"
+                 f" +/- {summary.std_accuracy:.3f}, worst fold"
+                 f" {summary.worst_fold_accuracy:.3f}")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)

@@ -22,7 +22,7 @@ from torch import nn
 from piston.bundle import BundleMeta, code_version, create_bundle, new_version
 from piston.errors import DataError
 from piston.figures import TrainingMetrics
-from piston.novelty import NOVELTY_FILE, Scorer
+from piston.novelty import NOVELTY_FILE, NoveltyInfo, Scorer
 from piston.novelty import save as save_novelty
 from piston.registry import Registry
 from piston.runtime import ONNX_FILE
@@ -33,12 +33,17 @@ from training.novelty import fit_for_bundle
 from training.onnx_export import with_onnx
 from training.prepare import Prepared, prepare
 from training.report import misclassified, write_report
-from training.search import run_search
+from training.run_figures import RunFigures
+from training.search import SearchRow, run_search
 from training.split import Split, grouped_split, random_split, support
 from training.train import Epoch, fit
 
 log = logging.getLogger(__name__)
 PARTS = ("train", "val", "test")
+# the run's figures `train --json` prints, in this order, beside the headline ones
+JSON_FIGURES = ("confusion_matrix", "classes", "per_class", "gates", "split", "support_by_split",
+                "input_size", "candidate", "search", "data", "train_accuracy", "val_accuracy",
+                "epochs", "stopped", "warnings", "calibration", "novelty")
 
 
 @dataclass
@@ -51,14 +56,14 @@ class Fitted:
     seconds: float
     stopped: str
     best_epoch: int
-    search: list[dict[str, Any]] = field(default_factory=list)
+    search: list[SearchRow] = field(default_factory=list)
     chosen: str = ""
 
 
 @dataclass
 class TrainOutcome:
     version: str
-    metrics: dict[str, Any]
+    metrics: RunFigures
     train_seconds: float
     decode_seconds: float
     total_seconds: float
@@ -68,15 +73,13 @@ class TrainOutcome:
 
     def to_json(self) -> dict[str, Any]:
         m = self.metrics
-        keys = ("confusion_matrix", "classes", "per_class", "gates", "split", "support_by_split",
-                "input_size", "candidate", "search", "data", "train_accuracy", "val_accuracy",
-                "epochs", "stopped", "warnings", "calibration", "novelty")
+        figures = m.model_dump(include=set(JSON_FIGURES))
         return {
             "version": self.version,
-            "test_accuracy": m["accuracy"],
-            "macro_f1": m["macro_f1"],
-            **TrainingMetrics.model_validate(m).review(),
-            **{k: m.get(k) for k in keys},
+            "test_accuracy": m.accuracy,
+            "macro_f1": m.macro_f1,
+            **m.review(),
+            **{k: figures[k] for k in JSON_FIGURES},
             "gates_passed": self.evaluation.gates_passed,
             "train_seconds": round(self.train_seconds, 3),
             "decode_seconds": round(self.decode_seconds, 3),
@@ -107,7 +110,7 @@ def fit_split(
         winner, table = run_search(config, train, val, classes, on_epoch)
         assert winner.fitted is not None
         f = winner.fitted
-        seconds = sum(row["seconds"] for row in table)
+        seconds = sum(row.seconds for row in table)
         return Fitted(f.module, winner.config, f.history, seconds, f.stopped, f.best_epoch,
                       table, winner.name)
     f = fit(config, train.images, train.labels, val.images, val.labels, len(classes), on_epoch)
@@ -143,8 +146,7 @@ def train_bundle(
                                 prepared.classes, bar)
     novelty, novelty_info = fit_for_bundle(fitted.module, evaluation.contract, parts,
                                            len(prepared.classes))
-    metrics = describe(evaluation, fitted, prepared, split, config)
-    metrics["novelty"] = novelty_info.model_dump()
+    metrics = describe(evaluation, fitted, prepared, split, config, novelty_info)
     version = new_version()
     report_dir = runs_dir / version
     write_report(report_dir, f"piston-classifier {version}", metrics, fitted.history,
@@ -158,35 +160,38 @@ def train_bundle(
 
 
 def describe(
-    evaluation: Evaluation, fitted: Fitted, prepared: Prepared, split: Split, config: TrainConfig
-) -> dict[str, Any]:
-    """Every figure the report shows, in one dict (`train --json`, metrics.json)."""
+    evaluation: Evaluation, fitted: Fitted, prepared: Prepared, split: Split, config: TrainConfig,
+    novelty: NoveltyInfo | None = None,
+) -> RunFigures:
+    """Every figure the report shows, in one record (`train --json`, metrics.json)."""
     best = fitted.history[fitted.best_epoch - 1]
     warnings = list(prepared.report.warnings) + list(evaluation.warnings)
     if split.cut_groups:
         warnings.append(f"near-duplicate groups were cut to put every class in every split:"
                         f" {', '.join(split.cut_groups)}")
-    return {
-        **evaluation.metrics,
-        "gates": [g.model_dump() for g in evaluation.gates],
-        "classes": prepared.classes,
-        "split": config.split,
-        "support_by_split": support(prepared.decoded.labels, split, prepared.classes),
-        "input_size": list(fitted.config.input_size or ()),
-        "candidate": fitted.chosen,
-        "search": fitted.search,
-        "data": prepared.report.to_dict() | {"decode_seconds": round(prepared.decode_seconds, 3)},
-        "epochs": len(fitted.history),
-        "stopped": fitted.stopped,
-        "best_epoch": best.epoch,
-        "train_accuracy": best.train_accuracy,
-        "val_accuracy": best.val_accuracy,
-        "warnings": warnings,
-    }
+    return RunFigures(
+        **dict(evaluation.metrics),
+        calibration=evaluation.calibration,
+        gates=evaluation.gates,
+        classes=prepared.classes,
+        split=config.split,
+        support_by_split=support(prepared.decoded.labels, split, prepared.classes),
+        input_size=list(fitted.config.input_size or ()),
+        candidate=fitted.chosen,
+        search=fitted.search,
+        data=prepared.report.to_dict() | {"decode_seconds": round(prepared.decode_seconds, 3)},
+        epochs=len(fitted.history),
+        stopped=fitted.stopped,
+        best_epoch=best.epoch,
+        train_accuracy=best.train_accuracy,
+        val_accuracy=best.val_accuracy,
+        warnings=warnings,
+        novelty=novelty,
+    )
 
 
 def build_meta(
-    version: str, config: TrainConfig, evaluation: Evaluation, metrics: dict[str, Any],
+    version: str, config: TrainConfig, evaluation: Evaluation, metrics: RunFigures,
     prepared: Prepared, registry: Registry,
 ) -> BundleMeta:
     contract = evaluation.contract
@@ -198,7 +203,7 @@ def build_meta(
         contract=contract,
         calibration=evaluation.calibration.calibration(),
         config=config.model_dump(mode="json"),
-        metrics=metrics,
+        metrics=TrainingMetrics.model_validate(metrics.model_dump()),
         gates=evaluation.gates,
         data_fingerprint=fingerprint(prepared.decoded),
         parent=registry.current(),

@@ -12,45 +12,46 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from piston.bundle import Gate
 from piston.novelty import NoveltyInfo, rule
 from training.calibrate import CalibrationFigures
 from training.decode import DecodedSet
 from training.evaluate import Evaluation
+from training.run_figures import RunFigures
+from training.search import SearchRow
 from training.train import Epoch
 
 
 def write_report(
     out: Path,
     title: str,
-    metrics: dict[str, Any],
+    metrics: RunFigures,
     history: list[Epoch],
     classes: list[str],
     wrong: list[tuple[str, np.ndarray, str, str, float]],
 ) -> Path:
     """Write metrics.json, curves.png, confusion.png and report.html into `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "metrics.json").write_text(json.dumps(metrics.model_dump(), indent=2))
     _plot_curves(history, out / "curves.png")
-    plot_confusion(np.asarray(metrics["confusion_matrix"]), classes, out / "confusion.png")
-    warnings = "".join(f"<li>{html.escape(w)}</li>" for w in metrics.get("warnings", []))
+    plot_confusion(np.asarray(metrics.confusion_matrix), classes, out / "confusion.png")
+    warnings = "".join(f"<li>{html.escape(w)}</li>" for w in metrics.warnings)
     page = f"""<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} td,th{{padding:4px 10px}}
 .pass{{color:#080}} .fail{{color:#b00}} figure{{display:inline-block;margin:6px;width:140px;
 font-size:11px}} .chosen{{background:#e8f4e8}}</style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>Test accuracy <b>{metrics["accuracy"]:.3f}</b>, macro-F1 <b>{metrics["macro_f1"]:.3f}</b>
-on {metrics["support"]} test images ({html.escape(str(metrics.get("split", "")))} split),
-input size {html.escape(str(metrics.get("input_size", "")))}, recipe
-<b>{html.escape(str(metrics.get("candidate", "")))}</b>.</p>
+<p>Test accuracy <b>{metrics.accuracy:.3f}</b>, macro-F1 <b>{metrics.macro_f1:.3f}</b>
+on {metrics.support} test images ({html.escape(metrics.split)} split),
+input size {html.escape(str(metrics.input_size))}, recipe
+<b>{html.escape(metrics.candidate)}</b>.</p>
 <h2>Warnings</h2><ul>{warnings or "<li>none</li>"}</ul>
 <h2>Quality gates</h2><ul>{_gates(metrics)}</ul>
-<h2>Review band</h2>{_review_band(metrics.get("calibration"))}
-<h2>Novelty check</h2>{_novelty(metrics.get("novelty"))}
+<h2>Review band</h2>{_review_band(metrics.calibration)}
+<h2>Novelty check</h2>{_novelty(metrics.novelty)}
 <h2>Per class</h2>{_per_class(metrics)}
 <h2>Images per split</h2>{_support(metrics)}
-{_search(metrics.get("search") or [])}
-<h2>Data check</h2>{_data(metrics.get("data") or {})}
+{_search(metrics.search)}
+<h2>Data check</h2>{_data(metrics.data)}
 <h2>Training curves</h2><img src="curves.png" width=900>
 <h2>Confusion matrix (test)</h2><img src="confusion.png" width=420>
 <h2>Misclassified test images</h2>{_gallery(wrong)}
@@ -69,26 +70,24 @@ def misclassified(
             for i in wrong]
 
 
-def _gates(metrics: dict[str, Any]) -> str:
-    gates = [Gate.model_validate(g) for g in metrics.get("gates", [])]
+def _gates(metrics: RunFigures) -> str:
     return "".join(
         f"<li class={'pass' if g.passed else 'fail'}>{html.escape(g.name)}: "
         f"{g.value:.3f} (bar {g.threshold}) {'PASS' if g.passed else 'FAIL'}</li>"
-        for g in gates)
+        for g in metrics.gates)
 
 
-def _per_class(metrics: dict[str, Any]) -> str:
+def _per_class(metrics: RunFigures) -> str:
     rows = "".join(
-        f"<tr><td>{html.escape(n)}</td><td>{f['precision']:.3f}</td><td>{f['recall']:.3f}</td>"
-        f"<td>{f['f1']:.3f}</td><td>{f['support']}</td></tr>"
-        for n, f in metrics["per_class"].items())
+        f"<tr><td>{html.escape(n)}</td><td>{f.precision:.3f}</td><td>{f.recall:.3f}</td>"
+        f"<td>{f.f1:.3f}</td><td>{f.support}</td></tr>"
+        for n, f in metrics.per_class.items())
     return ("<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>"
             f"<th>support</th></tr>{rows}</table>")
 
 
-def _support(metrics: dict[str, Any]) -> str:
-    by_split = metrics.get("support_by_split") or {}
-    classes = metrics.get("classes") or []
+def _support(metrics: RunFigures) -> str:
+    by_split, classes = metrics.support_by_split, metrics.classes
     head = "".join(f"<th>{html.escape(c)}</th>" for c in classes)
     rows = "".join(
         f"<tr><td>{html.escape(name)}</td>"
@@ -97,14 +96,14 @@ def _support(metrics: dict[str, Any]) -> str:
     return f"<table><tr><th>split</th>{head}</tr>{rows}</table>"
 
 
-def _search(rows: list[dict[str, Any]]) -> str:
+def _search(rows: list[SearchRow]) -> str:
     if not rows:
         return ""
     body = "".join(
-        f"<tr class={'chosen' if r['chosen'] else ''}><td>{html.escape(str(r['candidate']))}</td>"
-        f"<td>{r['parameters']:,}</td><td>{_num(r['val_accuracy'])}</td>"
-        f"<td>{_num(r['val_macro_f1'])}</td><td>{_num(r['val_loss'])}</td><td>{r['epochs']}</td>"
-        f"<td>{r['seconds']}</td><td>{html.escape(str(r['note']))}</td></tr>" for r in rows)
+        f"<tr class={'chosen' if r.chosen else ''}><td>{html.escape(r.candidate)}</td>"
+        f"<td>{r.parameters:,}</td><td>{_num(r.val_accuracy)}</td>"
+        f"<td>{_num(r.val_macro_f1)}</td><td>{_num(r.val_loss)}</td><td>{r.epochs}</td>"
+        f"<td>{r.seconds}</td><td>{html.escape(r.note)}</td></tr>" for r in rows)
     return ("<h2>Candidates (validation split)</h2><table><tr><th>candidate</th>"
             "<th>parameters</th><th>accuracy</th><th>macro-F1</th><th>loss</th><th>epochs</th>"
             f"<th>seconds</th><th>why</th></tr>{body}</table>")
@@ -133,11 +132,8 @@ def _num(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) and np.isfinite(value) else "-"
 
 
-def _review_band(raw: dict[str, Any] | None) -> str:
+def _review_band(cal: CalibrationFigures) -> str:
     """The calibration, the review thresholds and what they do on the test split."""
-    if not raw:
-        return "<p>No calibration figures.</p>"
-    cal = CalibrationFigures.model_validate(raw)
     accepted = "-" if cal.accepted_accuracy is None else f"{cal.accepted_accuracy:.3f}"
     per_class = "".join(f"<li>{html.escape(name)}: {bar:.3f}</li>"
                         for name, bar in cal.class_thresholds.items())
@@ -158,16 +154,16 @@ def _review_band(raw: dict[str, Any] | None) -> str:
     )
 
 
-def _novelty(info: dict[str, Any] | None) -> str:
+def _novelty(info: NoveltyInfo | None) -> str:
     """The novelty threshold and the share of familiar images it flags."""
-    if not info:
+    if info is None:
         return "<p>No novelty model.</p>"
-    test = info.get("test_flagged")
+    test = info.test_flagged
     return (
-        f"<p>Images with <b>{html.escape(rule(NoveltyInfo.model_validate(info)))}</b>"
-        f" (a {html.escape(str(info['threshold_source']))},"
-        f" target {info['target_share']:.0%}) are flagged novel and always need review:"
-        f" <b>{info['val_flagged']:.1%}</b> of the validation images,"
+        f"<p>Images with <b>{html.escape(rule(info))}</b>"
+        f" (a {html.escape(info.threshold_source)},"
+        f" target {info.target_share:.0%}) are flagged novel and always need review:"
+        f" <b>{info.val_flagged:.1%}</b> of the validation images,"
         f" <b>{'-' if test is None else f'{test:.1%}'}</b> of the test images.</p>"
     )
 

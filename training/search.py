@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 from torch import nn
 
 from piston import arch
@@ -31,6 +32,24 @@ from training.train import Epoch, FitResult, contract_of, cycle_cap, fit, predic
 log = logging.getLogger(__name__)
 MIN_CYCLE = 0.5  # a candidate whose share of the budget holds less of its first cycle is skipped
 MIN_MAP = 2  # px: a network whose last stage would see less is too deep for the images
+
+
+class SearchRow(BaseModel):
+    """One candidate's line in the search table (`train --json` "search", the report)."""
+
+    candidate: str
+    arch: str
+    parameters: int
+    input_size: list[int]
+    augment: dict[str, Any]
+    val_accuracy: float
+    val_macro_f1: float
+    val_loss: float
+    epochs: int
+    seconds: float
+    stopped: str
+    chosen: bool
+    note: str
 
 
 @dataclass
@@ -49,17 +68,16 @@ class Candidate:
     def key(self) -> tuple[float, float, float]:
         return (round(self.val_macro_f1, 4), round(self.val_accuracy, 4), -self.val_loss)
 
-    def row(self, chosen: bool) -> dict[str, Any]:
+    def row(self, chosen: bool) -> SearchRow:
         f = self.fitted
-        return {
-            "candidate": self.name, "arch": self.config.arch, "parameters": self.parameters,
-            "input_size": list(self.config.input_size or ()),
-            "augment": self.config.augment.model_dump(exclude_defaults=True),
-            "val_accuracy": self.val_accuracy, "val_macro_f1": self.val_macro_f1,
-            "val_loss": self.val_loss, "epochs": len(f.history) if f else 0,
-            "seconds": round(f.seconds, 2) if f else 0.0,
-            "stopped": f.stopped if f else "", "chosen": chosen, "note": self.note,
-        }
+        return SearchRow(
+            candidate=self.name, arch=self.config.arch, parameters=self.parameters,
+            input_size=list(self.config.input_size or ()),
+            augment=self.config.augment.model_dump(exclude_defaults=True),
+            val_accuracy=self.val_accuracy, val_macro_f1=self.val_macro_f1,
+            val_loss=self.val_loss, epochs=len(f.history) if f else 0,
+            seconds=round(f.seconds, 2) if f else 0.0,
+            stopped=f.stopped if f else "", chosen=chosen, note=self.note)
 
 
 def candidate_configs(config: TrainConfig) -> list[tuple[str, TrainConfig]]:
@@ -92,7 +110,7 @@ def run_search(
     val: DecodedSet,
     classes: list[str],
     on_epoch: Callable[[Epoch], None] | None = None,
-) -> tuple[Candidate, list[dict[str, Any]]]:
+) -> tuple[Candidate, list[SearchRow]]:
     """Train and score every candidate; (the winner, the table of all of them)."""
     deadline = time.monotonic() + (config.budget_s or 600.0)
     candidates = [Candidate(name, c) for name, c in candidate_configs(config)]
@@ -152,7 +170,7 @@ def _score(cand: Candidate, val: DecodedSet, classes: list[str]) -> None:
     assert cand.fitted is not None
     probs = predict_proba(cand.fitted.module, val.images, contract_of(cand.config))
     figures = classification_metrics(val.labels, probs.argmax(1), classes)
-    cand.val_accuracy, cand.val_macro_f1 = figures["accuracy"], figures["macro_f1"]
+    cand.val_accuracy, cand.val_macro_f1 = figures.accuracy, figures.macro_f1
     cand.val_loss = float(nn.functional.nll_loss(
         torch.log(torch.as_tensor(probs).clamp_min(1e-7)), torch.as_tensor(val.labels)))
     cand.parameters = sum(p.numel() for p in cand.fitted.module.parameters())

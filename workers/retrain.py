@@ -146,7 +146,7 @@ def _score(predictor: Predictor, contents: dict[str, bytes], truth: dict[str, st
         metrics = classification_metrics(
             np.array([classes.index(t) for t, _ in scored]),
             np.array([classes.index(p) for _, p in scored]), classes)
-        return Scores(accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"],
+        return Scores(accuracy=metrics.accuracy, macro_f1=metrics.macro_f1,
                       images=len(scored))
     accuracy = float(np.mean([t == p for t, p in scored]))
     return Scores(accuracy=accuracy, macro_f1=None, images=len(scored))

@@ -15,7 +15,7 @@ from training.config import load_config
 from training.evaluate import GateBar, classification_metrics, missing_class_warnings, quality_gates
 from training.neighbours import find_near_duplicates
 from training.pipeline import make_split
-from training.prepare import prepare
+from training.prepare import Prepared, prepare
 from training.sizing import input_size_for
 from training.split import grouped_split
 
@@ -25,6 +25,11 @@ MAX_PIXELS = 40_000_000
 @pytest.fixture(scope="module")
 def notches(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return notch_set(tmp_path_factory.mktemp("notch"), per_class=40)
+
+
+@pytest.fixture(scope="module")
+def prepared_notches(notches: Path) -> Prepared:
+    return prepare(str(notches), load_config(), MAX_PIXELS)
 
 
 def test_alike_parts_are_not_linked_but_copies_are(notches: Path, tmp_path: Path) -> None:
@@ -41,9 +46,9 @@ def test_alike_parts_are_not_linked_but_copies_are(notches: Path, tmp_path: Path
     assert group_of["normal/copy_of_000.png"] == group_of["normal/normal_000.png"]
 
 
-def test_the_bar_follows_the_data(notches: Path, piston_data: Path) -> None:
-    alike = prepare(str(notches), load_config(), MAX_PIXELS).report.near_duplicate_bar
-    frames = prepare(str(piston_data), load_config(), MAX_PIXELS)
+def test_the_bar_follows_the_data(prepared_notches: Prepared, prepared_pistons: Prepared) -> None:
+    alike = prepared_notches.report.near_duplicate_bar
+    frames = prepared_pistons
     # neighbouring frames of a turning piston are linked into parts; the pills' bar is far lower
     assert frames.report.near_duplicate_bar > 4 * alike
     stats = frames.report.group_stats()
@@ -102,7 +107,7 @@ def test_imbalanced_texture_classes_are_in_every_split(tmp_path: Path) -> None:
 
 def test_a_missing_test_class_is_loud_and_fails_the_gates() -> None:
     metrics = classification_metrics(np.array([0, 0, 1]), np.array([0, 0, 1]), ["a", "b", "c"])
-    assert metrics["accuracy"] == 1.0
+    assert metrics.accuracy == 1.0 and metrics.missing() == ["c"]
     warnings = missing_class_warnings(metrics, "test")
     assert warnings and "NOT COMPARABLE" in warnings[0] and "c" in warnings[0]
     gates = quality_gates(metrics, GateBar())
@@ -120,9 +125,11 @@ def test_the_input_size_is_the_images_own_up_to_the_cap(
     assert input_size_for(sizes, 224) == expected
 
 
-def test_the_default_decodes_at_the_native_size(notches: Path, piston_data: Path) -> None:
-    assert prepare(str(piston_data), load_config(), MAX_PIXELS).decoded.size == (80, 80)
-    assert prepare(str(notches), load_config(), MAX_PIXELS).decoded.size == (224, 224)
+def test_the_default_decodes_at_the_native_size(
+    prepared_notches: Prepared, prepared_pistons: Prepared
+) -> None:
+    assert prepared_pistons.decoded.size == (80, 80)
+    assert prepared_notches.decoded.size == (224, 224)  # 512 px photos
 
 
 def test_a_large_consistent_defect_does_not_lump_the_other_class(tmp_path: Path) -> None:

@@ -50,16 +50,16 @@ def test_any_data_set_cross_validates(
     prepared = prepare(str(root), config, MAX_PIXELS)
     result = cross_validate(prepared, config, folds=3, repeats=2)
     s = result.summary()
-    assert s["runs"] == 6 and s["folds"] == 3 and s["repeats"] == 2
-    assert set(s["recall_mean"]) == set(classes)
-    pooled = np.array(s["confusion_matrix"])
+    assert s.runs == 6 and s.folds == 3 and s.repeats == 2
+    assert set(s.recall_mean) == set(classes)
+    pooled = np.array(s.confusion_matrix)
     assert pooled.shape == (len(classes), len(classes))
     assert pooled.sum() == 2 * sum(classes.values())  # every image tested once per repeat
     assert pooled.sum(1).tolist() == [2 * n for n in sorted_counts(classes, prepared.classes)]
-    assert 0.0 <= s["worst_fold_accuracy"] <= s["mean_accuracy"] <= 1.0
-    assert s["mean_accuracy"] > 1.0 / len(classes)  # the classes are visibly different hues
-    assert s["calibration_mean"]["ece"] >= 0.0 and s["calibration_mean"]["review_share"] >= 0.0
-    assert s["parameters"] > 0 and s["train_seconds_mean"] > 0
+    assert 0.0 <= s.worst_fold_accuracy <= s.mean_accuracy <= 1.0
+    assert s.mean_accuracy > 1.0 / len(classes)  # the classes are visibly different hues
+    assert s.calibration_mean.ece >= 0.0 and s.calibration_mean.review_share >= 0.0
+    assert s.parameters > 0 and s.train_seconds_mean > 0
 
 
 def sorted_counts(classes: dict[str, int], order: list[str]) -> list[int]:

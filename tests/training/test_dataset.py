@@ -11,6 +11,7 @@ from tests.conftest import synthetic_dataset
 from training.config import load_config
 from training.dataset import load_dataset, parse_class_map
 from training.pipeline import prepare
+from training.prepare import Prepared
 
 MAX_PIXELS = 40_000_000
 
@@ -30,8 +31,8 @@ def test_manifest_layout_with_a_class_mapping(piston_data: Path) -> None:
     assert by_key["normal/normal_0.jpeg"] == "normal"
 
 
-def test_the_data_check_finds_the_known_duplicates(piston_data: Path) -> None:
-    prepared = prepare(str(piston_data), load_config(), MAX_PIXELS)
+def test_the_data_check_finds_the_known_duplicates(prepared_pistons: Prepared) -> None:
+    prepared = prepared_pistons
     report = prepared.report
     assert report.counts == {"defect_1": 88, "defect_2": 98, "normal": 99}
     assert len(report.exact_duplicates) == 13

@@ -77,9 +77,9 @@ def test_the_bundle_threshold_comes_from_validation_and_the_review_band_is_repor
     config = load_config(overrides={"epochs": 3, "input_size": [24, 24],
                                     "review_target_error": 0.02})
     outcome = train_bundle(str(root), config, registry, GateBar(), tmp_path / "runs", MAX_PIXELS)
-    calibration = outcome.metrics["calibration"]
-    assert calibration["threshold_source"] == "validation"
-    assert 0.0 <= calibration["review_share"] <= 1.0 and calibration["ece"] >= 0.0
+    calibration = outcome.metrics.calibration
+    assert calibration.threshold_source == "validation"
+    assert 0.0 <= calibration.review_share <= 1.0 and (calibration.ece or 0.0) >= 0.0
     predictor = Predictor.load(local_model(outcome.version).path)
-    assert predictor.meta.threshold == calibration["threshold"]
-    assert outcome.to_json()["calibration"] == calibration
+    assert predictor.meta.threshold == calibration.threshold
+    assert outcome.to_json()["calibration"] == calibration.model_dump()
