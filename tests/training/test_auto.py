@@ -23,6 +23,7 @@ from training.search import candidate_configs
 from training.train import fit
 
 MAX_PIXELS = 40_000_000
+NOTCH_EPOCHS = 40  # each candidate's on the notch set: 120 steps of 32 images
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +104,19 @@ def test_a_granted_budget_is_spent_while_cycles_help(textures: Path) -> None:
 
 @pytest.mark.slow  # trains
 def test_a_round_part_with_a_small_notch(tmp_path: Path) -> None:
-    """The default on 512 px grayscale parts whose defect is a notch of 1.3% of the image."""
-    data = notch_set(tmp_path / "notch", per_class=60)
-    result = _train(data, tmp_path, budget_s=400)
-    assert result["input_size"] == [224, 224]
+    """The default's search on grayscale round parts whose defect is a notch of 1.3% of the
+    image: the candidate it keeps finds the notch on the test split.
+
+    As cheap as the claim allows: the parts are drawn at 112 px (512 px photos resolve to
+    224 px inputs, checked without training in test_any_dataset.py), every candidate trains
+    a fixed number of epochs, and the budget is never reached, so the schedule and not the
+    machine's load bounds the search. (The 512 px version with a 400 s budget took ~270 s
+    and failed on a busy machine, where the budget cut the cycles short.) On 512 px photos
+    bn_cnn at 224 px misses the notch and the search needs dihedral_cnn's full schedule: that
+    figure is measured by bench/candidates.py (docs/evaluation.md), not here."""
+    data = notch_set(tmp_path / "notch", per_class=60, side=112)
+    result = _train(data, tmp_path, epochs=NOTCH_EPOCHS, budget_s=86_400)
+    assert result["input_size"] == [112, 112]
     assert result["macro_f1"] >= 0.95, result["search"]
     for counts in result["support_by_split"].values():
         assert min(counts.values()) >= 1
