@@ -17,9 +17,11 @@ def watch_live(engine: Engine, settings: Settings,
     limits = ShadowLimits(settings.shadow_queue, settings.shadow_max_wait_s,
                           settings.shadow_samples, settings.shadow_ttl_s,
                           settings.max_image_pixels)
-    engine.watchers.add(ShadowScorer(engine.follower.registry, settings.redis_url, limits,
+    follower = engine.follower  # the candidate loads as production did (PISTON_RUNTIME)
+    engine.watchers.add(ShadowScorer(follower.registry, settings.redis_url, limits,
                                      lambda: engine.batcher.busy, engine.batcher.infer,
-                                     thread_init))
+                                     runtime=follower.runtime, threads=follower.threads,
+                                     thread_init=thread_init))
     engine.watchers.add(DriftWatch(settings.redis_url, bounds_of(settings), engine.metrics,
                                    lambda: engine.follower.current))
     engine.start_watching(settings.live_flush_s)

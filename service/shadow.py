@@ -31,6 +31,7 @@ from piston.follow import _probe
 from piston.imaging import Contract, preprocess
 from piston.live import Tally, connect
 from piston.registry import Registry
+from piston.runtime import RuntimeName
 from piston.scoring import Decision, NetOutput, decide
 from service.decoding import lower_priority
 from service.watch import Seen
@@ -62,12 +63,19 @@ class _Item:
 
 
 class ShadowScorer:
-    """Follows the shadow spec in Redis; scores picked images with the candidate."""
+    """Follows the shadow spec in Redis; scores picked images with the candidate.
+
+    The candidate loads in `runtime` with `threads` intra-op threads, as production does: a
+    comparison across runtimes would time the runtimes, and an ONNX worker would import torch.
+    """
 
     def __init__(self, registry: Registry | None, redis_url: str, limits: ShadowLimits,
                  busy: Callable[[], bool], infer: Callable[[Predictor, np.ndarray], NetOutput],
+                 *, runtime: RuntimeName, threads: int | None,
                  thread_init: Callable[[], None] | None = None) -> None:
         self.registry = registry
+        self.runtime = runtime
+        self.threads = threads
         self.redis_url = redis_url
         self.limits = limits
         self.busy = busy
@@ -163,7 +171,7 @@ class ShadowScorer:
         if self.registry is None:
             raise PistonError("this service has no registry (a pinned bento) to fetch a"
                               " candidate from", "conflict")
-        predictor = Predictor.load(self.registry.fetch(version))
+        predictor = Predictor.load(self.registry.fetch(version), self.runtime, self.threads)
         _probe(predictor)
         return predictor
 

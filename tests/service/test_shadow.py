@@ -46,7 +46,8 @@ def engine_with_shadow(registry: Registry, production: str, busy: Callable[[], b
     engine = Engine(ModelFollower(registry), Limits(1_000_000, 8), service_metrics(), 0.2)
     engine.refresh()
     scorer = ShadowScorer(registry, REDIS, ShadowLimits(queue, max_wait_s, 8, TTL, 1_000_000),
-                          busy or (lambda: engine.batcher.busy), engine.batcher.infer)
+                          busy or (lambda: engine.batcher.busy), engine.batcher.infer,
+                          runtime=engine.follower.runtime, threads=engine.follower.threads)
     engine.watchers.add(scorer)
     return engine, scorer
 
@@ -193,4 +194,29 @@ def test_a_candidate_that_cannot_load_is_refused_with_the_reason(
     scorer.tick(bundles.good)  # refused once: not retried at every tick
     assert scorer.candidate is None and scorer.info()["shadow"]["loaded"] is False
     assert asyncio.run(engine.classify(image_bytes())).model_version == bundles.good
+    engine.stop()
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_the_candidate_loads_in_the_configured_runtime(
+        bundles: Bundles, registry_dir: Path, redis_url: str, runtime: str) -> None:
+    from piston.settings import Settings
+    from service.app import make_engine
+    from service.evidence import shadow_of, watch_live
+
+    settings = Settings(registry=str(registry_dir), redis_url=REDIS, runtime=runtime)
+    registry = open_registry(registry_dir)
+    registry.promote(bundles.good, reason="test", force=True)
+    engine = make_engine(settings, None)
+    engine.refresh()
+    watch_live(engine, settings)
+    scorer = shadow_of(engine)
+    assert scorer is not None
+    shadow.start(REDIS, registry, bundles.other, 1.0, bundles.good, TTL)
+    scorer.sync(bundles.good)
+    production = engine.follower.current
+    assert production is not None and scorer.candidate is not None
+    assert scorer.candidate.meta.version == bundles.other
+    assert scorer.candidate.runtime.name == production.runtime.name == runtime
+    assert scorer.candidate.threads == production.threads == 1
     engine.stop()
