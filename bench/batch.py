@@ -73,6 +73,9 @@ def main() -> None:
     parser.add_argument("--source", choices=("s3", "local"), default="s3")
     parser.add_argument("--runtimes", nargs="+", choices=("onnx", "torch"),
                         default=["onnx", "torch"])
+    parser.add_argument("--baseline", metavar="TREE",
+                        help="another checkout (say `git worktree add /tmp/before main`) whose"
+                             " workers score the same jobs in the same run, for before/after")
     args = parser.parse_args()
     if args.source == "local":
         run_local(args)
@@ -191,7 +194,7 @@ def wait(job_id: str, job_status: object) -> dict[str, object]:
         status = job_status(REDIS_URL, job_id)  # type: ignore[operator]
         if status["state"] in TERMINAL:
             return dict(status)
-        time.sleep(0.05)
+        time.sleep(0.005)  # a job on an idle machine lasts about a second: poll closely
 
 
 # -- the local-folder source ---------------------------------------------------------------
@@ -245,6 +248,10 @@ def run_local(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="piston-bench-local-"))
     os.environ.update(BENTOML_HOME=str(tmp / "bentoml"), BENTOML_DO_NOT_TRACK="true")
     workers: list[subprocess.Popen[bytes]] = []
+    trees = {"our job": ROOT} | ({"baseline job": Path(args.baseline).resolve()}
+                                if args.baseline else {})
+    ceilings: dict[tuple[str, int], tuple[float, float]] = {}
+    jobs: dict[tuple[str, int, str], float] = {}
     try:
         redis.Redis.from_url(REDIS_URL).flushdb()
         files = sorted(Path(args.data).glob("*/*.jpeg"))
@@ -260,41 +267,59 @@ def run_local(args: argparse.Namespace) -> None:
         registry.promote(outcome.version, "bench", force=True)
         model_dir = str(registry.fetch(outcome.version))
         print(f"{len(paths)} images ({args.copies} copies of {len(files)}) in a local folder,"
-              f" model {outcome.version}, {os.cpu_count()} cores")
-        ceilings: dict[tuple[str, int], float] = {}
-        jobs: dict[tuple[str, int], float] = {}
+              f" model {outcome.version}, {os.cpu_count()} cores, shards of {args.shard_size}"
+              + (f", baseline workers from {trees['baseline job']}" if args.baseline else ""))
         for rt in args.runtimes:
             env = dict(os.environ, PISTON_REGISTRY=str(tmp / "registry"), PISTON_RUNTIME=rt,
                        PISTON_SCORE_SHARD_SIZE=str(args.shard_size), PISTON_RUNS_DIR=str(tmp),
                        PISTON_JOB_ROOTS=json.dumps([str(tmp / "images"), str(tmp / "out")]))
-            for procs in (1, 2):  # the ceiling just before and just after the job: a shared
+            for procs in (1, 2):  # the ceiling just before and just after the jobs: a shared
                 before = compute_ceiling(model_dir, paths, procs, rt)  # machine's load moves
-                jobs[(rt, procs)] = time_job(
-                    env, procs, str(tmp / "images"), str(tmp / "out" / f"{procs}{rt}"),
-                    str(tmp / "images" / "copy0"), tmp, workers)
+                for label, tree in trees.items():
+                    jobs[(rt, procs, label)] = time_job(
+                        env, procs, str(tmp / "images"),
+                        str(tmp / "out" / f"{procs}{rt}{label.split()[0]}"),
+                        str(tmp / "images" / "copy0"), tmp, workers, tree)
                 after = compute_ceiling(model_dir, paths, procs, rt)
-                print(f"{rt}, {procs} process(es): ceiling {before:.1f} before, {after:.1f}"
-                      " after the job", flush=True)
-                ceilings[(rt, procs)] = (before + after) / 2
+                ceilings[(rt, procs)] = (before, after)
     finally:
         for w in workers:
             w.terminate()
             w.wait(30)
         shutil.rmtree(tmp, ignore_errors=True)
-    for rt in args.runtimes:
-        for procs in (1, 2):
-            top, job = ceilings[(rt, procs)], jobs[(rt, procs)]
-            print(f"{f'{rt}: compute ceiling, {procs} process(es), mean':46s} {top:8.1f} img/s")
-            print(f"{f'{rt}: our job, {procs} worker process(es)':46s} {job:8.1f} img/s"
-                  f"   {job / top:5.0%} of the {procs}-process ceiling")
-        share = jobs[(rt, 2)] / ceilings[(rt, 2)]
-        print(f"{rt}: goal: job with 2 processes >= 90% of the 2-process compute ceiling:"
-              f" {share:.0%} -> {'met' if share >= 0.9 else 'NOT met'}")
-    if "torch" in args.runtimes:
-        for rt in args.runtimes:
-            print(f"{rt}: 2-process ceiling / torch's: "
-                  f"{ceilings[(rt, 2)] / ceilings[('torch', 2)]:.2f}x,"
-                  f" job / torch's job: {jobs[(rt, 2)] / jobs[('torch', 2)]:.2f}x")
+    report_local(args.runtimes, list(trees), ceilings, jobs)
+
+
+def report_local(runtimes: list[str], labels: list[str],
+                 ceilings: dict[tuple[str, int], tuple[float, float]],
+                 jobs: dict[tuple[str, int, str], float]) -> None:
+    """Every runtime side by side: its ceilings, its jobs and their shares of the ceiling."""
+    def row(name: str, cells: list[str]) -> None:
+        print(f"{name:44s}" + "".join(f"{c:>16s}" for c in cells))
+
+    row("images/s", runtimes)
+    for procs in (1, 2):
+        mean = {rt: sum(ceilings[(rt, procs)]) / 2 for rt in runtimes}
+        row(f"compute ceiling, {procs} process(es), before/after",
+            [f"{ceilings[(rt, procs)][0]:.1f}/{ceilings[(rt, procs)][1]:.1f}" for rt in runtimes])
+        for label in labels:
+            row(f"{label}, {procs} worker process(es)",
+                [f"{jobs[(rt, procs, label)]:.1f} ({jobs[(rt, procs, label)] / mean[rt]:.0%})"
+                 for rt in runtimes])
+    mean2 = {rt: sum(ceilings[(rt, 2)]) / 2 for rt in runtimes}
+    shares = {rt: jobs[(rt, 2, "our job")] / mean2[rt] for rt in runtimes}
+    row("goal: our job, 2 processes >= 90% of ceiling",
+        [f"{shares[rt]:.0%} {'met' if shares[rt] >= 0.9 else 'NOT met'}" for rt in runtimes])
+    if "baseline job" in labels:
+        row("our job / baseline job, 2 processes",
+            [f"{jobs[(rt, 2, 'our job')] / jobs[(rt, 2, 'baseline job')]:.2f}x"
+             for rt in runtimes])
+    if "torch" in runtimes:
+        row("2-process ceiling / torch's",
+            [f"{mean2[rt] / mean2['torch']:.2f}x" for rt in runtimes])
+        row("our job, 2 processes / torch's",
+            [f"{jobs[(rt, 2, 'our job')] / jobs[('torch', 2, 'our job')]:.2f}x"
+             for rt in runtimes])
 
 
 def print_rss(pid: int, label: str) -> None:
@@ -308,15 +333,17 @@ def print_rss(pid: int, label: str) -> None:
 
 
 def time_job(env: dict[str, str], procs: int, src: str, out: str, warm: str, tmp: Path,
-             workers: list[subprocess.Popen[bytes]]) -> float:
-    """Images/s of one scoring job on a fresh `piston worker -c procs`, after a warm-up job."""
+             workers: list[subprocess.Popen[bytes]], tree: Path = ROOT) -> float:
+    """Images/s of one scoring job on a fresh `piston worker -c procs` run from the source
+    tree `tree` (ours, or a baseline checkout), after a warm-up job."""
     from piston.jobs import JobState, client, enqueue_score, job_status
 
-    env = dict(env, PISTON_REDIS_URL=REDIS_URL, BENTOML_HOME=str(tmp / f"worker{procs}"))
+    env = dict(env, PISTON_REDIS_URL=REDIS_URL, BENTOML_HOME=str(tmp / f"worker{procs}"),
+               PYTHONPATH=str(tree))
     with (tmp / f"worker{procs}.log").open("wb") as log:
         worker = subprocess.Popen(
             [sys.executable, "-m", "cli.main", "worker", "-c", str(procs), "-n",
-             f"bench{procs}@%h", "--loglevel", "WARNING"], env=env, cwd=ROOT, stdout=log,
+             f"bench{procs}@%h", "--loglevel", "WARNING"], env=env, cwd=tree, stdout=log,
             stderr=subprocess.STDOUT)
     workers.append(worker)
     while not client(REDIS_URL).control.ping(timeout=0.5):
@@ -326,7 +353,8 @@ def time_job(env: dict[str, str], procs: int, src: str, out: str, warm: str, tmp
     summary = wait(enqueue_score(REDIS_URL, src, out), job_status)
     seconds = time.perf_counter() - start
     assert summary["state"] == JobState.SUCCESS, summary
-    print_rss(worker.pid, f"{env.get('PISTON_RUNTIME', 'default')} worker -c {procs}")
+    print_rss(worker.pid, f"{env.get('PISTON_RUNTIME', 'default')} worker -c {procs}"
+              + ("" if tree == ROOT else f" from {tree}"))
     worker.terminate()
     worker.wait(30)
     workers.remove(worker)

@@ -184,10 +184,11 @@ class JobRecord:
 
     def touch(self, at: float | None = None) -> None:
         """Mark the job as running at `at` (default now): the watchdog looks for quiet ones."""
-        def build(pipe: Any) -> None:
-            pipe.zadd(ACTIVE, {self.job_id: time.time() if at is None else at})
-            pipe.expire(ACTIVE, self.ttl_s)
-        self._pipeline(build)
+        self._pipeline(lambda pipe: self._touch(pipe, at))
+
+    def _touch(self, pipe: Any, at: float | None = None) -> None:
+        pipe.zadd(ACTIVE, {self.job_id: time.time() if at is None else at})
+        pipe.expire(ACTIVE, self.ttl_s)
 
     def forget(self) -> None:
         """Stop watching this job (its record expired)."""
@@ -238,8 +239,12 @@ class JobRecord:
                                   f"beat:{shard}": time.time()}
         if worker:
             fields[f"worker:{shard}"] = worker
-        self.set(**fields)
-        self.touch()
+
+        def build(pipe: Any) -> None:  # one round trip: a shard reports every half second
+            pipe.hset(self.key, mapping={k: json.dumps(v) for k, v in fields.items()})
+            pipe.expire(self.key, self.ttl_s)
+            self._touch(pipe)
+        self._pipeline(build)
 
     def shard_done(self, shard: int, counts: ShardCounts) -> bool:
         """Record a finished shard; True once every shard is done.
@@ -252,9 +257,10 @@ class JobRecord:
             pipe.sadd(self.done_key, shard)
             pipe.scard(self.done_key)
             pipe.expire(self.done_key, self.ttl_s)
-        done = self._pipeline(build)[2]
-        self.touch()
-        return int(done) == int(self.get("shards", 0))
+            pipe.hget(self.key, "shards")
+            self._touch(pipe)
+        answers = self._pipeline(build)
+        return int(answers[2]) == int(_loads(answers[4]) if answers[4] is not None else 0)
 
     def shards_done(self) -> frozenset[int]:
         return frozenset(int(s) for s in self._call(self.redis.smembers, self.done_key))

@@ -57,7 +57,13 @@ class Runtime:
         return predictor
 
     def predictor(self, version: str) -> Predictor:
-        """The model of `version`: the production one, or a pinned copy while a job finishes."""
+        """The model of `version`: the production one, or a pinned copy while a job finishes.
+
+        A process whose first task is a shard loads production first: loading `version` as
+        a pinned copy would load the same model again at its first plan.
+        """
+        if self.follower.current is None:
+            self.follower.refresh()
         current = self.follower.current
         if current is not None and current.meta.version == version:
             return current

@@ -83,49 +83,68 @@ def _fetch(src: Storage, item: Item, max_bytes: int) -> Fetched:
         return {}, ImageFailure(error=str(err), kind=err.kind)
 
 
+def _fetch_all(src: Storage, items: Sequence[Item], max_bytes: int) -> list[Fetched]:
+    return [_fetch(src, item, max_bytes) for item in items]
+
+
 def _batches(src: Storage, items: Sequence[Item], max_bytes: int, pool: ThreadPoolExecutor,
              ) -> Iterator[list[tuple[Item, dict[str, str], bytes | ImageFailure]]]:
-    """Batches of fetched images, reading up to READ_AHEAD batches ahead in `pool`."""
+    """Batches of fetched images, reading up to READ_AHEAD batches ahead in `pool`.
+
+    Over the network each image is one read in its own thread (GETs wait on latency); from a
+    local disk a whole batch is one read task (a thread hand-off per file costs more CPU
+    than reading the file, measured in docs/benchmarks.md).
+    """
+    per_read = 1 if src.local_path("") is None else BATCH
     chunks = deque(items[i:i + BATCH] for i in range(0, len(items), BATCH))
-    pending: deque[tuple[Sequence[Item], list[Future[Fetched]]]] = deque()
+    pending: deque[tuple[Sequence[Item], list[Future[list[Fetched]]]]] = deque()
     while chunks or pending:
         while chunks and len(pending) < READ_AHEAD:
             chunk = chunks.popleft()
-            pending.append((chunk, [pool.submit(_fetch, src, it, max_bytes) for it in chunk]))
+            pending.append((chunk, [pool.submit(_fetch_all, src, chunk[i:i + per_read], max_bytes)
+                                    for i in range(0, len(chunk), per_read)]))
         chunk, futures = pending.popleft()
-        yield [(item, *f.result()) for item, f in zip(chunk, futures, strict=True)]
+        fetched = [one for f in futures for one in f.result()]
+        yield [(item, *f) for item, f in zip(chunk, fetched, strict=True)]
 
 
 def score_shard(src: Storage, predictor: Predictor, items: Sequence[Item], *, job_id: str,
                 max_pixels: int, max_bytes: int, decode_threads: int = 2,
                 on_batch: Callable[[list[ScoreRecord]], None] | None = None,
                 should_stop: Callable[[], bool] | None = None,
-                max_per_second: float = 0.0,
+                max_per_second: float = 0.0, report_every_s: float = 0.0,
                 heatmaps: Storage | None = None) -> list[ScoreRecord] | None:
     """Score a shard's images into one record each, in order; None when stopped early.
 
     Reads run ahead in threads while the model scores the batch before; at most
     `decode_threads` images are decoded at once (a decoded image can be large). With
     `heatmaps` (the job's output), each image flagged for review gets its heatmap there.
+    `should_stop` is asked before the first batch, `on_batch` told after a batch, each at
+    most every `report_every_s` (each is a Redis round trip for a task).
     """
     records: list[ScoreRecord] = []
     start = time.perf_counter()
+    asked = told = -float("inf")
     version = predictor.meta.version
     with ThreadPoolExecutor(BATCH) as reads, ThreadPoolExecutor(decode_threads) as decodes:
         for batch in _batches(src, items, max_bytes, reads):
-            if should_stop and should_stop():
-                return None
+            if should_stop and time.perf_counter() - asked >= report_every_s:
+                asked = time.perf_counter()
+                if should_stop():
+                    return None
             outcomes = score_blobs(predictor, [b for _, _, b in batch], max_pixels, decodes.map)
             written = (write_heatmaps(heatmaps, predictor, batch, outcomes, max_pixels)
                        if heatmaps is not None else {})
+            stamp = now()  # one per batch: scored together
             records.extend(
                 ScoreRecord.of(o, key=item[0], etag=item[1], size=item[2], model_version=version,
-                               metadata=meta, scored_at=now(), job_id=job_id,
+                               metadata=meta, scored_at=stamp, job_id=job_id,
                                heatmap=written.get(item[0]))
                 for (item, meta, _), o in zip(batch, outcomes, strict=True))
             if max_per_second:
                 time.sleep(max(0.0, len(records) / max_per_second - (time.perf_counter() - start)))
-            if on_batch:
+            if on_batch and time.perf_counter() - told >= report_every_s:
+                told = time.perf_counter()
                 on_batch(records)
     return records
 

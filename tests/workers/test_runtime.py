@@ -1,0 +1,26 @@
+"""What a worker process holds between tasks: one copy of the production model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from piston.registry import Registry
+from piston.settings import Settings
+from piston.storage import open_storage
+from tests.conftest import Trained
+from workers.runtime import Runtime
+
+
+def test_a_shard_first_and_a_plan_later_share_one_production_model(
+        trained: Trained, tmp_path: Path) -> None:
+    registry = Registry(open_storage(tmp_path / "registry"))
+    source = Registry(open_storage(trained.registry))
+    for version in (trained.good, trained.other):
+        registry.copy_from(source, version)
+    registry.promote(trained.good, reason="test", force=True)
+    rt = Runtime(Settings(registry=str(tmp_path / "registry")))
+    first = rt.predictor(trained.good)  # this process's first task is a shard
+    assert rt.production() is first  # its first plan loads nothing more
+    assert rt.predictor(trained.good) is first
+    other = rt.predictor(trained.other)  # a job that started before a promote: pinned
+    assert other.meta.version == trained.other and rt.predictor(trained.other) is other
