@@ -3,8 +3,8 @@
     .venv/bin/python bench/batch.py [--source s3|local] [--copies 4] [--data DIR]
                                     [--runtimes onnx torch] [--baseline TREE]
 
-Uses Redis database 10. `--source s3` (default) starts its own moto S3 server on a free
-loopback port and measures:
+Uses Redis database 9, and empties it. `--source s3` (default) starts its own moto S3 server
+on a free loopback port and measures:
   storage ceiling   parallel GETs alone (16 threads)
   compute ceiling   decode + forward in one process on bytes already in memory (batches of 32)
   naive loop        get, decode, predict one image at a time
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from piston.runtime import RuntimeName
 
 ROOT = Path(__file__).resolve().parents[1]
-REDIS_URL = "redis://127.0.0.1:6379/10"
+REDIS_URL = "redis://127.0.0.1:6379/9"  # its own: the UI tests empty database 10
 CREDS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
          "AWS_DEFAULT_REGION": "us-east-1"}
 
