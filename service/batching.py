@@ -73,14 +73,14 @@ class Batcher:
             self._queue = asyncio.Queue()
             self._runner = loop.create_task(self._run())
         self._arrivals += 1
-        if len(arrays) == 1 and not explain and self._may_inline(predictor):
+        if len(arrays) == 1 and self._may_inline(predictor, explain):
             arrivals = self._arrivals
             await asyncio.sleep(0)  # requests ready to run go first: are we alone?
-            if arrivals == self._arrivals and self._may_inline(predictor):
+            if arrivals == self._arrivals and self._may_inline(predictor, explain):
                 self.inline += 1
                 self.batches += 1
                 self.rows += 1
-                return self._timed(predictor, np.stack(arrays))
+                return self._timed(predictor, np.stack(arrays), explain)
         futures = []
         for array in arrays:
             future: asyncio.Future[NetOutput] = loop.create_future()
@@ -127,11 +127,15 @@ class Batcher:
         """A batch is in the inference thread or requests are queued (read from any thread)."""
         return self._busy or (self._queue is not None and not self._queue.empty())
 
-    def _may_inline(self, predictor: Predictor) -> bool:
-        """Nothing queued or running, and this model's lone forward pass measured short."""
+    def _may_inline(self, predictor: Predictor, explain: bool = False) -> bool:
+        """Nothing queued or running, and this model's lone forward pass measured short. An
+        explained one too when its maps come out of the same pass (a CAM in the runtime's
+        graph), not from a second one (Grad-CAM's backward, torch weights behind an ONNX
+        graph without maps)."""
         assert self._queue is not None
         idle = not self._busy and self._queue.empty()
-        return idle and self._lone_seconds.get(id(predictor), 1.0) <= INLINE_FORWARD_S
+        fast = self._lone_seconds.get(id(predictor), 1.0) <= INLINE_FORWARD_S
+        return idle and fast and (not explain or predictor.runtime.explain_method == "cam")
 
     def _timed(self, predictor: Predictor, batch: np.ndarray, explain: bool = False
                ) -> NetOutput:

@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -135,6 +136,32 @@ def test_a_lone_request_to_a_fast_model_skips_the_thread_hops() -> None:
     results, stats = asyncio.run(run(slow))
     assert stats["inline"] == 0 and all(t.startswith("infer") for t in threads)
     assert [float(r.logits[0][0]) for r in results] == [2.0, 2.0, *(2.0 * i for i in range(8))]
+
+
+@pytest.mark.parametrize(("method", "inlined"), [("cam", 1), ("grad_cam", 0)])
+def test_a_lone_explained_request_skips_the_hops_only_when_its_maps_come_from_one_pass(
+    method: str, inlined: int,
+) -> None:
+    """A CAM comes out of the forward pass itself (the ONNX graph's class maps); Grad-CAM
+    needs a backward pass too, which must not block the event loop."""
+    threads: list[str] = []
+
+    def infer(predictor: object, batch: np.ndarray, explain: bool = False) -> NetOutput:
+        threads.append(threading.current_thread().name)
+        return NetOutput(batch * 2, batch, batch[:, None] if explain else None)
+
+    async def run() -> tuple[list[NetOutput], dict]:
+        batcher = Batcher(infer, max_batch_size=16)
+        model = SimpleNamespace(runtime=SimpleNamespace(explain_method=method))
+        plain = await batcher.score(model, [np.ones(2)])  # type: ignore[arg-type]
+        explained = await batcher.score(model, [np.ones(2)], explain=True)  # type: ignore[arg-type]
+        batcher.close()
+        return [plain, explained], batcher.stats()
+
+    (_, explained), stats = asyncio.run(run())
+    assert explained.maps is not None
+    assert stats["inline"] == inlined
+    assert threads[-1] == (threading.main_thread().name if inlined else threads[0])
 
 
 def test_batches_never_mix_two_models() -> None:
