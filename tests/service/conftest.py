@@ -49,6 +49,15 @@ def open_registry(path: Path) -> Registry:
     return Registry(open_storage(path))
 
 
+def serving_registry(bundles: Bundles, root: Path) -> Path:
+    """A private copy of the two-bundle registry under `root`, the good bundle in production:
+    what a module's live server serves."""
+    dest = root / "registry"
+    shutil.copytree(bundles.registry, dest)
+    open_registry(dest).promote(bundles.good, reason="serve", force=True)
+    return dest
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

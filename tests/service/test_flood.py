@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.service.conftest import Bundles, ServerUrl, open_registry, running_server
+from tests.service.conftest import (
+    Bundles,
+    ServerUrl,
+    running_server,
+    serving_registry,
+)
 
 pytestmark = pytest.mark.slow
 log = logging.getLogger(__name__)
@@ -64,9 +68,7 @@ def memory_kb(pid: int, field: str) -> int:
 @pytest.fixture(scope="module")
 def server(bundles: Bundles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerUrl]:
     root = tmp_path_factory.mktemp("flood")
-    registry_dir = root / "registry"
-    shutil.copytree(bundles.registry, registry_dir)
-    open_registry(registry_dir).promote(bundles.good, reason="serve", force=True)
+    registry_dir = serving_registry(bundles, root)
     env = {"PISTON_REGISTRY": str(registry_dir)}
     with running_server("source", env, root / "server.log", workers=1) as url:
         yield url

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -18,7 +17,13 @@ from piston.bundle import Predictor
 from piston.imaging import preprocess
 from piston.live import connect
 from piston.scoring import decide
-from tests.service.conftest import Bundles, open_registry, running_server, sample_images
+from tests.service.conftest import (
+    Bundles,
+    open_registry,
+    running_server,
+    sample_images,
+    serving_registry,
+)
 from tests.service.test_drift_watch import darkened
 
 REDIS = "redis://127.0.0.1:6379/13"  # its own database: the fixture empties it
@@ -36,9 +41,7 @@ class Live:
 @pytest.fixture(scope="module")
 def served(bundles: Bundles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     root = tmp_path_factory.mktemp("live")
-    registry_dir = root / "registry"
-    shutil.copytree(bundles.registry, registry_dir)
-    open_registry(registry_dir).promote(bundles.good, reason="serve", force=True)
+    registry_dir = serving_registry(bundles, root)
     connect(REDIS).flushdb()
     env = {"PISTON_REGISTRY": str(registry_dir), "PISTON_POLL_INTERVAL_S": "0.5",
            "PISTON_ADMIN_TOKEN": TOKEN, "PISTON_REDIS_URL": REDIS, "PISTON_LIVE_FLUSH_S": "0.2",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import image_bytes
-from tests.service.conftest import Bundles, open_registry, running_server
+from tests.service.conftest import Bundles, running_server, serving_registry
 
 HEAVY_CLIENTS = 8
 LIGHT_REQUESTS = 300  # at least, and for at least LIGHT_SECONDS
@@ -25,9 +24,7 @@ LIGHT_SECONDS = 10.0
 @pytest.fixture(scope="module")
 def one_worker(bundles: Bundles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("overload")
-    registry_dir = root / "registry"
-    shutil.copytree(bundles.registry, registry_dir)
-    open_registry(registry_dir).promote(bundles.good, reason="serve", force=True)
+    registry_dir = serving_registry(bundles, root)
     env = {"PISTON_REGISTRY": str(registry_dir), "PISTON_DECODE_THREADS": "1",
            "PISTON_DECODE_QUEUE": "2"}
     with running_server("source", env, root / "server.log", workers=1) as url:
