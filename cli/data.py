@@ -34,22 +34,22 @@ def run_check(args: argparse.Namespace) -> int:
     prepared = prepare(args.path or settings.data_dir, load_config(), settings.max_image_pixels,
                        class_map=parse_class_map(args.classes),
                        s3_endpoint_url=settings.s3_endpoint_url)
-    report = prepared.report.to_dict()
-    report["classes"] = prepared.classes
-    lines = [f"{sum(prepared.report.counts.values())} images in {len(prepared.classes)} classes"]
-    lines += [f"  {name}: {n}" for name, n in prepared.report.counts.items()]
-    report["input_size"] = list(prepared.decoded.size)
+    figures = prepared.report.figures()
+    lines = [f"{figures.images} images in {len(prepared.classes)} classes"]
+    lines += [f"  {name}: {n}" for name, n in figures.counts.items()]
     lines.append(
-        f"{report['near_duplicate_groups']} near-duplicate groups"
-        f" (largest {report['largest_near_duplicate_group']},"
-        f" {report['images_in_groups_over_10']} images in groups over 10; linked under distance"
-        f" {report['near_duplicate_bar']:.5f}), {len(prepared.report.exact_duplicates)} sets of"
-        f" byte-identical images; input size {report['input_size']}")
+        f"{figures.near_duplicate_groups} near-duplicate groups"
+        f" (largest {figures.largest_near_duplicate_group},"
+        f" {figures.images_in_groups_over_10} images in groups over 10; linked under distance"
+        f" {figures.near_duplicate_bar:.5f}), {len(figures.exact_duplicates)} sets of"
+        f" byte-identical images; input size {list(prepared.decoded.size)}")
     lines += [f"label conflict: {c.keys[0]} ({c.classes[0]}) vs {c.keys[1]} ({c.classes[1]})"
               for c in prepared.report.conflicts]
     lines += [f"excluded {k}: {r}" for k, r in prepared.report.excluded]
     lines += [f"warning: {w}" for w in prepared.report.warnings]
     lines += [f"note: {n}" for n in prepared.report.notes]
+    report = figures.model_dump() | {"classes": prepared.classes,
+                                     "input_size": list(prepared.decoded.size)}
     emit(report, args.json, "\n".join(lines))
     return 0
 

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     plotted = plot_crossval(summary, plot)
     out = summary.model_dump() | {
         "plot": str(plotted), "decode_seconds": round(prepared.decode_seconds, 3),
-        "input_size": list(prepared.decoded.size), "data": prepared.report.to_dict()}
+        "input_size": list(prepared.decoded.size), "data": prepared.report.figures().model_dump()}
     emit(out, args.json, _human(summary, plotted))
     return 0
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from training.decode import DecodedSet
 from training.neighbours import Neighbours
@@ -29,10 +31,6 @@ class Conflict:
     classes: tuple[str, str]
     distance: float
 
-    def to_dict(self) -> dict[str, object]:
-        return {"keys": list(self.keys), "classes": list(self.classes),
-                "distance": round(self.distance, 6)}
-
 
 @dataclass
 class DataReport:
@@ -45,26 +43,62 @@ class DataReport:
     near_duplicate_bar: float = 0.0
     notes: list[str] = field(default_factory=list)
 
-    def group_stats(self) -> dict[str, int]:
+    def group_stats(self) -> GroupStats:
         sizes = [len(g) for g in self.near_duplicate_groups]
-        return {
-            "near_duplicate_groups": len(sizes),
-            "largest_near_duplicate_group": max(sizes, default=0),
-            "images_in_groups_over_10": sum(s for s in sizes if s > LARGE_GROUP),
-        }
+        return GroupStats(len(sizes), max(sizes, default=0),
+                          sum(s for s in sizes if s > LARGE_GROUP))
 
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "images": sum(self.counts.values()),
-            "counts": self.counts,
-            "warnings": self.warnings,
-            "excluded": [{"key": k, "reason": r} for k, r in self.excluded],
-            "exact_duplicates": self.exact_duplicates,
-            **self.group_stats(),
-            "near_duplicate_bar": round(self.near_duplicate_bar, 6),
-            "label_conflicts": [c.to_dict() for c in self.conflicts],
-            "notes": self.notes,
-        }
+    def figures(self, decode_seconds: float | None = None) -> DataFigures:
+        """The record reports, `--json` and the bundle's metrics carry."""
+        groups = self.group_stats()
+        return DataFigures(
+            images=sum(self.counts.values()), counts=self.counts, warnings=self.warnings,
+            excluded=[Excluded(key=k, reason=r) for k, r in self.excluded],
+            exact_duplicates=self.exact_duplicates,
+            near_duplicate_groups=groups.near_duplicate_groups,
+            largest_near_duplicate_group=groups.largest_near_duplicate_group,
+            images_in_groups_over_10=groups.images_in_groups_over_10,
+            near_duplicate_bar=round(self.near_duplicate_bar, 6),
+            label_conflicts=[LabelConflict(keys=list(c.keys), classes=list(c.classes),
+                                           distance=round(c.distance, 6))
+                             for c in self.conflicts],
+            notes=self.notes, decode_seconds=decode_seconds)
+
+
+class GroupStats(NamedTuple):
+    near_duplicate_groups: int
+    largest_near_duplicate_group: int
+    images_in_groups_over_10: int
+
+
+class Excluded(BaseModel):
+    key: str
+    reason: str
+
+
+class LabelConflict(BaseModel):
+    keys: list[str]
+    classes: list[str]
+    distance: float
+
+
+class DataFigures(BaseModel):
+    """What the data check found, as a record (defaults: bundles written before a field)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    images: int = 0
+    counts: dict[str, int] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list)
+    excluded: list[Excluded] = Field(default_factory=list)
+    exact_duplicates: list[list[str]] = Field(default_factory=list)
+    near_duplicate_groups: int = 0
+    largest_near_duplicate_group: int = 0
+    images_in_groups_over_10: int = 0
+    near_duplicate_bar: float = 0.0
+    label_conflicts: list[LabelConflict] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    decode_seconds: float | None = None
 
 
 def conflicts_of(
@@ -121,11 +155,11 @@ def check(
     report = DataReport(counts, warnings, decoded.failures, exact, near, conflicts,
                         neighbours.bar, _odd_images(decoded))
     stats = report.group_stats()
-    if stats["images_in_groups_over_10"] > 0.2 * len(decoded.keys):
+    if stats.images_in_groups_over_10 > 0.2 * len(decoded.keys):
         warnings.append(
-            f"{stats['images_in_groups_over_10']} of {len(decoded.keys)} images sit in"
+            f"{stats.images_in_groups_over_10} of {len(decoded.keys)} images sit in"
             f" near-duplicate groups over {LARGE_GROUP} (largest"
-            f" {stats['largest_near_duplicate_group']}): grouped splits will be lumpy"
+            f" {stats.largest_near_duplicate_group}): grouped splits will be lumpy"
         )
     return report
 

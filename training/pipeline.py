@@ -179,7 +179,7 @@ def describe(
         input_size=list(fitted.config.input_size or ()),
         candidate=fitted.chosen,
         search=fitted.search,
-        data=prepared.report.to_dict() | {"decode_seconds": round(prepared.decode_seconds, 3)},
+        data=prepared.report.figures(round(prepared.decode_seconds, 3)),
         epochs=len(fitted.history),
         stopped=fitted.stopped,
         best_epoch=best.epoch,
@@ -222,7 +222,7 @@ def write_bundle(
         extra = Path(tmp)
         (extra / "split.json").write_text(
             json.dumps({name: parts[name].keys for name in PARTS}, indent=1))
-        (extra / "data_check.json").write_text(json.dumps(prepared.report.to_dict(), indent=1))
+        (extra / "data_check.json").write_text(prepared.report.figures().model_dump_json(indent=1))
         files = {"report": report_dir, "split.json": extra / "split.json",
                  "data_check.json": extra / "data_check.json"}
         meta = with_onnx(meta, module, parts["test"].images, extra / ONNX_FILE)

@@ -14,6 +14,7 @@ from PIL import Image
 
 from piston.novelty import NoveltyInfo, rule
 from training.calibrate import CalibrationFigures
+from training.check import DataFigures
 from training.decode import DecodedSet
 from training.evaluate import Evaluation
 from training.run_figures import RunFigures
@@ -109,14 +110,14 @@ def _search(rows: list[SearchRow]) -> str:
             f"<th>seconds</th><th>why</th></tr>{body}</table>")
 
 
-def _data(data: dict[str, Any]) -> str:
+def _data(data: DataFigures) -> str:
     conflicts = "".join(
-        f"<li>{html.escape(' vs '.join(c['keys']))} ({html.escape(' / '.join(c['classes']))})</li>"
-        for c in data.get("label_conflicts", []))
-    return (f"<p>{data.get('images', 0)} images; {data.get('near_duplicate_groups', 0)}"
-            f" near-duplicate groups (largest {data.get('largest_near_duplicate_group', 0)},"
-            f" {data.get('images_in_groups_over_10', 0)} images in groups over 10); bar"
-            f" {data.get('near_duplicate_bar', 0)}.</p>"
+        f"<li>{html.escape(' vs '.join(c.keys))} ({html.escape(' / '.join(c.classes))})</li>"
+        for c in data.label_conflicts)
+    return (f"<p>{data.images} images; {data.near_duplicate_groups}"
+            f" near-duplicate groups (largest {data.largest_near_duplicate_group},"
+            f" {data.images_in_groups_over_10} images in groups over 10); bar"
+            f" {data.near_duplicate_bar}.</p>"
             f"<p>Label conflicts (left out):</p><ul>{conflicts or '<li>none</li>'}</ul>")
 
 

@@ -4,14 +4,13 @@ read by attribute."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field
 
 from piston.bundle import Gate
 from piston.figures import ClassificationFigures
 from piston.novelty import NoveltyInfo
 from training.calibrate import CalibrationFigures
+from training.check import DataFigures
 from training.search import SearchRow
 
 
@@ -27,7 +26,7 @@ class RunFigures(ClassificationFigures):
     input_size: list[int]
     candidate: str = Field(description="the recipe trained (auto: the one it chose)")
     search: list[SearchRow] = Field(default_factory=list, description="auto's candidates")
-    data: dict[str, Any] = Field(description="the data check (training.check.DataReport)")
+    data: DataFigures = Field(description="what the data check found")
     epochs: int
     stopped: str
     best_epoch: int

@@ -39,8 +39,8 @@ def test_alike_parts_are_not_linked_but_copies_are(notches: Path, tmp_path: Path
     prepared = prepare(str(root), load_config(), MAX_PIXELS)
     stats = prepared.report.group_stats()
     # distinct parts that all look alike stay (nearly all) apart: no lumps, the copy is linked
-    assert stats["largest_near_duplicate_group"] <= 4
-    assert stats["images_in_groups_over_10"] == 0
+    assert stats.largest_near_duplicate_group <= 4
+    assert stats.images_in_groups_over_10 == 0
     assert len(set(prepared.groups)) >= 0.8 * len(prepared.groups)
     group_of = dict(zip(prepared.decoded.keys, prepared.groups, strict=True))
     assert group_of["normal/copy_of_000.png"] == group_of["normal/normal_000.png"]
@@ -52,8 +52,8 @@ def test_the_bar_follows_the_data(prepared_notches: Prepared, prepared_pistons: 
     # neighbouring frames of a turning piston are linked into parts; the pills' bar is far lower
     assert frames.report.near_duplicate_bar > 4 * alike
     stats = frames.report.group_stats()
-    assert 40 <= stats["near_duplicate_groups"] <= 75
-    assert stats["largest_near_duplicate_group"] <= 25
+    assert 40 <= stats.near_duplicate_groups <= 75
+    assert stats.largest_near_duplicate_group <= 25
 
 
 def test_turned_copies_are_near_duplicates() -> None:
@@ -70,8 +70,8 @@ def test_label_conflicts_are_listed_left_out_or_refused(tmp_path: Path) -> None:
     root = texture_set(tmp_path / "tex", {"a": 20, "b": 20, "c": 20})
     shutil.copy(root / "a" / "a_003.png", root / "b" / "looks_like_a.png")
     prepared = prepare(str(root), load_config(), MAX_PIXELS)
-    conflicts = prepared.report.to_dict()["label_conflicts"]
-    assert [sorted(c["keys"]) for c in conflicts] == [["a/a_003.png", "b/looks_like_a.png"]]
+    conflicts = prepared.report.figures().label_conflicts
+    assert [sorted(c.keys) for c in conflicts] == [["a/a_003.png", "b/looks_like_a.png"]]
     assert "a/a_003.png" not in prepared.decoded.keys
     assert "b/looks_like_a.png" not in prepared.decoded.keys
     assert len(prepared.decoded.keys) == 60 - 1
@@ -137,7 +137,7 @@ def test_a_large_consistent_defect_does_not_lump_the_other_class(tmp_path: Path)
     # normal parts into one group; it is halved until no group is a lump of its class
     data = notch_set(tmp_path / "big", per_class=60, side=128, notch=0.14)
     prepared = prepare(str(data), load_config(), MAX_PIXELS)
-    assert prepared.report.group_stats()["largest_near_duplicate_group"] <= 10
+    assert prepared.report.group_stats().largest_near_duplicate_group <= 10
     split = make_split(prepared, prepared.resolve(load_config()))
     for part in split.parts().values():
         assert set(prepared.decoded.labels[part].tolist()) == {0, 1}
@@ -152,7 +152,7 @@ def test_the_surface_stand_in_has_ten_classes_two_rare_and_distinct_parts(
     assert prepared.classes == sorted(SURFACE_COUNTS) and len(prepared.decoded.keys) == 30
     assert prepared.decoded.size == (96, 96)
     # distinct items: no near-duplicate lumps among surfaces that all look alike
-    assert prepared.report.group_stats()["largest_near_duplicate_group"] <= 2
+    assert prepared.report.group_stats().largest_near_duplicate_group <= 2
     rare = sorted(SURFACE_COUNTS.values())[:2]
     assert rare == [30, 50]  # 21 and 35 training images in a 70% split
     assert sum(SURFACE_COUNTS.values()) >= 1000

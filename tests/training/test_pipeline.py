@@ -82,7 +82,7 @@ def test_a_bundle_holds_everything_needed_to_trust_and_rerun_it(
         str(piston_data), config, registry, GateBar(), tmp_path / "runs", MAX_PIXELS
     )
     assert registry.meta(again.version).parent == outcome.version
-    assert again.metrics.data["counts"] == outcome.metrics.data["counts"]
+    assert again.metrics.data.counts == outcome.metrics.data.counts
 
 
 @pytest.mark.slow  # trains
