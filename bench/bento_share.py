@@ -145,7 +145,7 @@ async def run(args: argparse.Namespace) -> None:
                               "whole app": lambda: post(chain[0])}, args)
     canned: Decision = await engine.classify(body)
 
-    async def stub(data: bytes) -> Decision:
+    async def stub(data: bytes, explain: bool = False) -> Decision:
         return canned
 
     engine.classify = stub  # the model out of the way: the HTTP stack's own cost
