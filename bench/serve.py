@@ -233,21 +233,33 @@ def ensure_bundle(registry: str, data: str) -> str:
     return str(reg.fetch(version))
 
 
-def without_novelty(model_dir: str, registry: str) -> None:
+def without_novelty(model_dir: str, registry: str, work: Path) -> None:
     """The bundle again, with its novelty check left out, as the production bundle of
-    `registry`: the same weights and ONNX file, so the difference is the novelty check."""
+    `registry`: the same weights, and the same ONNX graph less its `novelty` output (exported
+    again from the weights when it has one), so the difference is the novelty check."""
     import torch
 
     from piston.bundle import META_FILE, WEIGHTS_FILE, create_bundle, new_version, read_meta
     from piston.novelty import NOVELTY_FILE
     from piston.registry import Registry
+    from piston.runtime import ONNX_FILE, OnnxRuntime, TorchRuntime
     from piston.storage import open_storage
+    from training.onnx_export import export_bundle_onnx
 
     meta = read_meta(model_dir)
     off = meta.model_copy(update={"novelty": None, "version": new_version(),
                                   "archive_sha256": None})
     kept = {p.name: p for p in Path(model_dir).iterdir()
             if p.name not in {META_FILE, WEIGHTS_FILE, NOVELTY_FILE, "model.yaml"}}
+    graph = Path(model_dir) / ONNX_FILE
+    if graph.is_file() and OnnxRuntime.load(graph).has_novelty:
+        module = TorchRuntime.load(model_dir, meta).module
+        kept[ONNX_FILE] = work / f"off-{ONNX_FILE}"
+        export_bundle_onnx(module, meta.contract, kept[ONNX_FILE],
+                           maps=OnnxRuntime.load(graph).has_maps)
+        if off.onnx is not None:
+            off = off.model_copy(update={"onnx": off.onnx.model_copy(
+                update={"max_novelty_diff": None})})
     state = torch.load(Path(model_dir) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     create_bundle(off, state, kept)
     reg = Registry(open_storage(registry))
@@ -410,7 +422,7 @@ def main() -> None:
     images = [p.read_bytes() for p in sorted(Path(data).glob("*/*.jp*g"))[:64]]
 
     off_registry = str(work / "registry-novelty-off")
-    without_novelty(model_dir, off_registry)
+    without_novelty(model_dir, off_registry, work)
     servers = start_servers(env, model_dir, args.runtimes, args.workers, off_registry)
     try:
         for name, (port, proc) in servers.items():

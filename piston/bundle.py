@@ -84,6 +84,9 @@ class OnnxExport(BaseModel):
     export_seconds: float
     # max |map_onnx - map_torch| / the map's range, when the graph has class_maps (heatmaps)
     max_map_diff: float | None = None
+    # max |n_onnx - n_torch| / n_torch of the novelty score, when the graph has `novelty`
+    # (None: scored in numpy from the features, as bundles exported before it are)
+    max_novelty_diff: float | None = None
 
 
 class BundleMeta(BaseModel):
@@ -253,7 +256,9 @@ class Predictor:
     `piston.scoring.decide` turns into calibrated, novelty-checked decisions.
 
     The network runs in a `Runtime` (ONNX Runtime or torch); a torch module is wrapped in
-    a `TorchRuntime`.
+    a `TorchRuntime`. A loaded bundle's runtime computes the novelty score with the network
+    when it can (`NetOutput.novelty`); `novelty` is the bundle's scorer all the same, for its
+    threshold and for outputs without the score.
     """
 
     def __init__(self, meta: BundleMeta, module: nn.Module | Runtime,
@@ -271,7 +276,7 @@ class Predictor:
         """The bundle in `runtime` (torch when it has no model.onnx), `threads` intra-op."""
         meta = read_meta(model_dir)
         novelty = load_novelty(model_dir, meta.novelty) if meta.novelty else None
-        predictor = cls(meta, load_runtime(model_dir, meta, runtime, threads), novelty)
+        predictor = cls(meta, load_runtime(model_dir, meta, runtime, threads, novelty), novelty)
         predictor.model_dir, predictor.threads = Path(model_dir), threads
         return predictor
 

@@ -3,8 +3,10 @@
 Training fits it on the training images' features (`NetOutput.features`: the input of the
 classifier's last linear layer) and chooses its threshold on validation images
 (training/novelty.py). The bundle carries the arrays as `novelty.npz` and the typed record
-`NoveltyInfo` in `bundle.json`. Scoring is numpy only, a few small matrix products, so any
-runtime that gives the features (torch, ONNX) gets the same scores.
+`NoveltyInfo` in `bundle.json`. The scorers here are numpy, a few small matrix products, so any
+runtime that gives the features (torch, ONNX) gets the same scores; bundles exported since the
+check moved into the graph compute the same scores with the network instead
+(`piston.novelty_head`, the `novelty` output of model.onnx), and `decide` reads those.
 
 Bundles trained since the combined check carry `method: combined`: a Mahalanobis check and a
 kNN check, each with its own threshold, and an image is novel when either is over its own.

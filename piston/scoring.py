@@ -32,27 +32,35 @@ class NetOutput:
     logits into probabilities, the novelty check reads the features. `maps`, only when a
     heatmap was asked for, are the class activation maps (one per class, or Grad-CAM's one
     of the predicted class; see `piston.cam`), from which `piston.explain` draws the heatmap
-    in numpy.
+    in numpy. `novelty`, when the runtime computed it with the network (the bundle's novelty
+    check inside its graph, `piston.novelty_head`), is the novelty score `decide` answers;
+    without it `decide` scores the features in numpy.
     """
 
     logits: np.ndarray  # (N, C) float32
     features: np.ndarray  # (N, D) float32
     maps: np.ndarray | None = None  # (N, C or 1, h, w) float32, only when explaining
+    novelty: np.ndarray | None = None  # (N,) float32, when the graph holds the novelty check
 
     def __len__(self) -> int:
         return len(self.logits)
 
     def row(self, i: int) -> NetOutput:
         maps = self.maps[i:i + 1] if self.maps is not None else None
-        return NetOutput(self.logits[i:i + 1], self.features[i:i + 1], maps)
+        novelty = self.novelty[i:i + 1] if self.novelty is not None else None
+        return NetOutput(self.logits[i:i + 1], self.features[i:i + 1], maps, novelty)
 
     @classmethod
     def concat(cls, parts: Sequence[NetOutput]) -> NetOutput:
-        maps = ([p.maps for p in parts if p.maps is not None]
-                if all(p.maps is not None for p in parts) else [])
         return cls(np.concatenate([p.logits for p in parts]),
                    np.concatenate([p.features for p in parts]),
-                   np.concatenate(maps) if maps else None)
+                   _concat_all([p.maps for p in parts]), _concat_all([p.novelty for p in parts]))
+
+
+def _concat_all(arrays: Sequence[np.ndarray | None]) -> np.ndarray | None:
+    """The arrays end to end when every part has one, else None."""
+    present = [a for a in arrays if a is not None]
+    return np.concatenate(present) if present and len(present) == len(arrays) else None
 
 
 ReviewReason = Literal["low_confidence", "novel"]
@@ -115,13 +123,15 @@ def decide(predictor: Predictor, out: NetOutput) -> list[Decision]:
     """Label, calibrated confidence, all probabilities, novelty and the review flag, per row.
 
     A novel image always needs review (its reason `novel` wins over `low_confidence`): it is
-    never silently given a class.
+    never silently given a class. The novelty score is the runtime's (computed in its graph)
+    when it gave one, else the bundle's scorer's on the features.
     """
     meta = predictor.meta
     calibration = meta.calibration
     probs = calibration.probabilities(out.logits)
     scorer = predictor.novelty
-    novelty = scorer.score(out.features) if scorer is not None else None
+    novelty = (None if scorer is None
+               else out.novelty if out.novelty is not None else scorer.score(out.features))
     decisions = []
     for i, row in enumerate(probs):
         best = int(row.argmax())

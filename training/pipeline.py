@@ -225,7 +225,8 @@ def write_bundle(
         (extra / "data_check.json").write_text(prepared.report.figures().model_dump_json(indent=1))
         files = {"report": report_dir, "split.json": extra / "split.json",
                  "data_check.json": extra / "data_check.json"}
-        meta = with_onnx(meta, module, parts["test"].images, extra / ONNX_FILE)
+        # after the novelty fit: the graph holds the check (its `novelty` output)
+        meta = with_onnx(meta, module, parts["test"].images, extra / ONNX_FILE, novelty)
         if meta.onnx is not None:
             files[ONNX_FILE] = extra / ONNX_FILE
         if novelty is not None:

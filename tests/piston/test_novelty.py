@@ -183,3 +183,28 @@ def test_a_bundle_without_one_keeps_working_with_novelty_null(tmp_path: Path) ->
     out = predictor.forward(np.zeros((1, 3, 16, 16), dtype=np.float32))
     (decision,) = decide(predictor, out)
     assert decision.novelty is None and not decision.novel
+
+
+@pytest.mark.parametrize("method", ["mahalanobis", "knn", "combined"])
+def test_the_torch_head_scores_as_the_numpy_scorer(method: Method) -> None:
+    """`NoveltyHead` (the check inside model.onnx and the torch runtime) computes what the
+    numpy scorer does from the same stored arrays, the float16 kNN bank included."""
+    from piston.novelty_head import NoveltyHead
+
+    s = {"mahalanobis": scorer, "knn": knn, "combined": combined}[method]()
+    features = np.random.default_rng(5).normal(2, 2, (33, 8)).astype(np.float32)
+    with torch.inference_mode():
+        ours = NoveltyHead(s).eval()(torch.from_numpy(features)).numpy()
+    assert ours.shape == (33,) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, s.score(features), rtol=1e-5, atol=1e-6)
+
+
+def test_a_loaded_bundle_on_torch_computes_the_check_with_the_network(tmp_path: Path) -> None:
+    s = combined(mahalanobis=30.0, cosine=0.3)
+    bundle = write_bundle_dir(tmp_path / "b", combined_info(s))
+    save(s, bundle / NOVELTY_FILE)
+    predictor = Predictor.load(bundle, "torch")
+    out = predictor.forward(np.random.default_rng(0).random((3, 3, 16, 16), dtype=np.float32))
+    assert out.novelty is not None
+    np.testing.assert_allclose(out.novelty, s.score(out.features), rtol=1e-5)
+    assert [d.novelty for d in decide(predictor, out)] == pytest.approx(out.novelty.tolist())

@@ -16,8 +16,12 @@ import torch
 from piston import arch
 from piston.bundle import META_FILE, BundleMeta, Predictor
 from piston.errors import ConfigError
+from piston.novelty import NOVELTY_FILE
+from piston.novelty import save as save_novelty
 from piston.runtime import ONNX_FILE, WEIGHTS_FILE, OnnxRuntime, TorchRuntime
+from piston.scoring import decide
 from piston.settings import load_settings
+from training.novelty import embed, fit_novelty
 from training.onnx_export import export_bundle_onnx, export_onnx
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small bundle folder as training writes it: meta, weights and model.onnx."""
+    """A small bundle folder as training writes it: meta, weights, a combined novelty check
+    fitted on its features and model.onnx with the check inside."""
     root = tmp_path_factory.mktemp("bundle")
     meta = BundleMeta(version="v-rt", classes=["a", "b"], arch="bn_cnn",
                       arch_params={"widths": [8, 16], "tta": "hflip"},
@@ -33,10 +38,27 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                 "jpeg_draft": True})
     torch.manual_seed(0)
     module = arch.build("bn_cnn", 2, 32, 32, widths=[8, 16], tta="hflip").eval()
+    features = embed(module, torch.rand(60, 3, 32, 32))
+    # spread, for a trained bundle's kNN threshold (a random net maps inputs near one direction)
+    features += np.random.default_rng(0).normal(0, 0.5, features.shape).astype(
+        np.float32) * np.abs(features).mean()
+    labels = np.arange(40) % 2
+    novelty, info = fit_novelty("combined", features[:40], labels, features[40:], features[:0],
+                                2)
+    meta = meta.model_copy(update={"novelty": info})
     torch.save(module.state_dict(), root / WEIGHTS_FILE)
     (root / META_FILE).write_text(meta.model_dump_json())
-    export_bundle_onnx(module, meta.contract, root / ONNX_FILE)
+    save_novelty(novelty, root / NOVELTY_FILE)
+    export_bundle_onnx(module, meta.contract, root / ONNX_FILE, novelty)
     return root
+
+
+def noisy_batch(n: int, seed: int = 0) -> np.ndarray:
+    """Inputs the bundle's check flags (normal noise) and, first, like those it was fitted on
+    (uniform [0, 1] noise)."""
+    rng = np.random.default_rng(seed)
+    familiar = rng.random((n - n // 2, 3, 32, 32))
+    return np.concatenate([familiar, rng.normal(0, 2, (n // 2, 3, 32, 32))]).astype(np.float32)
 
 
 def test_each_runtime_loads_and_they_agree(bundle_dir: Path) -> None:
@@ -44,6 +66,61 @@ def test_each_runtime_loads_and_they_agree(bundle_dir: Path) -> None:
     assert isinstance(onnx.runtime, OnnxRuntime) and isinstance(torch_.runtime, TorchRuntime)
     batch = np.random.default_rng(0).normal(0, 1, (5, 3, 32, 32)).astype(np.float32)
     assert np.abs(onnx.probabilities(batch) - torch_.probabilities(batch)).max() <= 1e-4
+
+
+def test_both_runtimes_compute_the_same_novelty_with_the_network(bundle_dir: Path) -> None:
+    """The check is in model.onnx (output `novelty`) and runs after the torch module: the
+    same score, and the same as the numpy scorer on the features."""
+    onnx, torch_ = Predictor.load(bundle_dir, "onnx"), Predictor.load(bundle_dir, "torch", 1)
+    assert isinstance(onnx.runtime, OnnxRuntime) and onnx.runtime.has_novelty
+    batch = noisy_batch(16)
+    ours, theirs = onnx.forward(batch), torch_.forward(batch)
+    assert ours.novelty is not None and theirs.novelty is not None
+    assert ours.novelty.shape == (16,)
+    np.testing.assert_allclose(ours.novelty, theirs.novelty, rtol=1e-4)
+    assert onnx.novelty is not None
+    np.testing.assert_allclose(ours.novelty, onnx.novelty.score(ours.features), rtol=1e-4)
+    decided = decide(onnx, ours)
+    assert [d.novelty for d in decided] == pytest.approx(ours.novelty.tolist(), rel=1e-6)
+    flags = [d.novel for d in decided]
+    assert any(flags) and not all(flags)  # the comparison covers both sides of the threshold
+    assert flags == [d.novel for d in decide(torch_, theirs)]
+    explained = onnx.forward(batch[:3], explain=True)
+    assert explained.novelty is not None and explained.maps is not None
+    np.testing.assert_allclose(explained.novelty, ours.novelty[:3], rtol=1e-5)
+
+
+def test_a_model_onnx_without_the_novelty_output_is_scored_in_numpy(bundle_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    """Bundles exported before the check moved into the graph answer the same novelty."""
+    old = tmp_path / "old-bundle"
+    shutil.copytree(bundle_dir, old)
+    meta = BundleMeta.model_validate_json((old / META_FILE).read_text())
+    module = arch.build("bn_cnn", 2, 32, 32, widths=[8, 16], tta="hflip")
+    module.load_state_dict(torch.load(old / WEIGHTS_FILE, weights_only=True))
+    export_bundle_onnx(module.eval(), meta.contract, old / ONNX_FILE)
+    predictor = Predictor.load(old, "onnx")
+    assert isinstance(predictor.runtime, OnnxRuntime) and not predictor.runtime.has_novelty
+    batch = noisy_batch(6, seed=1)
+    out = predictor.forward(batch)
+    assert out.novelty is None
+    expected = Predictor.load(bundle_dir, "onnx").forward(batch).novelty
+    assert expected is not None
+    got = [d.novelty for d in decide(predictor, out)]
+    assert got == pytest.approx(expected.tolist(), rel=1e-4)
+
+
+def test_a_bundle_without_a_check_ignores_the_graphs_novelty(bundle_dir: Path,
+                                                             tmp_path: Path) -> None:
+    """A bundle published again with `novelty: null` answers none, whatever its graph holds."""
+    off = tmp_path / "off-bundle"
+    shutil.copytree(bundle_dir, off)
+    meta = BundleMeta.model_validate_json((off / META_FILE).read_text())
+    (off / META_FILE).write_text(meta.model_copy(update={"novelty": None}).model_dump_json())
+    predictor = Predictor.load(off, "onnx")
+    assert isinstance(predictor.runtime, OnnxRuntime) and not predictor.runtime.has_novelty
+    (decision,) = decide(predictor, predictor.forward(noisy_batch(1)))
+    assert decision.novelty is None and not decision.novel
 
 
 def test_onnx_gives_the_class_maps_of_torch(bundle_dir: Path) -> None:

@@ -97,6 +97,25 @@ def test_a_novel_image_always_needs_review_whatever_its_confidence() -> None:
     assert novel.novelty == pytest.approx(5.0) and novel.confidence > 0.99
 
 
+def test_decide_reads_the_novelty_the_runtime_computed_and_scores_in_numpy_without() -> None:
+    """A graph with the check gives `NetOutput.novelty`, which wins over the features; an
+    output without it (older graphs, the torch explainer) is scored from the features."""
+    meta = BundleMeta(version="v", classes=["a", "b"], arch="seed_cnn",
+                      contract={"height": 16, "width": 16})
+    predictor = Predictor(meta, arch.build("seed_cnn", 2, 16, 16), novelty=FarFromZero())
+    logits = np.array([[9.0, 0.0], [9.0, 0.0]], dtype=np.float32)
+    features = np.array([[0.5, 0.0], [3.0, 4.0]], dtype=np.float32)
+    graph = NetOutput(logits, features, novelty=np.array([2.5, 0.25], dtype=np.float32))
+    novel, familiar = decide(predictor, graph)
+    assert (novel.novelty, novel.novel, novel.review_reason) == (2.5, True, "novel")
+    assert (familiar.novelty, familiar.novel, familiar.needs_review) == (0.25, False, False)
+    numpy_path = decide(predictor, NetOutput(logits, features))
+    assert [d.novelty for d in numpy_path] == pytest.approx([0.5, 5.0])
+    rows = NetOutput.concat([graph.row(1), graph.row(0)])
+    assert rows.novelty is not None and rows.novelty.tolist() == [0.25, 2.5]
+    assert NetOutput.concat([graph.row(0), NetOutput(logits[:1], features[:1])]).novelty is None
+
+
 def test_features_are_the_head_input_averaged_over_the_test_time_views() -> None:
     import torch
 

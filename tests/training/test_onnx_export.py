@@ -11,10 +11,13 @@ from torch import nn
 
 from piston import arch
 from piston.bundle import BundleMeta
+from piston.novelty import Scorer
 from piston.runtime import OnnxRuntime, TorchRuntime
 from training.config import load_config, recipe_names
+from training.novelty import embed, fit_novelty
 from training.onnx_export import (
     MAP_PARITY_LIMIT,
+    NOVELTY_PARITY_LIMIT,
     PARITY_LIMIT,
     export_bundle_onnx,
     map_difference,
@@ -50,6 +53,23 @@ def recipe_module(name: str, size: tuple[int, int] | None) -> tuple[nn.Module, B
     return module, meta
 
 
+def fitted_check(module: nn.Module, meta: BundleMeta) -> Scorer:
+    """A combined novelty check fitted on the module's features of random images, spread.
+
+    A random net maps every input near one direction (kNN thresholds ~1e-4, where float32's
+    resolution of a cosine near 1 is half a percent of the score); the spread gives the
+    thresholds of trained bundles (kNN 0.05-0.1)."""
+    c = meta.contract
+    rng = np.random.default_rng(3)
+    inputs = torch.from_numpy(rng.normal(0, 1, (30, 3, c.height, c.width)).astype(np.float32))
+    features = embed(module, inputs)
+    features = features + rng.normal(0, 0.5, features.shape).astype(np.float32) * np.abs(
+        features).mean()
+    scorer, _ = fit_novelty("combined", features[:20], np.arange(20) % 3, features[20:],
+                            features[:0], 3)
+    return scorer
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     e = np.exp(logits - logits.max(1, keepdims=True))
     return np.asarray(e / e.sum(1, keepdims=True))
@@ -63,8 +83,11 @@ def test_onnx_probabilities_match_torch(recipe: str, size: tuple[int, int] | Non
                                         tmp_path: Path) -> None:
     module, meta = recipe_module(recipe, size)
     c = meta.contract
-    export_bundle_onnx(module, c, tmp_path / "model.onnx")
-    onnx_rt, torch_rt = OnnxRuntime.load(tmp_path / "model.onnx"), TorchRuntime(module)
+    check = fitted_check(module, meta)
+    export_bundle_onnx(module, c, tmp_path / "model.onnx", check)
+    onnx_rt = OnnxRuntime.load(tmp_path / "model.onnx")
+    torch_rt = TorchRuntime(module, novelty=check)
+    assert onnx_rt.has_novelty
     # Grad-CAM nets (dense layers, MobileNet's two-layer head) explain in torch only
     assert onnx_rt.has_maps == (recipe not in ("seed", "linear_probe"))
     rng = np.random.default_rng(1)
@@ -75,6 +98,10 @@ def test_onnx_probabilities_match_torch(recipe: str, size: tuple[int, int] | Non
         assert ours.features.shape == theirs.features.shape
         assert np.abs(softmax(ours.logits) - softmax(theirs.logits)).max() <= PARITY_LIMIT
         np.testing.assert_allclose(ours.features, theirs.features, rtol=1e-3, atol=1e-4)
+        # the novelty check in the graph: the torch runtime's score, and the numpy scorer's
+        assert ours.novelty is not None and theirs.novelty is not None
+        np.testing.assert_allclose(ours.novelty, theirs.novelty, rtol=1e-4)
+        np.testing.assert_allclose(ours.novelty, check.score(ours.features), rtol=1e-4)
         if onnx_rt.has_maps:  # the heatmaps' maps, test-time views flipped back and all
             maps = onnx_rt.explain(batch).maps
             assert map_difference(maps, torch_rt.explain(batch).maps) <= MAP_PARITY_LIMIT
@@ -83,12 +110,16 @@ def test_onnx_probabilities_match_torch(recipe: str, size: tuple[int, int] | Non
 def test_the_parity_is_recorded_in_the_meta(tmp_path: Path) -> None:
     module, meta = recipe_module("bn_cnn", None)
     images = np.random.default_rng(2).integers(0, 256, (10, 3, 80, 80), dtype=np.uint8)
-    recorded = with_onnx(meta, module, images, tmp_path / "model.onnx")
+    recorded = with_onnx(meta, module, images, tmp_path / "model.onnx",
+                         fitted_check(module, meta))
     assert recorded.onnx is not None and (tmp_path / "model.onnx").is_file()
     assert recorded.onnx.images == 10 and recorded.onnx.labels_differ == 0
     assert 0 <= recorded.onnx.max_prob_diff <= PARITY_LIMIT
     assert recorded.onnx.max_map_diff is not None
     assert 0 <= recorded.onnx.max_map_diff <= MAP_PARITY_LIMIT
+    assert recorded.onnx.max_novelty_diff is not None
+    assert 0 <= recorded.onnx.max_novelty_diff <= NOVELTY_PARITY_LIMIT
+    assert OnnxRuntime.load(tmp_path / "model.onnx").has_novelty
     assert BundleMeta.model_validate_json(recorded.model_dump_json()).onnx == recorded.onnx
 
 
