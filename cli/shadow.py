@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
 
 from cli.output import emit
 from piston import shadow
@@ -50,21 +49,20 @@ def run_shadow(args: argparse.Namespace) -> int:
              f" (production: {spec.production})")
         return 0
     found = shadow.report(settings.redis_url, settings.shadow_samples)
-    emit(found.model_dump(), args.json, describe(found.model_dump()))
+    emit(found.model_dump(), args.json, describe(found))
     return 0
 
 
-def describe(r: dict[str, Any]) -> str:
+def describe(r: shadow.ShadowReport) -> str:
     """The figures for a person: the headline, the matrix, dropped images."""
-    spec = r.get("spec")
-    if not spec:
+    spec = r.spec
+    if spec is None:
         return "no shadow"
-    state = "running" if r["active"] else f"ended ({spec.get('ended_reason')})"
-    lines = [f"shadow of {spec['version']} vs {spec['production']}: {state}",
-             r["headline"],
-             f"offered {r['offered']}, compared {r['compared']}, dropped {r['dropped'] or 0},"
-             f" failed {r['failed']}"]
-    for prod, row in sorted(r["matrix"].items()):
+    state = "running" if r.active else f"ended ({spec.ended_reason})"
+    dropped = ", ".join(f"{n} {why}" for why, n in sorted(r.dropped.items())) or "0"
+    lines = [f"shadow of {spec.version} vs {spec.production}: {state}", r.headline,
+             f"offered {r.offered}, compared {r.compared}, dropped {dropped}, failed {r.failed}"]
+    for prod, row in sorted(r.matrix.items()):
         lines.append(f"  production {prod}: " + ", ".join(
             f"candidate {cand} {n}" for cand, n in sorted(row.items())))
     return "\n".join(lines)

@@ -204,3 +204,20 @@ def test_job_paths_and_overrides_are_checked_before_anything_is_queued(
     monkeypatch.setenv("PISTON_SCORE_SCHEDULE", json.dumps({str(tmp_path / "in"): "/tmp/out"}))
     assert main(["beat"]) == 2
     assert "out '/tmp/out' is not under a job root" in capsys.readouterr().err
+
+
+def test_shadow_report_reads_for_a_person() -> None:
+    """`piston shadow` prints the typed report: who is compared, state, counts, the matrix."""
+    from cli.shadow import describe
+    from piston.shadow import ShadowReport, ShadowSpec
+
+    assert describe(ShadowReport(active=False, headline="no shadow")) == "no shadow"
+    spec = ShadowSpec(id="s1", version="v2", share=0.5, production="v1", started_at="t0",
+                      ended_at="t1", ended_reason="promoted")
+    text = describe(ShadowReport(active=False, spec=spec, offered=10, compared=7, failed=1,
+                                 dropped={"busy": 2}, headline="agree on 6 of 7",
+                                 matrix={"normal": {"normal": 6, "defect_1": 1}}))
+    lines = text.splitlines()
+    assert lines[0] == "shadow of v2 vs v1: ended (promoted)" and lines[1] == "agree on 6 of 7"
+    assert lines[2] == "offered 10, compared 7, dropped 2 busy, failed 1"
+    assert lines[3] == "  production normal: candidate defect_1 1, candidate normal 6"
