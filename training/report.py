@@ -138,7 +138,9 @@ def _review_band(cal: CalibrationFigures) -> str:
     accepted = "-" if cal.accepted_accuracy is None else f"{cal.accepted_accuracy:.3f}"
     per_class = "".join(f"<li>{html.escape(name)}: {bar:.3f}</li>"
                         for name, bar in cal.class_thresholds.items())
-    hard = (f"<p>Classes with their own, higher threshold (their predictions err more):</p>"
+    hard = (f"<p>Thresholds per predicted class (higher where its predictions err more, lower"
+            f" where they err less; the global one for classes never predicted on"
+            f" validation):</p>"
             f"<ul>{per_class}</ul>") if per_class else ""
     return (
         f"<p>Confidence is calibrated on {cal.val_images} validation images (temperature"
