@@ -1,12 +1,14 @@
 """A published bundle's review band, before and after calibration, from its own splits.
 
-    python bench/calibration.py --data DIR [--version V] [--json]
+    python bench/calibration.py --data DIR [--version V] [--redraws N] [--json]
 
 Reads the bundle (PISTON_REGISTRY; the newest when no version is given) and its split.json,
 scores its validation and test images the way serving does (decode, preprocess, one forward
 pass of the bundle's network), and fits the calibration of training/calibrate.py again on the
 validation logits. Prints, for the same model in the same run, the rule before calibration
 (plain softmax, errors counted) beside the calibrated one: review share, accepted accuracy, ECE.
+With `--redraws N`, also the rule's review share and accepted error over N redraws of the
+held-out images into validation and test parts (`training.calibrate.redrawn_figures`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from piston.errors import PistonError, RegistryError
 from piston.imaging import preprocess
 from piston.registry import open_registry
 from piston.settings import Settings
-from training.calibrate import calibrate
+from training.calibrate import calibrate, redrawn_figures
 
 
 def logits_of(predictor: Predictor, data: Path, keys: list[str], max_pixels: int) -> np.ndarray:
@@ -35,7 +37,8 @@ def logits_of(predictor: Predictor, data: Path, keys: list[str], max_pixels: int
                            for part in np.array_split(batch, max(1, len(batch) // 64))])
 
 
-def figures(data: Path, version: str | None, settings: Settings) -> dict[str, Any]:
+def figures(data: Path, version: str | None, settings: Settings, redraws: int = 0
+            ) -> dict[str, Any]:
     registry = open_registry(settings)
     version = version or max(registry.versions(), default=None)
     if version is None:
@@ -53,18 +56,25 @@ def figures(data: Path, version: str | None, settings: Settings) -> dict[str, An
     cal = calibrate(logits["val"], labels["val"], logits["test"], labels["test"], meta.classes,
                     target, meta.config.get("decision_threshold", 0.5))
     accuracy = float((logits["test"].argmax(1) == labels["test"]).mean())
-    return {"version": version, "test_accuracy": accuracy, **cal.model_dump()}
+    row = {"version": version, "test_accuracy": accuracy, **cal.model_dump()}
+    if redraws and target is not None:
+        share, error = redrawn_figures(logits["val"], labels["val"], logits["test"],
+                                       labels["test"], meta.classes, target, redraws)
+        row.update(redraws=redraws, redrawn_review_share=share, redrawn_accepted_error=error)
+    return row
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="the data set folder (a folder per class)")
     parser.add_argument("--version", help="bundle version (default: the newest)")
+    parser.add_argument("--redraws", type=int, default=0,
+                        help="also score the rule over N redraws of the held-out images")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        row = figures(Path(args.data), args.version, Settings())
+        row = figures(Path(args.data), args.version, Settings(), args.redraws)
     except (PistonError, OSError, KeyError) as err:
         logging.error("%s", err)
         return 2
@@ -77,6 +87,11 @@ def main() -> int:
     print(f"after (T {row['temperature']:.2f}, threshold {row['threshold']:.3f}, per class"
           f" {row['class_thresholds']}): review {row['review_share']:.1%}, accepted accuracy"
           f" {row['accepted_accuracy']}, ECE {row['ece']:.3f}")
+    if "redraws" in row:
+        error = row["redrawn_accepted_error"]
+        print(f"over {row['redraws']} redraws of the held-out images: review"
+              f" {row['redrawn_review_share']:.1%}, accepted error"
+              f" {'-' if error is None else format(error, '.2%')}")
     return 0
 
 

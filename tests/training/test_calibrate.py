@@ -19,6 +19,7 @@ from training.calibrate import (
     expected_calibration_error,
     fit_calibration,
     fit_temperature,
+    redrawn_figures,
     review_figures,
     softmax,
 )
@@ -235,3 +236,16 @@ def test_calibrate_fits_on_validation_logits_and_reports_the_test_split() -> Non
     assert empty.threshold == 0.0 and empty.temperature == 1.0 and empty.review_share == 0.0
     fixed = calibrate(logits[:10], labels[:10], logits[10:20], labels[10:20], CLASSES, None, 0.6)
     assert fixed.threshold == 0.6 and fixed.temperature == 1.0 and fixed.threshold_source == "fixed"
+
+
+def test_redrawn_figures_score_the_rule_on_redrawn_held_out_parts() -> None:
+    rng = np.random.default_rng(6)
+    probs, labels = skewed(240, rng)
+    logits = np.log(probs)
+    share, error = redrawn_figures(logits[:120], labels[:120], logits[120:], labels[120:],
+                                   CLASSES, 0.02, 20)
+    assert 0.0 < share < 0.6 and error is not None and error < 0.06
+    assert redrawn_figures(logits[:120], labels[:120], logits[120:], labels[120:], CLASSES,
+                           0.02, 20) == (share, error)  # seeded
+    assert redrawn_figures(logits[:120], labels[:120], logits[120:], labels[120:], CLASSES,
+                           0.02, 0) == (0.0, None)
