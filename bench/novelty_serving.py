@@ -9,9 +9,9 @@ the check scored in numpy from the features by `decide`: bundles exported before
 is timed alone; the three alternate in blocks of 50 calls, so the machine's other load falls on
 all alike. Prints per batch size the median time per call and the mean of the fastest 99%
 (a process paused by the machine's other work shows as a few calls of seconds), and each
-one's excess over `off`. Without `--bundle` it trains one as bench/serve.py does (bn_cnn, 12 epochs). The graphs
-are exported from the bundle's weights and its fitted check, so any bundle with a novelty
-check will do.
+one's excess over `off`. Without `--bundle` it trains one as bench/serve.py does (bn_cnn,
+12 epochs). The graphs are exported from the bundle's weights and its fitted check, so any
+bundle with a novelty check will do.
 """
 
 from __future__ import annotations
