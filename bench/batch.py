@@ -65,6 +65,11 @@ def wait_port(port: int) -> None:
     raise SystemExit(f"nothing listens on {port}")
 
 
+def shard_env(args: argparse.Namespace) -> dict[str, str]:
+    """The workers' shard size: the product's default unless `--shard-size` says otherwise."""
+    return {"PISTON_SCORE_SHARD_SIZE": str(args.shard_size)} if args.shard_size else {}
+
+
 def rate(n: int, seconds: float) -> float:
     return n / seconds
 
@@ -74,7 +79,8 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=4, help="copies of the 285 images")
     default_data = str(ROOT.parent / "shared/data/ac-pistons")
     parser.add_argument("--data", default=os.environ.get("PISTON_DATA_DIR", default_data))
-    parser.add_argument("--shard-size", type=int, default=64)
+    parser.add_argument("--shard-size", type=int,
+                        help="PISTON_SCORE_SHARD_SIZE of the workers (default: the setting's)")
     parser.add_argument("--source", choices=("s3", "local"), default="s3")
     parser.add_argument("--runtimes", nargs="+", choices=("onnx", "torch"),
                         default=["onnx", "torch"])
@@ -171,8 +177,9 @@ def run(args: argparse.Namespace, tmp: Path, endpoint: str,
 
         env = dict(os.environ, PISTON_S3_ENDPOINT_URL=endpoint,
                    PISTON_REGISTRY="s3://bench/registry", PISTON_RUNS_DIR=str(tmp / "runs"),
-                   PISTON_SCORE_SHARD_SIZE=str(args.shard_size), PISTON_RUNTIME=rt,
-                   PISTON_JOB_ROOTS=json.dumps(["s3://bench/images", "s3://bench/out"]))
+                   PISTON_RUNTIME=rt,
+                   PISTON_JOB_ROOTS=json.dumps(["s3://bench/images", "s3://bench/out"]),
+                   **shard_env(args))
         for procs in (1, 2):
             jobs[(rt, procs)] = time_job(env, procs, "s3://bench/images",
                                          f"s3://bench/out/{procs}{rt}", "s3://bench/images/copy0",
@@ -287,12 +294,14 @@ def run_local(args: argparse.Namespace) -> None:
         registry.promote(outcome.version, "bench", force=True)
         model_dir = str(registry.fetch(outcome.version))
         print(f"{len(paths)} images ({args.copies} copies of {len(files)}) in a local folder,"
-              f" model {outcome.version}, {os.cpu_count()} cores, shards of {args.shard_size}"
+              f" model {outcome.version}, {os.cpu_count()} cores, shards of"
+              f" {args.shard_size or 'the default size'}"
               + (f", baseline workers from {trees['baseline job']}" if args.baseline else ""))
         for rt in args.runtimes:
             env = dict(os.environ, PISTON_REGISTRY=str(tmp / "registry"), PISTON_RUNTIME=rt,
-                       PISTON_SCORE_SHARD_SIZE=str(args.shard_size), PISTON_RUNS_DIR=str(tmp),
-                       PISTON_JOB_ROOTS=json.dumps([str(tmp / "images"), str(tmp / "out")]))
+                       PISTON_RUNS_DIR=str(tmp),
+                       PISTON_JOB_ROOTS=json.dumps([str(tmp / "images"), str(tmp / "out")]),
+                       **shard_env(args))
             for procs in (1, 2):  # the ceiling just before and just after the jobs: a shared
                 before = compute_ceiling(model_dir, paths, procs, rt)  # machine's load moves
                 for label, tree in trees.items():

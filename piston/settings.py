@@ -98,7 +98,8 @@ class Settings(BaseSettings):
         description="Celery broker, result backend and job records (the password is never shown)")
     s3_endpoint_url: str | None = Field(
         None, description="S3-compatible endpoint (MinIO, moto); credentials from AWS_*")
-    score_shard_size: int = Field(default=64, ge=1, description="images per batch-scoring shard")
+    score_shard_size: int = Field(
+        default=256, ge=1, description="images per batch-scoring shard (the last ones smaller)")
     score_max_images_per_second: float = Field(
         default=0.0, ge=0, description="per worker process, to spare a shared store; 0 = unlimited"
     )

@@ -70,7 +70,11 @@ def celery_config(settings: Settings, queues: tuple[str, ...] = QUEUES) -> dict[
         # goes back to the queue instead of being lost (and `_begin` caps how often).
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "worker_prefetch_multiplier": 1,
+        # Each process holds the next message while it runs one (multiplier 2): with 1, a
+        # process that finished a shard waited for the ack, a fetch from Redis and the
+        # hand-off before starting the next, 2-30 ms a shard (docs/benchmarks.md). The
+        # visibility timeout above already allows for a message held one task's length.
+        "worker_prefetch_multiplier": 2,
         "broker_transport_options": transport,
         "task_publish_retry_policy": {"max_retries": retries, "interval_start": 0,
                                       "interval_step": 1, "interval_max": 5},

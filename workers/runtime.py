@@ -6,6 +6,7 @@ once per worker process and follows the registry's `production` pointer, as the 
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -49,7 +50,8 @@ class Runtime:
         """The production model, swapping in a newer one when the pointer has moved."""
         if self.registry.current() is None:  # raises StorageUnavailable when the store is down
             raise PistonError("nothing is in production: promote a bundle first")
-        self.follower.refresh()
+        if self.follower.refresh():
+            settle_heap()
         predictor = self.follower.current
         if predictor is None:
             why = self.follower.status.last_error
@@ -62,15 +64,29 @@ class Runtime:
         A process whose first task is a shard loads production first: loading `version` as
         a pinned copy would load the same model again at its first plan.
         """
-        if self.follower.current is None:
-            self.follower.refresh()
+        if self.follower.current is None and self.follower.refresh():
+            settle_heap()
         current = self.follower.current
         if current is not None and current.meta.version == version:
             return current
         if version not in self._pinned:
             self._pinned = {version: Predictor.load(self.registry.fetch(version),
                                                     self.settings.runtime, self.threads)}
+            settle_heap()
         return self._pinned[version]
+
+
+def settle_heap() -> None:
+    """Move what the process holds now (modules, the model) out of the garbage collector's view.
+
+    A full collection walks every object the process holds: in a scoring process that is
+    ~150 ms (measured, docs/benchmarks.md), once every job or so, and it fell in a job's
+    serial steps (the plan, the merge) while the other processes waited. Frozen objects are
+    never walked again; unfreezing first lets a model swapped out be collected.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def runtime(app: Any) -> Runtime:

@@ -28,6 +28,10 @@ from workers.results import read_results
 BATCH = 16  # images per forward pass: small enough for frequent progress and stop checks
 HEATMAPS = "heatmaps"  # under a job's output: <key>.png for each flagged image, when asked
 READ_AHEAD = 2  # batches read while the one before is scored: bounds the bytes held
+# The last shards of a job shrink: each is at most 1/TAPER of what is left to plan, and never
+# under MIN_SHARD images, so the processes run out of work together (see `shard_sizes`).
+TAPER = 4
+MIN_SHARD = 2 * BATCH
 
 Item = tuple[str, str, int]  # key, etag, size: what a shard message carries per image
 Fetched = tuple[dict[str, str], bytes | ImageFailure]  # user metadata, content or why not
@@ -65,8 +69,29 @@ def plan_job(src: Storage, out: Storage, model_version: str, only_new: bool,
             if only_new or r.model_version == model_version}
     images = list_images(src)
     todo = [(o.key, o.etag, o.size) for o in images if (o.key, o.etag) not in seen]
-    shards = [todo[i:i + shard_size] for i in range(0, len(todo), shard_size)]
+    shards, begin = [], 0
+    for size in shard_sizes(len(todo), shard_size):
+        shards.append(todo[begin:begin + size])
+        begin += size
     return Plan(shards, len(images) - len(todo))
+
+
+def shard_sizes(total: int, shard_size: int) -> list[int]:
+    """Shards of `shard_size` images, then smaller ones towards the end of the job.
+
+    Each shard costs a fixed ~10 ms (a Celery hand-off, Redis bookkeeping, its part written
+    and synced: docs/benchmarks.md), so shards should be large; but a job ends when its last
+    shard does, and with equal shards one process scores the last while the others wait.
+    Tapering (a shard takes at most a TAPER-th of what is left, down to MIN_SHARD) keeps the
+    bulk in large shards and leaves only small ones to finish on.
+    """
+    sizes = []
+    left = total
+    while left:
+        size = min(left, shard_size, max(MIN_SHARD, left // TAPER))
+        sizes.append(size)
+        left -= size
+    return sizes
 
 
 def _fetch(src: Storage, item: Item, max_bytes: int) -> Fetched:

@@ -8,6 +8,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from stat import S_ISREG
 
 from piston.errors import InvalidName, ObjectTooLarge, StorageError
 from piston.storage.base import ObjectInfo
@@ -91,11 +92,23 @@ class LocalStorage:
             return [_info(prefix, base)]
         if not base.is_dir():
             return []
+        # os.walk with each entry's own stat, not pathlib: a plan lists every image of a job
+        # while the other worker processes wait for its shards (less than half the CPU, measured)
         found = []
-        for path in sorted(base.rglob("*")):
-            if path.is_file() and not path.name.startswith("."):
-                rel = path.relative_to(self.root).as_posix()
-                found.append(_info(rel, path))
+        root = len(str(self.root)) + 1
+        for folder, _, files in os.walk(base):
+            for name in files:
+                if name.startswith("."):
+                    continue
+                path = os.path.join(folder, name)
+                try:
+                    stat = os.stat(path)  # follows a link, as is_file() did
+                except OSError:  # gone meanwhile, or a dangling link
+                    continue
+                if S_ISREG(stat.st_mode):
+                    found.append(ObjectInfo(path[root:].replace(os.sep, "/"), stat.st_size,
+                                            etag=_etag(stat)))
+        found.sort(key=lambda o: o.key.split("/"))  # pathlib's order: by path segment
         return found
 
     def head(self, key: str) -> ObjectInfo | None:

@@ -35,7 +35,7 @@ def test_the_schedule_and_the_no_loss_settings_come_from_the_settings() -> None:
     assert entry["kwargs"] == {"src": "s3://a/in", "out": "s3://a/out", "only_new": True}
     conf = celery_config(settings)
     assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
-    assert conf["worker_prefetch_multiplier"] == 1 and conf["accept_content"] == ["json"]
+    assert conf["worker_prefetch_multiplier"] == 2 and conf["accept_content"] == ["json"]
     assert conf["broker_transport_options"]["visibility_timeout"] > 7200
     assert conf["task_annotations"]["piston.retrain"]["time_limit"] == 7200
 

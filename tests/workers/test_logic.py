@@ -24,7 +24,7 @@ from workers.results import (
     read_results,
     to_jsonl,
 )
-from workers.scoring import list_images, plan_job, score_shard
+from workers.scoring import MIN_SHARD, list_images, plan_job, score_shard, shard_sizes
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,27 @@ def test_plan_skips_what_this_model_scored_and_shards_the_rest(tmp_path: Path) -
     src.write("a/1.jpeg", b"a new photo")  # replaced: a new object, scored again
     plan = plan_job(src, out, "v1", only_new=True, shard_size=10)
     assert [i[0] for s in plan.shards for i in s] == ["a/1.jpeg", "b/3.jpg"]
+
+
+def test_shards_are_full_size_then_taper_so_the_processes_finish_together() -> None:
+    sizes = shard_sizes(1140, 256)
+    assert sum(sizes) == 1140 and sizes[0] == 256 and max(sizes) == 256
+    assert sizes == sorted(sizes, reverse=True)  # the small ones come last
+    assert all(s >= MIN_SHARD for s in sizes[:-1]) and sizes[-2] == MIN_SHARD
+    assert shard_sizes(10_000, 64).count(64) > 140  # the bulk stays in full shards
+    assert shard_sizes(3, 2) == [2, 1] and shard_sizes(10, 10) == [10] and shard_sizes(0, 64) == []
+
+
+def test_a_folder_lists_by_path_segment_without_hidden_files_or_folders(tmp_path: Path) -> None:
+    src = LocalStorage(tmp_path)
+    for key in ("a-b/x.png", "a/b.png", "a/.partial.png", "a b/z.png", "A/q.png", "a/c/d.png"):
+        src.write(key, b"x")
+    (tmp_path / "a" / "link.png").symlink_to(tmp_path / "a" / "b.png")
+    (tmp_path / "a" / "dangling.png").symlink_to(tmp_path / "gone.png")
+    listed = src.list()
+    assert [o.key for o in listed] == ["A/q.png", "a/b.png", "a/c/d.png", "a/link.png",
+                                       "a b/z.png", "a-b/x.png"]
+    assert listed[1] == src.head("a/b.png") and [o.key for o in src.list("a/c")] == ["a/c/d.png"]
 
 
 def test_a_shard_with_a_corrupt_and_an_oversize_image(tmp_path: Path, piston_data: Path,
