@@ -202,6 +202,7 @@ class Engine:
             version=meta.version if meta else None,
             classes=meta.classes if meta else None,
             threshold=meta.threshold if meta else None,
+            class_thresholds=dict(meta.calibration.class_thresholds) if meta else None,
             arch=meta.arch if meta else None,
             runtime=predictor.runtime.name if predictor is not None else None,
             created_at=meta.created_at if meta else None,

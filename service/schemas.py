@@ -120,7 +120,10 @@ class ModelAnswer(BaseModel):
     # The bundle being served; all null until one is loaded.
     version: str | None = None
     classes: list[str] | None = None
-    threshold: float | None = None
+    threshold: float | None = Field(None, description="the global review threshold")
+    class_thresholds: dict[str, float] | None = Field(
+        None, description="the review threshold of each predicted class that has its own"
+        " (answers labelled so are flagged under it instead of the global one)")
     arch: str | None = None
     runtime: str | None = Field(None, description="what runs the forward pass (torch, onnx)")
     created_at: str | None = None

@@ -15,6 +15,7 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from piston import jobs
+from piston.bundle import read_meta
 from tests.conftest import image_bytes
 from tests.service.conftest import Bundles, open_registry
 
@@ -97,6 +98,10 @@ def test_not_ready_without_a_bundle_then_follows_the_pointer(
     assert model["version"] == bundles.good and isinstance(model["gates_passed"], bool)
     assert set(model["classes"]) == {"defect_1", "defect_2", "normal"}
     assert {g["name"] for g in model["gates"]} and "accuracy" in model["metrics"]
+    # the review band as the bundle holds it: the global threshold and each class's own
+    meta = read_meta(open_registry(registry_dir).fetch(bundles.good))
+    assert model["threshold"] == meta.calibration.threshold
+    assert model["class_thresholds"] == meta.calibration.class_thresholds
 
 
 def test_inputs_in_every_mode_and_the_bad_input_table(

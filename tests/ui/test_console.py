@@ -156,7 +156,9 @@ def test_a_dropped_image_shows_its_label(browser: Any, console: Console,
     assert len(bars) == len(expected["probabilities"])
     review = browser.find_element(By.ID, "try-review").text
     assert review == ("needs review" if expected["needs_review"] else "confident")
-    assert "%" in browser.find_element(By.ID, "try-threshold").text
+    model = httpx.get(f"{console.url}/model", timeout=30).json()
+    limit = (model["class_thresholds"] or {}).get(expected["label"], model["threshold"])
+    assert browser.find_element(By.ID, "try-threshold").text.startswith(f"{100 * limit:.1f}%")
     screenshot(browser, "try")
 
     drop(browser, b"%PDF-1.4 a drawing, not a photo", "drawing.pdf", "application/pdf")

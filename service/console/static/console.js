@@ -302,9 +302,13 @@ async function openReport(version) {
 }
 
 // ----------------------------------------------------------------------------------- try it
-async function threshold(version) {
+// The review threshold an answer labelled `label` by `version` was held to: its class's own
+// where the bundle has one, else the global one.
+async function threshold(version, label) {
   if (!state.info || state.info.version !== version) await loadServing();
-  return state.info && state.info.version === version ? state.info.threshold : null;
+  if (!state.info || state.info.version !== version) return null;
+  const own = state.info.class_thresholds && state.info.class_thresholds[label];
+  return own === undefined || own === null ? state.info.threshold : own;
 }
 
 // A heatmap laid over the image in `stage` (a .stage holding it): the PNG stretched to the
@@ -341,7 +345,7 @@ async function classify(file) {
     const b = r.explanation && r.explanation.box;
     $("try-box-text").textContent = b ? `x ${b.x0}–${b.x1}, y ${b.y0}–${b.y1} px`
       + ` of ${r.explanation.image_width}×${r.explanation.image_height}` : "–";
-    const limit = await threshold(r.model_version);
+    const limit = await threshold(r.model_version, r.label);
     $("try-label").textContent = r.label;
     $("try-review").textContent = r.needs_review ? "needs review" : "confident";
     $("try-review").className = `pill ${r.needs_review ? "warn" : "ok"}`;
