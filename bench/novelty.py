@@ -10,8 +10,9 @@ its splits, of every image under `--other` and of made-up non-part images (noise
 text, checkerboard; resized to the model's input), fits each novelty method on train and
 sets its threshold on validation (training/novelty.py: `combined` is Mahalanobis and kNN at
 half the target each), then prints the share flagged of validation, test, the other set and
-each made-up kind, and the AUROC test-vs-other. Last, the cost: CPU time of the forward pass
-of a batch of 32 against scoring its features.
+each made-up kind, and the AUROC test-vs-other; `combined+channels` adds the check on the
+inputs' colour channels (fitted on the validation images' inputs). Last, the cost: CPU time
+of the forward pass of a batch of 32 against scoring its features.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from training.config import TrainConfig, load_config
 from training.decode import DecodedSet
 from training.novelty import embed, fit_novelty, head_features
 from training.pipeline import fit_split, make_split, prepare
-from training.train import contract_of
+from training.train import contract_of, to_inputs
 
 MAX_PIXELS = 40_000_000
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -91,21 +92,26 @@ def main() -> int:
 
     start = time.perf_counter()
     module, contract, parts, classes = model_and_splits(args)
-    train, val, test = (head_features(module, parts[n].images, contract) for n in PARTS)
+    train = head_features(module, parts["train"].images, contract)
+    val_in, test_in = (to_inputs(parts[n].images, contract).numpy() for n in ("val", "test"))
     files = sorted(p for p in Path(args.other).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    other_inputs = np.stack([preprocess(p.read_bytes(), contract) for p in files])
-    other = embed(module, torch.from_numpy(other_inputs))
-    made_up = {kind: embed(module, torch.from_numpy(np.stack(
-        [preprocess(b, contract) for b in blobs]))) for kind, blobs in made_up_images().items()}
+    inputs = {"val": val_in, "test": test_in,
+              "other": np.stack([preprocess(p.read_bytes(), contract) for p in files]),
+              **{kind: np.stack([preprocess(b, contract) for b in blobs])
+                 for kind, blobs in made_up_images().items()}}
+    features = {n: embed(module, torch.from_numpy(x)) for n, x in inputs.items()}
+    val, test, other = features["val"], features["test"], features["other"]
+    made_up = {k: v for k, v in features.items() if k not in ("val", "test", "other")}
 
     scorers: dict[str, Scorer] = {}
     rows = []
-    for method in METHODS:
-        scorer, info = fit_novelty(method, train, parts["train"].labels, val, test, classes)
-        scorers[method] = scorer
-        scores = {n: scorer.score(f) for n, f in
-                  (("val", val), ("test", test), ("other", other), *made_up.items())}
-        rows.append({"method": method, "rule": rule(info),
+    # combined: the features' checks alone, then with the channels check on the inputs
+    for method, name in (*((m, m) for m in METHODS), ("combined", "combined+channels")):
+        scorer, info = fit_novelty(method, train, parts["train"].labels, val, test, classes,
+                                   inputs=(val_in, test_in) if "channels" in name else None)
+        scorers[name] = scorer
+        scores = {n: scorer.score(f, inputs[n]) for n, f in features.items()}
+        rows.append({"method": name, "rule": rule(info),
                      **{f"{n}_flagged": round(float((s > scorer.threshold).mean()), 4)
                         for n, s in scores.items()},
                      "auroc_test_vs_other": round(auroc(scores["test"], scores["other"]), 4),
@@ -114,7 +120,7 @@ def main() -> int:
               "recipe": None if args.bundle else args.recipe,
               "images": {"train": len(train), "val": len(val), "test": len(test),
                          "other": len(other), **{k: len(v) for k, v in made_up.items()}},
-              "methods": rows, "cost": cost(module, other_inputs, scorers),
+              "methods": rows, "cost": cost(module, inputs["other"], scorers),
               "seconds": round(time.perf_counter() - start, 1),
               "load_average": os.getloadavg()}
     if args.json:
@@ -123,7 +129,7 @@ def main() -> int:
     print(f"{args.bundle or args.recipe} on {args.data}, other: {args.other} {result['images']}")
     for r in rows:
         kinds = ", ".join(f"{k} {r[f'{k}_flagged']:.0%}" for k in made_up)
-        print(f"  {r['method']:12s} ({r['rule']}): flags val {r['val_flagged']:.1%}, test"
+        print(f"  {r['method']:17s} ({r['rule']}): flags val {r['val_flagged']:.1%}, test"
               f" {r['test_flagged']:.1%}, other {r['other_flagged']:.1%}; {kinds};"
               f" AUROC test-vs-other {r['auroc_test_vs_other']:.3f}")
     print(f"  cost per batch of 32: {result['cost']}")
@@ -148,7 +154,7 @@ def cost(module: nn.Module, inputs: np.ndarray, scorers: dict[str, Scorer],
             for name, scorer in scorers.items():
                 t = time.process_time()
                 for _ in range(reps):  # one call is too short for the clock
-                    scorer.score(features)
+                    scorer.score(features, inputs[:32])
                 times[name].append((time.process_time() - t) / reps)
     out = {f"{n}_cpu_ms": round(float(np.median(v)) * 1000, 4) for n, v in times.items()}
     for name in scorers:

@@ -8,6 +8,7 @@ file lists, a fingerprint of the data and its lineage.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import fcntl
 import functools
@@ -27,7 +28,7 @@ from piston.calibration import Calibration
 from piston.errors import ConfigError, RegistryError
 from piston.figures import TrainingMetrics
 from piston.imaging import Contract
-from piston.novelty import NoveltyInfo
+from piston.novelty import NoveltyInfo, needs_inputs
 from piston.novelty import load as load_novelty
 from piston.runtime import (
     DEFAULT_RUNTIME,
@@ -283,9 +284,11 @@ class Predictor:
     def forward(self, batch: np.ndarray, explain: bool = False) -> NetOutput:
         """Logits and features for a (N, 3, H, W) float32 batch; with `explain`, the class
         activation maps too (`NetOutput.maps`, see `piston.explain.class_map`)."""
-        if explain:
-            return self.explainer.explain(batch)
-        return self.runtime.forward(batch)
+        out = self.explainer.explain(batch) if explain else self.runtime.forward(batch)
+        if out.novelty is None and self.novelty is not None and needs_inputs(self.novelty):
+            # a check that reads the inputs, under a graph without it: numpy, with the batch
+            out = dataclasses.replace(out, novelty=self.novelty.score(out.features, batch))
+        return out
 
     @functools.cached_property
     def explainer(self) -> Runtime:

@@ -9,8 +9,8 @@ inside the graph they are a few more nodes of one `run`.
 
 The kNN check stays exact: a product against the whole bank and a `topk`, in float32 (the
 bank is stored in float16 and widened and normalised as the numpy scorer does, so both
-compare against the same numbers). Imports torch: only the torch runtime and the exporter use
-it, never the ONNX path.
+compare against the same numbers). The channels check reads the graph's input. Imports
+torch: only the torch runtime and the exporter use it, never the ONNX path.
 """
 
 from __future__ import annotations
@@ -18,7 +18,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from piston.novelty import CombinedScorer, KnnScorer, MahalanobisScorer, PartScorer, Scorer
+from piston.novelty import (
+    CHANNEL_STRIDE,
+    ChannelScorer,
+    CombinedScorer,
+    KnnScorer,
+    MahalanobisScorer,
+    PartScorer,
+    Scorer,
+)
 
 
 class MahalanobisHead(nn.Module):
@@ -30,7 +38,7 @@ class MahalanobisHead(nn.Module):
         self.centres_t = nn.Buffer(torch.from_numpy(scorer.centres.T.copy()))
         self.centre_norms = nn.Buffer(torch.from_numpy(scorer.centre_norms.copy()))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         z = features @ self.whiten
         d2 = (z * z).sum(1, keepdim=True) - 2.0 * (z @ self.centres_t) + self.centre_norms
         return torch.sqrt(torch.clamp(d2.min(1).values, min=0.0))
@@ -44,22 +52,37 @@ class KnnHead(nn.Module):
         self.bank_t = nn.Buffer(torch.from_numpy(scorer.bank.T.copy()))  # float32 unit rows
         self.k = scorer.k
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         norms = torch.clamp(torch.linalg.vector_norm(features, dim=1, keepdim=True), min=1e-12)
         sim = (features / norms) @ self.bank_t
         return 1.0 - torch.topk(sim, self.k, dim=1).values.mean(1)
 
 
+class ChannelHead(nn.Module):
+    """`ChannelScorer.score`: one minus the mean correlation of the input's colour channels."""
+
+    def forward(self, features: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        x = inputs[:, :, ::CHANNEL_STRIDE, ::CHANNEL_STRIDE]
+        c = x - x.mean((2, 3), keepdim=True)
+        var = (c * c).mean((2, 3))
+        corr = [(c[:, a] * c[:, b]).mean((1, 2))
+                / torch.sqrt(torch.clamp(var[:, a] * var[:, b], min=1e-12))
+                for a, b in ((0, 1), (0, 2), (1, 2))]
+        return 1.0 - (corr[0] + corr[1] + corr[2]) / 3.0
+
+
 def part_head(scorer: PartScorer) -> nn.Module:
     if isinstance(scorer, MahalanobisScorer):
         return MahalanobisHead(scorer)
+    if isinstance(scorer, ChannelScorer):
+        return ChannelHead()
     return KnnHead(scorer)
 
 
 class NoveltyHead(nn.Module):
-    """Head features (N, D) -> the bundle's novelty score (N,), as `Scorer.score` gives it:
-    for a combined check the largest of its checks' scores each divided by its threshold,
-    for a single check (older bundles) its raw score."""
+    """Head features (N, D) and the model's inputs (N, 3, H, W) -> the bundle's novelty score
+    (N,), as `Scorer.score` gives it: for a combined check the largest of its checks' scores
+    each divided by its threshold, for a single check (older bundles) its raw score."""
 
     def __init__(self, scorer: Scorer) -> None:
         super().__init__()
@@ -70,8 +93,8 @@ class NoveltyHead(nn.Module):
         # divided as the numpy scorer divides (by the float32 threshold), not multiplied
         self.divisors = [max(p.threshold, 1e-12) if combined else 1.0 for p in parts]
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        scores = [part(features) / divisor
+    def forward(self, features: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        scores = [part(features, inputs) / divisor
                   for part, divisor in zip(self.parts, self.divisors, strict=True)]
         score = scores[0]
         for other in scores[1:]:
@@ -90,4 +113,4 @@ class Scored(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs = tuple(self.net(x))
-        return (*outputs, self.head(outputs[1]))
+        return (*outputs, self.head(outputs[1], x))

@@ -100,8 +100,10 @@ class TorchRuntime(Runtime):
 
         self._threads()
         with torch.inference_mode():
-            logits, features = self.embedder(torch.from_numpy(batch))
-            return NetOutput(logits.numpy(), features.numpy(), novelty=self._novelty(features))
+            inputs = torch.from_numpy(batch)
+            logits, features = self.embedder(inputs)
+            return NetOutput(logits.numpy(), features.numpy(),
+                             novelty=self._novelty(features, inputs))
 
     @property
     def explain_method(self) -> Method:
@@ -113,14 +115,15 @@ class TorchRuntime(Runtime):
         self._threads()
         taken = self.feature_maps(torch.from_numpy(batch))
         with torch.inference_mode():
-            novelty = self._novelty(torch.from_numpy(taken.features))
+            novelty = self._novelty(torch.from_numpy(taken.features), torch.from_numpy(batch))
         return NetOutput(taken.logits, taken.features, taken.maps, novelty)
 
-    def _novelty(self, features: Any) -> np.ndarray | None:
-        """The novelty head's scores of (N, D) feature tensors, when there is one."""
+    def _novelty(self, features: Any, inputs: Any) -> np.ndarray | None:
+        """The novelty head's scores of (N, D) feature tensors and their (N, 3, H, W) inputs,
+        when there is one."""
         if self.novelty_head is None:
             return None
-        return self.novelty_head(features).numpy()
+        return self.novelty_head(features, inputs).numpy()
 
     @functools.cached_property
     def feature_maps(self) -> FeatureMaps:

@@ -71,7 +71,7 @@ class NoveltyScorer(Protocol):
 
     threshold: float
 
-    def score(self, features: np.ndarray) -> np.ndarray: ...
+    def score(self, features: np.ndarray, inputs: np.ndarray | None = None) -> np.ndarray: ...
 
 
 class Decision(BaseModel):

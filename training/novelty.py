@@ -24,6 +24,7 @@ from torch import nn
 
 from piston.imaging import Contract
 from piston.novelty import (
+    ChannelScorer,
     CombinedScorer,
     KnnScorer,
     MahalanobisScorer,
@@ -46,6 +47,12 @@ KNN_K = 5
 # similarity product costs ~1 ms CPU against ~250 ms for the forward pass of 32 images
 KNN_BANK = 2048
 DEFAULT_METHOD: Method = "combined"
+# The channels check (combined, when the inputs are given): a small share, and a floor under
+# its threshold: familiar photographs' channels correlate 0.63-1.0 (pistons, fabric), and a
+# set of grey images (fabric: exactly 1) would otherwise get a threshold of ~0 that any
+# colour in an image crosses
+CHANNEL_SHARE = 0.005
+CHANNEL_FLOOR = 0.5
 
 
 def ledoit_wolf(centred: np.ndarray) -> tuple[np.ndarray, float]:
@@ -88,6 +95,8 @@ def fit_part(method: PartMethod, features: np.ndarray, labels: np.ndarray,
              classes: int) -> PartScorer:
     if method == "mahalanobis":
         return fit_mahalanobis(features, labels, classes)
+    if method == "channels":
+        return ChannelScorer(math.inf)  # nothing to fit: the threshold is all
     return fit_knn(features)
 
 
@@ -107,10 +116,11 @@ def tail_threshold(scores: np.ndarray, target: float = TARGET_SHARE) -> float:
     return max(fitted, empirical)
 
 
-def flagged_share(scorer: Scorer, features: np.ndarray) -> float | None:
+def flagged_share(scorer: Scorer, features: np.ndarray,
+                  inputs: np.ndarray | None = None) -> float | None:
     if len(features) == 0:
         return None
-    return float((scorer.score(features) > scorer.threshold).mean())
+    return float((scorer.score(features, inputs) > scorer.threshold).mean())
 
 
 def head_features(module: nn.Module, images: np.ndarray, contract: Contract,
@@ -134,18 +144,23 @@ def fit_for_bundle(module: nn.Module, contract: Contract, parts: dict[str, Decod
                    classes: int, method: Method = DEFAULT_METHOD,
                    target: float = TARGET_SHARE) -> tuple[Scorer, NoveltyInfo]:
     """The bundle's novelty check: fitted on train, threshold on val, figures on test."""
-    train, val, test = (head_features(module, parts[n].images, contract)
-                        for n in ("train", "val", "test"))
-    return fit_novelty(method, train, parts["train"].labels, val, test, classes, target)
+    val_in, test_in = (to_inputs(parts[n].images, contract) for n in ("val", "test"))
+    train = head_features(module, parts["train"].images, contract)
+    val, test = embed(module, val_in), embed(module, test_in)
+    return fit_novelty(method, train, parts["train"].labels, val, test, classes, target,
+                       inputs=(val_in.numpy(), test_in.numpy()))
 
 
 def fit_novelty(method: Method, features: np.ndarray, labels: np.ndarray, val: np.ndarray,
-                test: np.ndarray, classes: int,
-                target: float = TARGET_SHARE) -> tuple[Scorer, NoveltyInfo]:
+                test: np.ndarray, classes: int, target: float = TARGET_SHARE,
+                inputs: tuple[np.ndarray, np.ndarray] | None = None,
+                ) -> tuple[Scorer, NoveltyInfo]:
     """Fit on the training features (and labels), threshold on validation, test shows it.
 
     `combined`: Mahalanobis and kNN, each thresholded at `target / 2`, novel when either is
-    over (their flags overlap, so together they flag at most about `target`).
+    over (their flags overlap, so together they flag at most about `target`); with the
+    validation and test images' model `inputs`, the channels check too, at `CHANNEL_SHARE`
+    and never under `CHANNEL_FLOOR`.
     """
     # a tail needs two scores; with fewer validation images the training images' own scores
     # (lower than unseen ones': a threshold that flags more) stand in, and the record says so
@@ -154,16 +169,23 @@ def fit_novelty(method: Method, features: np.ndarray, labels: np.ndarray, val: n
     share = target / len(methods)
     checks = [thresholded(fit_part(m, features, labels, classes), reference, share)
               for m in methods]
+    val_in, test_in = inputs if inputs is not None else (None, None)
+    with_channels = method == "combined" and val_in is not None and len(val_in) >= MIN_VAL
+    if with_channels:
+        threshold = tail_threshold(ChannelScorer(math.inf).score(val, val_in), CHANNEL_SHARE)
+        checks.append(ChannelScorer(max(threshold, CHANNEL_FLOOR)))
     scorer: Scorer = CombinedScorer(checks) if method == "combined" else checks[0]
     info = NoveltyInfo(
         method=method, threshold=scorer.threshold, target_share=target,
         threshold_source=f"log-normal tail of {len(reference)} {source} scores"
-                         + (f", {share:.1%} per check" if len(checks) > 1 else ""),
-        val_flagged=flagged_share(scorer, val) or 0.0,
-        test_flagged=flagged_share(scorer, test), fitted_on=len(features),
+                         + (f", {share:.1%} per check" if len(checks) > 1 else "")
+                         + (f" ({CHANNEL_SHARE:.1%} and at least {CHANNEL_FLOOR} for channels)"
+                            if with_channels else ""),
+        val_flagged=flagged_share(scorer, val, val_in) or 0.0,
+        test_flagged=flagged_share(scorer, test, test_in), fitted_on=len(features),
         parts=[NoveltyPart(method=c.method, threshold=c.threshold,
-                           val_flagged=flagged_share(c, val) or 0.0,
-                           test_flagged=flagged_share(c, test))
+                           val_flagged=flagged_share(c, val, val_in) or 0.0,
+                           test_flagged=flagged_share(c, test, test_in))
                for c in checks] if len(checks) > 1 else [])
     return scorer, info
 

@@ -14,6 +14,7 @@ from piston.bundle import META_FILE, WEIGHTS_FILE, BundleMeta, Predictor
 from piston.errors import RegistryError
 from piston.novelty import (
     NOVELTY_FILE,
+    ChannelScorer,
     CombinedScorer,
     KnnScorer,
     MahalanobisScorer,
@@ -194,7 +195,7 @@ def test_the_torch_head_scores_as_the_numpy_scorer(method: Method) -> None:
     s = {"mahalanobis": scorer, "knn": knn, "combined": combined}[method]()
     features = np.random.default_rng(5).normal(2, 2, (33, 8)).astype(np.float32)
     with torch.inference_mode():
-        ours = NoveltyHead(s).eval()(torch.from_numpy(features)).numpy()
+        ours = NoveltyHead(s).eval()(torch.from_numpy(features), torch.zeros(33, 3, 4, 4)).numpy()
     assert ours.shape == (33,) and ours.dtype == np.float32
     np.testing.assert_allclose(ours, s.score(features), rtol=1e-5, atol=1e-6)
 
@@ -208,3 +209,44 @@ def test_a_loaded_bundle_on_torch_computes_the_check_with_the_network(tmp_path: 
     assert out.novelty is not None
     np.testing.assert_allclose(out.novelty, s.score(out.features), rtol=1e-5)
     assert [d.novelty for d in decide(predictor, out)] == pytest.approx(out.novelty.tolist())
+
+
+def colour_inputs(n: int, seed: int = 6) -> np.ndarray:
+    """Photograph-like inputs (channels alike), colour noise, and a blank image."""
+    rng = np.random.default_rng(seed)
+    grey = rng.random((n, 1, 12, 12)) + 0.05 * rng.random((n, 3, 12, 12))
+    noise = rng.random((n, 3, 12, 12))
+    return np.concatenate([grey, noise, np.full((1, 3, 12, 12), 0.4)]).astype(np.float32)
+
+
+def test_the_channels_check_scores_how_apart_an_images_colour_channels_are() -> None:
+    scores = ChannelScorer(0.5).score(np.zeros((9, 8), dtype=np.float32), colour_inputs(4))
+    assert scores.shape == (9,) and scores.dtype == np.float32
+    assert (scores[:4] < 0.05).all()  # channels alike: a photograph's
+    assert (abs(scores[4:8] - 1.0) < 0.3).all()  # i.i.d. colour noise: uncorrelated
+    assert scores[8] == pytest.approx(1.0)  # blank: no variance, no correlation
+    with pytest.raises(ValueError, match="inputs"):
+        ChannelScorer(0.5).score(np.zeros((1, 8), dtype=np.float32))
+
+
+def test_the_torch_head_scores_the_channels_check_as_numpy() -> None:
+    from piston.novelty_head import NoveltyHead
+
+    s = CombinedScorer([scorer(threshold=30.0), knn(0.5), ChannelScorer(0.5)])
+    inputs = colour_inputs(4)
+    features = np.random.default_rng(7).normal(2, 2, (9, 8)).astype(np.float32)
+    with torch.inference_mode():
+        ours = NoveltyHead(s)(torch.from_numpy(features), torch.from_numpy(inputs)).numpy()
+    np.testing.assert_allclose(ours, s.score(features, inputs), rtol=1e-5, atol=1e-6)
+    assert (ours[4:] > 1.0).all()  # noise and blank over the channels threshold
+
+
+def test_a_combined_check_with_channels_is_saved_and_loaded(tmp_path: Path) -> None:
+    s = CombinedScorer([scorer(threshold=30.0), knn(0.5), ChannelScorer(0.6)])
+    save(s, tmp_path / NOVELTY_FILE)
+    loaded = load(tmp_path, combined_info(s))
+    assert isinstance(loaded, CombinedScorer) and isinstance(loaded.parts[2], ChannelScorer)
+    assert loaded.parts[2].threshold == 0.6
+    features = np.random.default_rng(8).normal(size=(9, 8)).astype(np.float32)
+    inputs = colour_inputs(4)
+    assert loaded.score(features, inputs) == pytest.approx(s.score(features, inputs), rel=1e-6)

@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small bundle folder as training writes it: meta, weights, a combined novelty check
-    fitted on its features and model.onnx with the check inside."""
+    (channels included) fitted on its features and inputs, and model.onnx with the check
+    inside."""
     root = tmp_path_factory.mktemp("bundle")
     meta = BundleMeta(version="v-rt", classes=["a", "b"], arch="bn_cnn",
                       arch_params={"widths": [8, 16], "tta": "hflip"},
@@ -38,13 +39,15 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                 "jpeg_draft": True})
     torch.manual_seed(0)
     module = arch.build("bn_cnn", 2, 32, 32, widths=[8, 16], tta="hflip").eval()
-    features = embed(module, torch.rand(60, 3, 32, 32))
+    inputs = familiar_inputs(60, seed=10)
+    features = embed(module, torch.from_numpy(inputs))
     # spread, for a trained bundle's kNN threshold (a random net maps inputs near one direction)
     features += np.random.default_rng(0).normal(0, 0.5, features.shape).astype(
         np.float32) * np.abs(features).mean()
     labels = np.arange(40) % 2
     novelty, info = fit_novelty("combined", features[:40], labels, features[40:], features[:0],
-                                2)
+                                2, inputs=(inputs[40:], inputs[:0]))
+    assert [p.method for p in info.parts] == ["mahalanobis", "knn", "channels"]
     meta = meta.model_copy(update={"novelty": info})
     torch.save(module.state_dict(), root / WEIGHTS_FILE)
     (root / META_FILE).write_text(meta.model_dump_json())
@@ -53,12 +56,19 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def noisy_batch(n: int, seed: int = 0) -> np.ndarray:
-    """Inputs the bundle's check flags (normal noise) and, first, like those it was fitted on
-    (uniform [0, 1] noise)."""
+def familiar_inputs(n: int, seed: int) -> np.ndarray:
+    """Images like the bundle's: uniform noise, its colour channels alike (as a photograph's)."""
     rng = np.random.default_rng(seed)
-    familiar = rng.random((n - n // 2, 3, 32, 32))
-    return np.concatenate([familiar, rng.normal(0, 2, (n // 2, 3, 32, 32))]).astype(np.float32)
+    grey = rng.random((n, 1, 32, 32))
+    return (grey + 0.1 * rng.random((n, 3, 32, 32))).astype(np.float32)
+
+
+def noisy_batch(n: int, seed: int = 0) -> np.ndarray:
+    """Inputs the bundle's check flags (normal noise, channels apart) and, first, like those
+    it was fitted on."""
+    rng = np.random.default_rng(seed)
+    novel = rng.normal(0, 2, (n // 2, 3, 32, 32)).astype(np.float32)
+    return np.concatenate([familiar_inputs(n - n // 2, seed), novel])
 
 
 def test_each_runtime_loads_and_they_agree(bundle_dir: Path) -> None:
@@ -79,7 +89,7 @@ def test_both_runtimes_compute_the_same_novelty_with_the_network(bundle_dir: Pat
     assert ours.novelty.shape == (16,)
     np.testing.assert_allclose(ours.novelty, theirs.novelty, rtol=1e-4)
     assert onnx.novelty is not None
-    np.testing.assert_allclose(ours.novelty, onnx.novelty.score(ours.features), rtol=1e-4)
+    np.testing.assert_allclose(ours.novelty, onnx.novelty.score(ours.features, batch), rtol=1e-4)
     decided = decide(onnx, ours)
     assert [d.novelty for d in decided] == pytest.approx(ours.novelty.tolist(), rel=1e-6)
     flags = [d.novel for d in decided]
@@ -102,12 +112,16 @@ def test_a_model_onnx_without_the_novelty_output_is_scored_in_numpy(bundle_dir: 
     predictor = Predictor.load(old, "onnx")
     assert isinstance(predictor.runtime, OnnxRuntime) and not predictor.runtime.has_novelty
     batch = noisy_batch(6, seed=1)
-    out = predictor.forward(batch)
-    assert out.novelty is None
+    assert predictor.runtime.forward(batch).novelty is None
     expected = Predictor.load(bundle_dir, "onnx").forward(batch).novelty
     assert expected is not None
+    # the channels check reads the inputs: the predictor scores it in numpy with the batch
+    out = predictor.forward(batch)
     got = [d.novelty for d in decide(predictor, out)]
     assert got == pytest.approx(expected.tolist(), rel=1e-4)
+    assert out.novelty is not None and predictor.novelty is not None
+    expected_numpy = predictor.novelty.score(out.features, batch)
+    assert out.novelty.tolist() == pytest.approx(expected_numpy.tolist(), rel=1e-6)
 
 
 def test_a_bundle_without_a_check_ignores_the_graphs_novelty(bundle_dir: Path,

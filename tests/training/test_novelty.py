@@ -6,8 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from piston.novelty import CombinedScorer, KnnScorer, MahalanobisScorer, NoveltyInfo
+from piston.novelty import ChannelScorer, CombinedScorer, KnnScorer, MahalanobisScorer, NoveltyInfo
 from training.novelty import (
+    CHANNEL_FLOOR,
+    CHANNEL_SHARE,
     TARGET_SHARE,
     fit_knn,
     fit_mahalanobis,
@@ -115,6 +117,36 @@ def test_combined_flags_about_the_target_of_familiar_images_together() -> None:
     assert 0.002 <= flagged <= 3 * TARGET_SHARE
     far = fresh[:50] + 8.0  # a shifted population: unlike the training images
     assert (scorer.score(far) > scorer.threshold).mean() > 0.95
+
+
+def photographs(n: int, seed: int, spread: float) -> np.ndarray:
+    """Model inputs whose colour channels move together, less so with more `spread`."""
+    rng = np.random.default_rng(seed)
+    grey = rng.random((n, 1, 16, 16))
+    return (grey + spread * rng.random((n, 3, 16, 16))).astype(np.float32)
+
+
+@pytest.mark.parametrize(("spread", "floored"), [(0.0, True), (1.2, False)])
+def test_with_inputs_combined_adds_the_channels_check_at_a_small_share_over_a_floor(
+        spread: float, floored: bool) -> None:
+    """Grey images (spread 0: channels identical) would set a threshold of ~0 that any colour
+    crosses; the floor keeps it at CHANNEL_FLOOR. Colourful ones set their own."""
+    features, labels, _ = clusters(400, 16)
+    val, _, _ = clusters(60, 17)
+    test, _, _ = clusters(50, 18)
+    val_in, test_in = photographs(60, 19, spread), photographs(50, 20, spread)
+    scorer, info = fit_novelty("combined", features, labels, val, test, 3,
+                               inputs=(val_in, test_in))
+    assert isinstance(scorer, CombinedScorer) and len(scorer.parts) == 3
+    channels = scorer.parts[2]
+    assert isinstance(channels, ChannelScorer) and info.parts[2].method == "channels"
+    fitted = tail_threshold(ChannelScorer(1.0).score(val, val_in), CHANNEL_SHARE)
+    assert channels.threshold == max(fitted, CHANNEL_FLOOR)
+    assert (channels.threshold == CHANNEL_FLOOR) == floored
+    assert info.val_flagged == float((scorer.score(val, val_in) > 1.0).mean())
+    assert info.parts[2].test_flagged == 0.0
+    noise = np.random.default_rng(21).random((10, 3, 16, 16)).astype(np.float32)
+    assert (scorer.score(test[:10], noise) > 1.0).all()  # colour noise, whatever its features
 
 
 def test_the_knn_bank_is_capped_and_stored_as_unit_rows_in_float16() -> None:
