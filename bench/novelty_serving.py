@@ -2,16 +2,17 @@
 
     python bench/novelty_serving.py [--bundle BUNDLE_DIR] [--reps 2000] [--batches 1 4]
 
-Three predictors on one bundle's weights, one ONNX thread each, as a server's inference
-thread runs them: `off` (the graph without the check, no check), `graph` (the check inside
-model.onnx, output `novelty`: what bundles carry now) and `numpy` (the graph without it and
-the check scored in numpy from the features by `decide`: bundles exported before). Each call
-is timed alone; the three alternate in blocks of 50 calls, so the machine's other load falls on
-all alike. Prints per batch size the median time per call and the mean of the fastest 99%
-(a process paused by the machine's other work shows as a few calls of seconds), and each
-one's excess over `off`. Without `--bundle` it trains one as bench/serve.py does (bn_cnn,
-12 epochs). The graphs are exported from the bundle's weights and its fitted check, so any
-bundle with a novelty check will do.
+Three or four predictors on one bundle's weights, one ONNX thread each, as a server's
+inference thread runs them: `off` (the graph without the check, no check), `graph` (the check
+inside model.onnx, output `novelty`: what bundles carry now), `numpy` (the graph without it
+and the check scored in numpy from the features by `decide`: bundles exported before), and
+for a check with the channels check, `graph-features` (the graph with the feature checks
+alone). Each call is timed alone; they alternate in blocks of 50 calls, so the machine's other
+load falls on all alike. Prints per batch size the median time per call and the mean of the
+fastest 99% (a process paused by the machine's other work shows as a few calls of seconds),
+and each one's excess over `off`. Without `--bundle` it trains one as bench/serve.py does
+(bn_cnn, 12 epochs). The graphs are exported from the bundle's weights and its fitted check,
+so any bundle with a novelty check will do.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from piston.bundle import Predictor, read_meta  # noqa: E402
 from piston.imaging import preprocess  # noqa: E402
+from piston.novelty import ChannelScorer, CombinedScorer, needs_inputs  # noqa: E402
 from piston.novelty import load as load_novelty  # noqa: E402
 from piston.runtime import OnnxRuntime, TorchRuntime  # noqa: E402
 from piston.scoring import decide  # noqa: E402
@@ -49,9 +51,17 @@ def predictors(model_dir: str, work: Path) -> dict[str, Predictor]:
     export_bundle_onnx(module, meta.contract, with_check, scorer)
     export_bundle_onnx(module, meta.contract, without)
     off = meta.model_copy(update={"novelty": None})
-    return {"off": Predictor(off, OnnxRuntime.load(without, 1, novelty=False)),
-            "graph": Predictor(meta, OnnxRuntime.load(with_check, 1), scorer),
-            "numpy": Predictor(meta, OnnxRuntime.load(without, 1), scorer)}
+    found = {"off": Predictor(off, OnnxRuntime.load(without, 1, novelty=False)),
+             "graph": Predictor(meta, OnnxRuntime.load(with_check, 1), scorer),
+             "numpy": Predictor(meta, OnnxRuntime.load(without, 1), scorer)}
+    if isinstance(scorer, CombinedScorer) and needs_inputs(scorer):
+        # the checks on the features alone, in the graph: what the channels check adds
+        features_only = CombinedScorer([p for p in scorer.parts
+                                        if not isinstance(p, ChannelScorer)])
+        export_bundle_onnx(module, meta.contract, work / "features.onnx", features_only)
+        found["graph-features"] = Predictor(meta, OnnxRuntime.load(work / "features.onnx", 1),
+                                            features_only)
+    return found
 
 
 def timed(predictors: dict[str, Predictor], batch: np.ndarray, reps: int
@@ -99,7 +109,7 @@ def main() -> None:
         times = timed(found, np.stack(images[:n]), args.reps)
         base_median, base_mean = np.median(times["off"]), trimmed_mean(times["off"])
         for name, t in times.items():
-            print(f"batch {n}  {name:5s}  median {np.median(t) * 1e3:.3f} ms"
+            print(f"batch {n}  {name:14s}  median {np.median(t) * 1e3:.3f} ms"
                   f" ({np.median(t) / base_median - 1:+.1%})  mean of fastest 99%"
                   f" {trimmed_mean(t) * 1e3:.3f} ms ({trimmed_mean(t) / base_mean - 1:+.1%})"
                   f"  calls {len(t)}", flush=True)

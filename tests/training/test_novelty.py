@@ -122,8 +122,8 @@ def test_combined_flags_about_the_target_of_familiar_images_together() -> None:
 def photographs(n: int, seed: int, spread: float) -> np.ndarray:
     """Model inputs whose colour channels move together, less so with more `spread`."""
     rng = np.random.default_rng(seed)
-    grey = rng.random((n, 1, 16, 16))
-    return (grey + spread * rng.random((n, 3, 16, 16))).astype(np.float32)
+    grey = rng.random((n, 1, 48, 48))
+    return (grey + spread * rng.random((n, 3, 48, 48))).astype(np.float32)
 
 
 @pytest.mark.parametrize(("spread", "floored"), [(0.0, True), (1.2, False)])
@@ -145,7 +145,7 @@ def test_with_inputs_combined_adds_the_channels_check_at_a_small_share_over_a_fl
     assert (channels.threshold == CHANNEL_FLOOR) == floored
     assert info.val_flagged == float((scorer.score(val, val_in) > 1.0).mean())
     assert info.parts[2].test_flagged == 0.0
-    noise = np.random.default_rng(21).random((10, 3, 16, 16)).astype(np.float32)
+    noise = np.random.default_rng(21).random((10, 3, 48, 48)).astype(np.float32)
     assert (scorer.score(test[:10], noise) > 1.0).all()  # colour noise, whatever its features
 
 
