@@ -35,8 +35,12 @@ def test_the_bundle_records_its_novelty_model(bundle_dir: Path) -> None:
     assert info is not None and predictor.novelty is not None
     assert predictor.novelty.threshold == info.threshold
     assert info.method == "combined" and info.val_flagged <= 0.05
-    assert [p.method for p in info.parts] == ["mahalanobis", "knn"]
+    assert [p.method for p in info.parts] == ["mahalanobis", "knn", "channels"]
     assert (bundle_dir / info.file).stat().st_size < 2 * 2**20  # the kNN bank is capped
+    # the check is in model.onnx, exported after it was fitted, and agrees with torch's
+    onnx = predictor.meta.onnx
+    assert onnx is not None and onnx.max_novelty_diff is not None
+    assert onnx.max_novelty_diff <= 1e-4
     assert (predictor.meta.metrics.novelty or {})["threshold"] == info.threshold
 
 
