@@ -109,7 +109,7 @@ def _after_enqueue(settings: Settings, job_id: str, args: argparse.Namespace) ->
 
 
 def wait(redis_url: str, job_id: str, timeout_s: float | None = None) -> dict[str, Any]:
-    """Poll a job until it ends, with a progress bar on a terminal."""
+    """Follow a job until it ends, with a progress bar on a terminal (redrawn every POLL_S)."""
     deadline = time.monotonic() + timeout_s if timeout_s else None
     with tqdm(desc=f"job {job_id[:8]}", unit="img", disable=None, leave=False,
               file=sys.stderr) as bar:
@@ -120,7 +120,7 @@ def wait(redis_url: str, job_id: str, timeout_s: float | None = None) -> dict[st
             _advance(bar, status)
             if deadline and time.monotonic() > deadline:
                 raise PistonError(f"job {job_id} still {status['state']} after {timeout_s} s")
-            time.sleep(POLL_S)
+            jobs.wait_ended(redis_url, job_id, POLL_S)  # returns as soon as it ends
 
 
 def _advance(bar: tqdm, status: dict[str, Any]) -> None:

@@ -119,6 +119,12 @@ def job_status(redis_url: str, job_id: str) -> dict[str, Any]:
 
 
 @_reaching_redis
+def wait_ended(redis_url: str, job_id: str, timeout_s: float) -> bool:
+    """Block until the job has ended (True) or `timeout_s` passed (False), without polling."""
+    return JobRecord.open(redis_url, job_id).wait_ended(timeout_s)
+
+
+@_reaching_redis
 def cancel(redis_url: str, job_id: str) -> dict[str, Any]:
     """Stop a job: queued shards are skipped, running ones stop at their next batch."""
     record = JobRecord.open(redis_url, job_id)

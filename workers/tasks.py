@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn
 
 from celery import Task, shared_task
@@ -264,8 +265,9 @@ def _discard(rt: Runtime, record: JobRecord, out_uri: str | None = None) -> None
         return
     try:
         out = rt.storage(str(out_uri))
-        for obj in out.list(f"_parts/{record.job_id}/"):
-            out.delete(obj.key)
+        parts = out.list(f"_parts/{record.job_id}/")
+        with ThreadPoolExecutor(min(8, len(parts)) or 1) as pool:  # each waits on the store
+            list(pool.map(lambda obj: out.delete(obj.key), parts))
     except StorageError as err:
         log.warning("job %s: staged parts left under %s/_parts: %s", record.job_id, out_uri, err)
 
