@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/batch_phases.py [--rounds 3] [--runtime onnx] [--procs 2]
                                            [--shard-size N] [--copies 4] [--work DIR]
+                                           [--tree CHECKOUT]
 
 Runs `bench/batch.py --source local`'s job (the same images, the same 2-process compute
 ceiling) on a `piston worker -c P` started through `bench/batch_phases_worker.py`, which
@@ -127,6 +128,8 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get(
         "PISTON_DATA_DIR", str(ROOT.parent / "shared/data/ac-pistons")))
     parser.add_argument("--work", help="keep images and bundle here (default: a temporary one)")
+    parser.add_argument("--tree", default=str(ROOT),
+                        help="the checkout whose workers run the job (another one: before/after)")
     args = parser.parse_args()
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="piston-phases-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -153,24 +156,25 @@ def run(args: argparse.Namespace, work: Path) -> None:
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ, PISTON_REGISTRY=str(work / "registry"), PISTON_RUNTIME=args.runtime,
                PISTON_RUNS_DIR=str(work), PISTON_REDIS_URL=batch.REDIS_URL,
-               PISTON_JOB_ROOTS=json.dumps([str(images), str(out)]), PYTHONPATH=str(ROOT),
+               PISTON_JOB_ROOTS=json.dumps([str(images), str(out)]), PYTHONPATH=args.tree,
                PHASES_LOG=str(log), **batch.shard_env(args))
     with (work / "worker.log").open("wb") as worker_log:
         worker = subprocess.Popen(
             [sys.executable, str(ROOT / "bench/batch_phases_worker.py"), "worker", "-c",
              str(args.procs), "-n", f"phases{args.procs}@%h", "--loglevel", "WARNING"],
-            env=env, cwd=ROOT, stdout=worker_log, stderr=subprocess.STDOUT)
+            env=env, cwd=args.tree, stdout=worker_log, stderr=subprocess.STDOUT)
     try:
         while not client(batch.REDIS_URL).control.ping(timeout=0.5):
             time.sleep(0.2)
+        tree = Path(args.tree)
         batch.wait(enqueue_score(batch.REDIS_URL, str(images / "copy0"), str(out / "warm")),
-                   job_status)
+                   job_status, tree)
         main_process = psutil.Process(worker.pid)
         processes = [main_process, *main_process.children(recursive=True)]
         redis_process = psutil.Process(int(server.info("server")["process_id"]))
         me = psutil.Process()
-        print(f"{len(paths)} images, {args.runtime}, worker -c {args.procs}, {os.cpu_count()}"
-              f" cores")
+        print(f"{len(paths)} images, {args.runtime}, worker -c {args.procs} from {args.tree},"
+              f" {os.cpu_count()} cores")
         for r in range(args.rounds):
             rate, ceiling_cpu = ceiling(model_dir, paths, args.procs,
                                         cast("RuntimeName", args.runtime))
@@ -178,7 +182,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
             load = Path("/proc/loadavg").read_text().split()[0]
             since, start = time.time(), time.perf_counter()
             summary = batch.wait(enqueue_score(batch.REDIS_URL, str(images), str(out / f"r{r}")),
-                                 job_status)
+                                 job_status, tree)
             wall = time.perf_counter() - start
             spent = [cpu_s(p) - b for p, b in zip((*processes, redis_process, me), before,
                                                   strict=True)]
