@@ -1,17 +1,25 @@
 """Shared fixtures: the real piston data, an isolated BentoML home and registry, images, and
-the bundles trained once per session for every test that only needs *a* model.
+the bundles trained once per run for every test that only needs *a* model.
 
 BentoML reads BENTOML_HOME when it is first imported, so the session's home is set in
 `pytest_configure`, before any test module imports it.
+
+The suite runs in two pytest-xdist processes (`-n 2` in pyproject.toml): most of its time is
+spent waiting on servers, workers and browsers, so two processes overlap it on two cores.
+Each process has its own BentoML home and its own Redis databases (`own_redis`); the two
+bundles are trained once per run, by whichever process asks first (`trained`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import io
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +29,39 @@ from PIL import Image
 
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="piston-tests-"))
 
+# torch's OpenMP threads sleep when they wait instead of spinning: the two test processes, and
+# the servers and workers they start, share two cores, and spinning threads took the cores
+# from the others (two trainings at once: 30 CPU s each spinning, 8 s each sleeping, the same
+# models). Set before anything here imports torch; subprocesses inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+# Under pytest-xdist the second process takes the databases 8 below the first's: the suite's
+# own databases are 10-15, so no more than two processes fit in Redis's 16.
+_REDIS_BAND = 8
+_MAX_PROCESSES = 2
+
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ["BENTOML_HOME"] = str(_SESSION_HOME / "bentoml")
     os.environ["BENTOML_DO_NOT_TRACK"] = "true"
     os.environ.setdefault("MPLBACKEND", "Agg")
+    processes = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if processes > _MAX_PROCESSES:
+        raise pytest.UsageError(f"run with -n {_MAX_PROCESSES} at most: each test process needs "
+                                "its own Redis databases (tests/conftest.py own_redis)")
+
+
+def _process_index() -> int:
+    """0 outside pytest-xdist and in its first process (gw0), 1 in the second (gw1)."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+
+
+def own_redis(db: int) -> str:
+    """The URL of a module's own database on the Redis at 127.0.0.1:6379 (one the module may
+    empty). Under pytest-xdist each test process has its own band of databases, so a module
+    emptying its database never meets another process's keys."""
+    return f"redis://127.0.0.1:6379/{db - _REDIS_BAND * _process_index()}"
 
 
 # Fixtures that train on the real data or start servers (moto, redis-server, Celery workers,
@@ -38,6 +74,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        from tests.scheduling import order_groups
+
+        order_groups(items)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """Tests go to the two processes in groups (tests/scheduling.py), unless `--dist` asks
+    pytest-xdist for another way."""
+    if config.getvalue("dist") != "load":
+        return None
+    from tests.scheduling import ProcessGroups
+
+    return ProcessGroups(config, log)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -106,23 +157,53 @@ class Trained:
 LOW_BAR = (0.3, 0.0, 0.0)
 
 
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder every test process of this run shares: pytest's base temporary folder, or
+    under pytest-xdist the one above each process's own."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between this run's test processes (released if one dies)."""
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def trained(piston_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    """The session's two real bundles (seconds each); copy them with `Registry.copy_from`."""
+    """The run's two real bundles (seconds each); copy them with `Registry.copy_from`.
+
+    Trained by the first test process that asks, while the other waits on the lock; the
+    versions are written last, so a process that died half-way leaves them to the next."""
     from piston.registry import Registry
     from piston.storage import open_storage
     from training.config import load_config
     from training.pipeline import GateBar, train_bundle
 
-    root = tmp_path_factory.mktemp("trained")
-    registry = Registry(open_storage(root / "registry"))
-    versions = []
-    for recipe, overrides in (("bn_cnn", {"epochs": 12}), ("seed", {"epochs": 6, "seed": 1})):
-        outcome = train_bundle(str(piston_data), load_config(recipe, overrides=overrides),
-                               registry, GateBar(*LOW_BAR), root / "runs", 40_000_000)
-        assert registry.meta(outcome.version).gates_passed, f"{recipe} failed the low bar"
-        versions.append(outcome.version)
-    return Trained(root / "registry", *versions)
+    root = run_dir(tmp_path_factory) / "trained"
+    root.mkdir(exist_ok=True)
+    done = root / "versions.json"
+    with file_lock(root / "lock"):
+        if not done.is_file():
+            shutil.rmtree(root / "registry", ignore_errors=True)
+            registry = Registry(open_storage(root / "registry"))
+            versions = []
+            for recipe, overrides in (("bn_cnn", {"epochs": 12}),
+                                      ("seed", {"epochs": 6, "seed": 1})):
+                outcome = train_bundle(str(piston_data),
+                                       load_config(recipe, overrides=overrides), registry,
+                                       GateBar(*LOW_BAR), root / "runs", 40_000_000)
+                assert registry.meta(outcome.version).gates_passed, f"{recipe} failed the bar"
+                versions.append(outcome.version)
+            done.write_text(json.dumps(versions))
+    good, other = json.loads(done.read_text())
+    return Trained(root / "registry", good, other)
 
 
 @pytest.fixture

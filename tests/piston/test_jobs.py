@@ -9,8 +9,9 @@ import uuid
 import pytest
 
 from piston.jobs import TRANSITIONS, JobRecord, JobState
+from tests.conftest import own_redis
 
-REDIS = "redis://127.0.0.1:6379/11"
+REDIS = own_redis(11)
 
 
 def test_a_cancel_after_the_merge_cannot_overwrite_success() -> None:

@@ -12,6 +12,7 @@ from piston.jobs import job_status
 from piston.limits import check_job_paths, check_retrain, under_roots
 from piston.overrides import check_overrides
 from piston.settings import Settings, redact
+from tests.conftest import own_redis
 
 
 def test_a_retrain_reads_only_under_its_roots_and_within_bounds(tmp_path: object) -> None:
@@ -33,7 +34,7 @@ def test_a_retrain_reads_only_under_its_roots_and_within_bounds(tmp_path: object
 
 def test_job_ids_are_checked_before_they_touch_a_key() -> None:
     with pytest.raises(InvalidName, match="is not a job id"):
-        job_status("redis://127.0.0.1:6379/11", "../../piston:claim:x")
+        job_status(own_redis(11), "../../piston:claim:x")
 
 
 def test_a_redis_password_never_reaches_a_message() -> None:

@@ -9,8 +9,9 @@ import pytest
 
 from piston.errors import LiveStoreUnavailable
 from piston.live import Tally, connect, numbers, reaching
+from tests.conftest import own_redis
 
-REDIS = "redis://127.0.0.1:6379/11"
+REDIS = own_redis(11)
 
 
 def test_two_tallies_add_up_and_every_key_expires() -> None:

@@ -16,11 +16,12 @@ from starlette.testclient import TestClient
 
 from piston import jobs
 from piston.bundle import read_meta
-from tests.conftest import image_bytes
+from tests.conftest import image_bytes, own_redis
 from tests.service.conftest import Bundles, open_registry
 
 TOKEN = "test-admin-token-of-24-chars-or-more"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+REDIS = own_redis(14)  # its own database: the queue tests read it
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def serve_in_process(asgi_app: Any, registry: Path,
     monkeypatch.setenv("PISTON_POLL_INTERVAL_S", "0.2")
     monkeypatch.setenv("PISTON_MAX_UPLOAD_BYTES", "300000")
     monkeypatch.setenv("PISTON_MAX_BATCH_IMAGES", "4")
-    monkeypatch.setenv("PISTON_REDIS_URL", "redis://127.0.0.1:6379/14")
+    monkeypatch.setenv("PISTON_REDIS_URL", REDIS)
     with TestClient(asgi_app) as test_client:
         yield test_client
 
@@ -212,7 +213,7 @@ def test_retrain_is_queued_and_its_status_readable(bare_client: TestClient) -> N
     assert client.get("/jobs/no-such-job", headers=AUTH).status_code == 404
     import redis
 
-    queue = redis.Redis.from_url("redis://127.0.0.1:6379/14")
+    queue = redis.Redis.from_url(REDIS)
     try:
         assert any(job_id.encode() in m for m in queue.lrange(jobs.RETRAIN_QUEUE, 0, -1))
     finally:
@@ -295,7 +296,7 @@ def test_score_job_is_queued_like_the_cli(bare_client: TestClient, tmp_path: Pat
     assert status["kind"] == "score" and status["src"] == str(tmp_path / "images")
     import redis
 
-    queue = redis.Redis.from_url("redis://127.0.0.1:6379/14")
+    queue = redis.Redis.from_url(REDIS)
     try:
         sent = [m for m in queue.lrange(jobs.SCORE_QUEUE, 0, -1) if job_id.encode() in m]
         assert sent and b"only_new" in sent[0]
@@ -347,7 +348,7 @@ def test_answers_match_the_schemas_docs_json_gives_them(bare_client: TestClient)
 def queued_ids(kind: str) -> list[bytes | str]:
     import redis
 
-    return list(redis.Redis.from_url("redis://127.0.0.1:6379/14").lrange(kind, 0, -1))
+    return list(redis.Redis.from_url(REDIS).lrange(kind, 0, -1))
 
 
 def test_a_job_writing_into_the_registry_is_refused_and_changes_nothing(

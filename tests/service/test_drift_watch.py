@@ -15,9 +15,10 @@ from piston.follow import ModelFollower
 from service.drift import DriftWatch
 from service.engine import Engine, Limits
 from service.metrics import service_metrics
+from tests.conftest import own_redis
 from tests.service.conftest import Bundles, empty_redis, open_registry
 
-REDIS = "redis://127.0.0.1:6379/12"
+REDIS = own_redis(12)
 # One window for the whole test: no window boundary falls inside it.
 BOUNDS = drift.DriftBounds(window_s=10**8, keep_windows=2, min_images=10, max_class_shift=0.25,
                            max_review_shift=0.15, max_novelty_shift=0.10)

@@ -17,6 +17,7 @@ from piston.bundle import Predictor
 from piston.imaging import preprocess
 from piston.live import connect
 from piston.scoring import decide
+from tests.conftest import own_redis
 from tests.service.conftest import (
     Bundles,
     open_registry,
@@ -26,7 +27,7 @@ from tests.service.conftest import (
 )
 from tests.service.test_drift_watch import darkened
 
-REDIS = "redis://127.0.0.1:6379/13"  # its own database: the fixture empties it
+REDIS = own_redis(13)  # its own database: the fixture empties it
 TOKEN = "live-server-token-of-24-chars"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 WINDOW_S = 30

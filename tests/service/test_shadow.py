@@ -27,10 +27,10 @@ from piston.scoring import decide
 from service.engine import Engine, Limits
 from service.metrics import service_metrics
 from service.shadow import ShadowLimits, ShadowScorer
-from tests.conftest import image_bytes
+from tests.conftest import image_bytes, own_redis
 from tests.service.conftest import Bundles, empty_redis, open_registry, sample_images
 
-REDIS = "redis://127.0.0.1:6379/11"
+REDIS = own_redis(11)
 TTL = 600
 
 

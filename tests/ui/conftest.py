@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Trained, made_up_images
+from tests.conftest import Trained, made_up_images, own_redis
 from tests.service.conftest import running_server
 from tests.ui.browser import chromium
 from tests.workers.conftest import start_worker
 
-REDIS_URL = "redis://127.0.0.1:6379/15"  # its own database: the fixture empties it
+REDIS_URL = own_redis(15)  # its own database: the fixture empties it
 TOKEN = "console-test-token-0123456789"
 POLL_S = "0.5"
 

@@ -16,14 +16,14 @@ import httpx
 import pytest
 
 from piston.live import connect
-from tests.conftest import Trained
+from tests.conftest import Trained, own_redis
 from tests.service.conftest import running_server
 from tests.service.test_drift_watch import darkened
 from tests.ui.browser import chromium, wait_for
 from tests.ui.conftest import screenshot, tiny_registry
 
 pytestmark = pytest.mark.slow
-REDIS = "redis://127.0.0.1:6379/10"  # its own database: the fixture empties it
+REDIS = own_redis(10)  # its own database: the fixture empties it
 TOKEN = "monitor-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

@@ -13,6 +13,7 @@ import redis
 from piston.jobs import TERMINAL, enqueue_score, job_status
 from piston.registry import Registry
 from piston.storage import LocalStorage
+from tests.conftest import own_redis
 from tests.workers.conftest import (
     MotoServer,
     start_worker,
@@ -21,7 +22,7 @@ from tests.workers.conftest import (
 )
 
 pytestmark = pytest.mark.slow
-OWN_REDIS = "redis://127.0.0.1:6379/12"
+OWN_REDIS = own_redis(12)
 
 
 def test_s3_stopping_mid_job_fails_it_with_a_reason_and_writes_no_results(

@@ -13,10 +13,11 @@ import redis
 from piston.jobs import ACTIVE, SCORE_QUEUE, JobRecord, JobState
 from piston.records import ShardCounts
 from piston.settings import Settings
+from tests.conftest import own_redis
 from workers.app import create_app
 from workers.watch import SWEEP_LOCK, Watchdog
 
-URL = "redis://127.0.0.1:6379/12"
+URL = own_redis(12)
 
 
 @pytest.fixture
