@@ -265,6 +265,10 @@ def worker_env(work_dir: Path, s3_url: str, registry: str, **extra: str) -> dict
         "PISTON_JOB_RETRIES": "2",
         "PISTON_JOB_RETRY_DELAY_S": "0.5",
         "PISTON_JOB_MAX_WORKER_LOST": "1",  # a shard whose process died twice fails its job
+        # A message lost in the Redis restart (test_faults.py) is re-sent after 20 s, not 75 s
+        # (the defaults: 60 s quiet, a sweep every 15 s); re-sends are idempotent.
+        "PISTON_JOB_STALE_AFTER_S": "20",
+        "PISTON_JOB_WATCH_EVERY_S": "2",
         # Few-epoch models: gates low enough to pass, so the champion comparison decides.
         "PISTON_GATE_MIN_ACCURACY": "0.5",
         "PISTON_GATE_MIN_CLASS_F1": "0.2",
