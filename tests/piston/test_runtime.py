@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 from piston import arch
 from piston.bundle import META_FILE, BundleMeta, Predictor
 from piston.errors import ConfigError
+from piston.imaging import Contract
 from piston.novelty import NOVELTY_FILE
 from piston.novelty import save as save_novelty
 from piston.runtime import ONNX_FILE, WEIGHTS_FILE, OnnxRuntime, TorchRuntime
@@ -100,15 +102,23 @@ def test_both_runtimes_compute_the_same_novelty_with_the_network(bundle_dir: Pat
     np.testing.assert_allclose(explained.novelty, ours.novelty[:3], rtol=1e-5)
 
 
-def test_a_model_onnx_without_the_novelty_output_is_scored_in_numpy(bundle_dir: Path,
-                                                                   tmp_path: Path) -> None:
-    """Bundles exported before the check moved into the graph answer the same novelty."""
+def reexported(bundle_dir: Path, tmp_path: Path,
+               export: Callable[[torch.nn.Module, Contract, Path], int]) -> Path:
+    """A copy of the bundle whose model.onnx is exported again by `export` from its weights:
+    a graph as older code wrote it."""
     old = tmp_path / "old-bundle"
     shutil.copytree(bundle_dir, old)
     meta = BundleMeta.model_validate_json((old / META_FILE).read_text())
     module = arch.build("bn_cnn", 2, 32, 32, widths=[8, 16], tta="hflip")
     module.load_state_dict(torch.load(old / WEIGHTS_FILE, weights_only=True))
-    export_bundle_onnx(module.eval(), meta.contract, old / ONNX_FILE)
+    export(module.eval(), meta.contract, old / ONNX_FILE)
+    return old
+
+
+def test_a_model_onnx_without_the_novelty_output_is_scored_in_numpy(bundle_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    """Bundles exported before the check moved into the graph answer the same novelty."""
+    old = reexported(bundle_dir, tmp_path, export_bundle_onnx)  # without the novelty output
     predictor = Predictor.load(old, "onnx")
     assert isinstance(predictor.runtime, OnnxRuntime) and not predictor.runtime.has_novelty
     batch = noisy_batch(6, seed=1)
@@ -150,12 +160,8 @@ def test_onnx_gives_the_class_maps_of_torch(bundle_dir: Path) -> None:
 def test_a_model_onnx_without_class_maps_explains_with_torch(bundle_dir: Path,
                                                              tmp_path: Path) -> None:
     """Bundles exported before heatmaps: scored with ONNX, explained with their weights."""
-    old = tmp_path / "old-bundle"
-    shutil.copytree(bundle_dir, old)
-    meta = BundleMeta.model_validate_json((old / META_FILE).read_text())
-    module = arch.build("bn_cnn", 2, 32, 32, widths=[8, 16], tta="hflip")
-    module.load_state_dict(torch.load(old / WEIGHTS_FILE, weights_only=True))
-    export_onnx(arch.Embedder(module.eval()), meta.contract, old / ONNX_FILE)
+    old = reexported(bundle_dir, tmp_path,
+                     lambda net, contract, path: export_onnx(arch.Embedder(net), contract, path))
     predictor = Predictor.load(old, "onnx")
     assert isinstance(predictor.runtime, OnnxRuntime) and not predictor.runtime.has_maps
     assert isinstance(predictor.explainer, TorchRuntime)
