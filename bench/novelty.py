@@ -1,7 +1,8 @@
-"""Novelty benchmark: a model of one set, then how much of another set each method flags.
+"""Novelty benchmark: a model of one set, then how much of other sets each method flags.
 
-    python bench/novelty.py --data DIR --other DIR [--recipe bn_cnn] [--set epochs=12]
-    python bench/novelty.py --data DIR --other DIR --bundle BUNDLE_DIR
+    python bench/novelty.py --data DIR --other DIR [--other DIR ...] [--recipe bn_cnn] \
+        [--set epochs=12]
+    python bench/novelty.py --data DIR --other DIR [--other DIR ...] --bundle BUNDLE_DIR
 
 Trains one model on `--data` (its grouped train/val/test split, as `piston train` does), or
 takes a trained bundle's weights and split (`--bundle`, a fetched bundle folder: a slow
@@ -9,10 +10,13 @@ training is run once and reused), takes the head features (`Embedder`, as servin
 its splits, of every image under `--other` and of made-up non-part images (noise, blank,
 text, checkerboard; resized to the model's input), fits each novelty method on train and
 sets its threshold on validation (training/novelty.py: `combined` is Mahalanobis and kNN at
-half the target each), then prints the share flagged of validation, test, the other set and
-each made-up kind, and the AUROC test-vs-other; `combined+channels` adds the check on the
-inputs' colour channels (fitted on the validation images' inputs). Last, the cost: CPU time
-of the forward pass of a batch of 32 against scoring its features.
+half the target each), then prints the share flagged of validation, test, each other set
+(named by its folder, `--other` repeats: one model against many sets is the cross-set matrix)
+and each made-up kind, and the AUROC test-vs-other; `combined+channels` adds the check on the
+inputs' colour channels (fitted on the validation images' inputs). With `--bundle`, the row
+`bundle` is the bundle's own check as a server answers it (its `novelty.npz` and thresholds,
+in the default runtime's graph). Last, the cost: CPU time of the forward pass of a batch of 32
+against scoring its features.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cli.train import parse_overrides
-from piston.bundle import read_meta
+from piston.bundle import Predictor, read_meta
 from piston.imaging import Contract, preprocess
 from piston.novelty import Method, Scorer, rule
 from piston.runtime import TorchRuntime
@@ -82,7 +86,8 @@ def model_and_splits(args: argparse.Namespace
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="the set the model is trained on")
-    parser.add_argument("--other", required=True, help="a set the model has never seen")
+    parser.add_argument("--other", required=True, action="append",
+                        help="a set the model has never seen (repeatable)")
     parser.add_argument("--bundle", help="a trained bundle's folder: its weights and split")
     parser.add_argument("--recipe", default="bn_cnn")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -94,14 +99,15 @@ def main() -> int:
     module, contract, parts, classes = model_and_splits(args)
     train = head_features(module, parts["train"].images, contract)
     val_in, test_in = (to_inputs(parts[n].images, contract).numpy() for n in ("val", "test"))
-    files = sorted(p for p in Path(args.other).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    others = {Path(d).name: d for d in args.other}
+    made_up = made_up_images()
     inputs = {"val": val_in, "test": test_in,
-              "other": np.stack([preprocess(p.read_bytes(), contract) for p in files]),
+              **{name: np.stack([preprocess(p.read_bytes(), contract) for p in images(d)])
+                 for name, d in others.items()},
               **{kind: np.stack([preprocess(b, contract) for b in blobs])
-                 for kind, blobs in made_up_images().items()}}
+                 for kind, blobs in made_up.items()}}
     features = {n: embed(module, torch.from_numpy(x)) for n, x in inputs.items()}
-    val, test, other = features["val"], features["test"], features["other"]
-    made_up = {k: v for k, v in features.items() if k not in ("val", "test", "other")}
+    val, test = features["val"], features["test"]
 
     scorers: dict[str, Scorer] = {}
     rows = []
@@ -111,29 +117,63 @@ def main() -> int:
                                    inputs=(val_in, test_in) if "channels" in name else None)
         scorers[name] = scorer
         scores = {n: scorer.score(f, inputs[n]) for n, f in features.items()}
-        rows.append({"method": name, "rule": rule(info),
-                     **{f"{n}_flagged": round(float((s > scorer.threshold).mean()), 4)
-                        for n, s in scores.items()},
-                     "auroc_test_vs_other": round(auroc(scores["test"], scores["other"]), 4),
-                     "parts": [p.model_dump() for p in info.parts]})
+        rows.append(row(name, rule(info), scores, scorer.threshold, others)
+                    | {"parts": [p.model_dump() for p in info.parts]})
+    if args.bundle:
+        rows.append(bundle_row(args.bundle, inputs, others))
     result = {"data": args.data, "other": args.other, "bundle": args.bundle,
               "recipe": None if args.bundle else args.recipe,
-              "images": {"train": len(train), "val": len(val), "test": len(test),
-                         "other": len(other), **{k: len(v) for k, v in made_up.items()}},
-              "methods": rows, "cost": cost(module, inputs["other"], scorers),
+              "images": {"train": len(train), **{n: len(x) for n, x in inputs.items()}},
+              "methods": rows, "cost": cost(module, inputs[next(iter(others))], scorers),
               "seconds": round(time.perf_counter() - start, 1),
               "load_average": os.getloadavg()}
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
-    print(f"{args.bundle or args.recipe} on {args.data}, other: {args.other} {result['images']}")
+    print(f"{args.bundle or args.recipe} on {args.data} {result['images']}")
     for r in rows:
+        sets = ", ".join(f"{n} {r[f'{n}_flagged']:.1%} (AUROC {r[f'{n}_auroc']:.3f})"
+                         for n in others)
         kinds = ", ".join(f"{k} {r[f'{k}_flagged']:.0%}" for k in made_up)
         print(f"  {r['method']:17s} ({r['rule']}): flags val {r['val_flagged']:.1%}, test"
-              f" {r['test_flagged']:.1%}, other {r['other_flagged']:.1%}; {kinds};"
-              f" AUROC test-vs-other {r['auroc_test_vs_other']:.3f}")
+              f" {r['test_flagged']:.1%}; {sets}; {kinds}")
     print(f"  cost per batch of 32: {result['cost']}")
     return 0
+
+
+def images(folder: str) -> list[Path]:
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def row(name: str, rule_text: str, scores: dict[str, np.ndarray], threshold: float,
+        others: dict[str, str]) -> dict[str, object]:
+    """One method's shares flagged of every set, and its AUROC test-vs-each other set."""
+    return {"method": name, "rule": rule_text,
+            **{f"{n}_flagged": round(float((s > threshold).mean()), 4)
+               for n, s in scores.items()},
+            **{f"{n}_auroc": round(auroc(scores["test"], scores[n]), 4) for n in others}}
+
+
+def bundle_row(bundle: str, inputs: dict[str, np.ndarray],
+               others: dict[str, str]) -> dict[str, object]:
+    """The bundle's own check, as the default runtime answers it (`Predictor.forward`)."""
+    predictor = Predictor.load(bundle)
+    info, scores = predictor.meta.novelty, {}
+    if info is None:
+        raise SystemExit(f"{bundle} has no novelty check")
+    for name, x in inputs.items():
+        scores[name] = np.concatenate([served(predictor, chunk) for chunk in
+                                       np.array_split(x, max(1, len(x) // 64))])
+    return row("bundle", rule(info), scores, info.threshold, others)
+
+
+def served(predictor: Predictor, batch: np.ndarray) -> np.ndarray:
+    """The novelty score `decide` answers: the graph's, else the numpy scorer's."""
+    out = predictor.forward(batch)
+    if out.novelty is not None:
+        return out.novelty
+    assert predictor.novelty is not None
+    return predictor.novelty.score(out.features, batch)
 
 
 def cost(module: nn.Module, inputs: np.ndarray, scorers: dict[str, Scorer],
