@@ -15,7 +15,8 @@ half the target each), then prints the share flagged of validation, test, each o
 and each made-up kind, and the AUROC test-vs-other; `combined+channels` adds the check on the
 inputs' colour channels (fitted on the validation images' inputs). With `--bundle`, the row
 `bundle` is the bundle's own check as a server answers it (its `novelty.npz` and thresholds,
-in the default runtime's graph). Last, the cost: CPU time of the forward pass of a batch of 32
+in the default runtime's graph). `--save FILE.npz` keeps every set's head features and
+channels scores, to refit a check on without the network. Last, the cost: CPU time of the forward pass of a batch of 32
 against scoring its features.
 """
 
@@ -38,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cli.train import parse_overrides
 from piston.bundle import Predictor, read_meta
 from piston.imaging import Contract, preprocess
-from piston.novelty import Method, Scorer, rule
+from piston.novelty import ChannelScorer, Method, Scorer, rule
 from piston.runtime import TorchRuntime
 from tests.conftest import made_up_images
 from training.config import TrainConfig, load_config
@@ -91,6 +92,8 @@ def main() -> int:
     parser.add_argument("--bundle", help="a trained bundle's folder: its weights and split")
     parser.add_argument("--recipe", default="bn_cnn")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--save", metavar="FILE.npz",
+                        help="keep every set's head features (and channels scores) to refit on")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -108,6 +111,11 @@ def main() -> int:
                  for kind, blobs in made_up.items()}}
     features = {n: embed(module, torch.from_numpy(x)) for n, x in inputs.items()}
     val, test = features["val"], features["test"]
+    if args.save:
+        channels = ChannelScorer(1.0)
+        np.savez(args.save, train=train, train_labels=parts["train"].labels,
+                 **features, **{f"{n}_channels": channels.score(f, inputs[n])
+                                for n, f in features.items()})
 
     scorers: dict[str, Scorer] = {}
     rows = []
