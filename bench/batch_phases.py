@@ -195,6 +195,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
                   f" {' + '.join(f'{s * 1000:.0f}' for s in spent[1:len(processes)])}"
                   f" ({workers / n * 1e6:.0f} us/img), Redis {spent[-2] * 1000:.0f},"
                   f" this process {spent[-1] * 1000:.0f}")
+            time.sleep(0.3)  # the workers append their timings once each task has returned
             phases(log, since, wall)
     finally:
         worker.terminate()
