@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from piston.cells import to_cell
 from piston.errors import StorageError
 from piston.records import ScoreRecord
@@ -28,6 +30,7 @@ from piston.storage import Storage
 RESULTS, RESULTS_CSV = "results.jsonl", "results.csv"
 PRELABELS, REVIEW = "labels/prelabels.csv", "labels/review.csv"
 MERGE_ATTEMPTS = 50
+_RECORDS = TypeAdapter(list[ScoreRecord])
 
 
 def part_key(job_id: str, shard: int) -> str:
@@ -39,7 +42,10 @@ def to_jsonl(records: Iterable[ScoreRecord]) -> bytes:
 
 
 def parse_jsonl(data: bytes) -> list[ScoreRecord]:
-    return [ScoreRecord.model_validate_json(line) for line in data.splitlines() if line.strip()]
+    """Every line's record, validated as one JSON array: half the CPU of a call per line,
+    and the merge parses every part of a job while the other processes wait."""
+    lines = [line for line in data.splitlines() if line.strip()]
+    return _RECORDS.validate_json(b"[" + b",".join(lines) + b"]") if lines else []
 
 
 def read_results(out: Storage, name: str = RESULTS) -> list[ScoreRecord]:
@@ -112,19 +118,23 @@ def results_csv(rows: list[ScoreRecord]) -> bytes:
     header = ["key", "etag", "size", "label", "confidence", "needs_review", "review_reason",
               "novelty", "novel", "model_version", "error", "metadata",
               *(f"p_{c}" for c in classes)]
+    # only text can read as a formula: numbers and booleans skip `to_cell` (a merge writes a
+    # row per record while the other processes wait)
     return _csv(header, [
-        [r.key, r.etag, r.size, r.label or "", "" if r.confidence is None else r.confidence,
-         r.needs_review, r.review_reason or "", "" if r.novelty is None else r.novelty, r.novel,
-         r.model_version, r.error or "",
-         json.dumps(r.metadata) if r.metadata else "",
+        [to_cell(r.key), to_cell(r.etag), r.size, to_cell(r.label or ""),
+         "" if r.confidence is None else r.confidence, r.needs_review,
+         to_cell(r.review_reason or ""), "" if r.novelty is None else r.novelty, r.novel,
+         to_cell(r.model_version), to_cell(r.error or ""),
+         to_cell(json.dumps(r.metadata)) if r.metadata else "",
          *((r.probabilities or {}).get(c, "") for c in classes)]
         for r in rows
-    ])
+    ], cells=False)
 
 
-def _csv(header: list[str], rows: Iterable[list[Any]]) -> bytes:
+def _csv(header: list[str], rows: Iterable[list[Any]], cells: bool = True) -> bytes:
+    """CSV text; `cells=False`: the rows' text is already spreadsheet-safe (`to_cell`)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
-    writer.writerows([to_cell(v) for v in row] for row in rows)
+    writer.writerows(([to_cell(v) for v in row] for row in rows) if cells else rows)
     return buf.getvalue().encode()

@@ -12,7 +12,6 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 
 from piston.bundle import Predictor
 from piston.errors import StorageError, StorageUnavailable
@@ -51,11 +50,19 @@ class Plan:
 
 def list_images(src: Storage) -> list[ObjectInfo]:
     """Image objects under `src`, by name (`_`-prefixed folders hold our own outputs)."""
-    return [
-        o for o in src.list("")
-        if PurePosixPath(o.key).suffix.lower() in IMAGE_SUFFIXES
-        and not any(part.startswith("_") for part in PurePosixPath(o.key).parts)
-    ]
+    return [o for o in src.list("") if is_image_key(o.key)]
+
+
+def is_image_key(key: str) -> bool:
+    """An image's key, outside our own `_` folders: `PurePosixPath`'s suffix and parts, by
+    string operations (a plan checks every key while the other processes wait for shards,
+    and two paths per key cost as much as the listing itself: docs/benchmarks.md)."""
+    parts = [p for p in key.split("/") if p and p != "."]
+    if not parts or any(p.startswith("_") for p in parts):
+        return False
+    name = parts[-1]
+    dot = name.rfind(".")
+    return 0 < dot < len(name) - 1 and name[dot:].lower() in IMAGE_SUFFIXES
 
 
 def plan_job(src: Storage, out: Storage, model_version: str, only_new: bool,
