@@ -153,7 +153,11 @@ def send_finalize(job_id: str) -> None:
     score_finalize.apply_async(kwargs={"job_id": job_id})
 
 
-@shared_task(name=SHARD_TASK, bind=True)
+# A shard's Celery result is never read (its job's record holds what it did): storing its
+# start and its return value were two Redis writes per shard while the process waited;
+# a failure is still stored.
+@shared_task(name=SHARD_TASK, bind=True, ignore_result=True, store_errors_even_if_ignored=True,
+             track_started=False)
 def score_shard_task(self: Task, job_id: str, shard: int, items: list[Any], version: str,
                      src: str, out: str) -> dict[str, Any]:
     """Score one shard into its part file; the last shard to finish sends the merge."""
@@ -164,7 +168,7 @@ def score_shard_task(self: Task, job_id: str, shard: int, items: list[Any], vers
     try:
         _begin(self, rt, record, f"shard-{shard}")
         if _run_shard(rt, record, shard, items, version, src, out):
-            send_finalize(job_id)
+            _finish_here(rt, record)
     except JobEnded:
         _discard(rt, record)  # parts of shards that finished before the job ended
         raise
@@ -196,6 +200,23 @@ def _run_shard(rt: Runtime, record: JobRecord, shard: int, items: list[Any], ver
         raise JobEnded(f"job {record.job_id} ended while shard {shard} ran: {record.state}")
     rt.storage(out_uri).write(results.part_key(record.job_id, shard), results.to_jsonl(records))
     return record.shard_done(shard, ShardCounts.of(records))
+
+
+def _finish_here(rt: Runtime, record: JobRecord) -> None:
+    """The last shard's process merges at once; the merge task takes over when it cannot.
+
+    Sending the merge as a task of its own cost a Celery hand-off and a task's bookkeeping
+    while every other process waited (docs/benchmarks.md). A failure here (the store is down,
+    the time limit) sends that task, whose retries and failure reasons are as they were; a
+    process dying mid-merge leaves its shard unacknowledged, and the redelivered shard (or the
+    watchdog) sends the merge again. Merging is idempotent either way.
+    """
+    try:
+        _finish(rt, record)
+    except Exception as err:
+        log.warning("job %s: merging after its last shard failed (%s: %s); sending the merge",
+                    record.job_id, type(err).__name__, err)
+        send_finalize(record.job_id)
 
 
 @shared_task(name=FINALIZE_TASK, bind=True)
@@ -266,6 +287,10 @@ def _discard(rt: Runtime, record: JobRecord, out_uri: str | None = None) -> None
     try:
         out = rt.storage(str(out_uri))
         parts = out.list(f"_parts/{record.job_id}/")
+        if out.local_path("") is not None:  # an unlink is quicker than a thread hand-off
+            for obj in parts:
+                out.delete(obj.key)
+            return
         with ThreadPoolExecutor(min(8, len(parts)) or 1) as pool:  # each waits on the store
             list(pool.map(lambda obj: out.delete(obj.key), parts))
     except StorageError as err:
