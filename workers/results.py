@@ -70,11 +70,13 @@ def read_parts(out: Storage, job_id: str, shard_count: int) -> list[ScoreRecord]
     return [r for shard in range(shard_count) for r in read_results(out, part_key(job_id, shard))]
 
 
-def merge_results(out: Storage, records: list[ScoreRecord]) -> list[ScoreRecord]:
+def merge_results(out: Storage, records: list[ScoreRecord],
+                  also: dict[str, bytes] | None = None) -> list[ScoreRecord]:
     """Merge `records` into the outputs under `out`; returns every row of `results.jsonl`.
 
     Idempotent: merging the same records again writes the same. A record replaces the one
-    of the same image and model version.
+    of the same image and model version. `also` (key: content) is written with the views,
+    once `results.jsonl` holds the records (a job's summary: one wait on the store fewer).
     """
     for _ in range(MERGE_ATTEMPTS):
         current, etag = _read_versioned(out, RESULTS)
@@ -97,7 +99,7 @@ def merge_results(out: Storage, records: list[ScoreRecord]) -> list[ScoreRecord]
             for r in latest if r.error or r.needs_review
         ]),
     }
-    write_all(out, views)
+    write_all(out, views | (also or {}))
     return rows
 
 

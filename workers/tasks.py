@@ -244,8 +244,7 @@ def _finish(rt: Runtime, record: JobRecord) -> None:
         if JobState(fields["state"]).ended:
             return
         if "summary" not in fields:
-            summary = _merge(rt, record, fields)
-            out.write(f"jobs/{record.job_id}.json", summary.model_dump_json(indent=2).encode())
+            summary = _merge(rt, record, fields)  # writes jobs/<id>.json with the results
             record.set(summary=summary.model_dump())
             log.info("job %s done: %s", record.job_id, summary.model_dump_json())
         _discard(rt, record, out_uri=out.uri)
@@ -253,18 +252,21 @@ def _finish(rt: Runtime, record: JobRecord) -> None:
 
 
 def _merge(rt: Runtime, record: JobRecord, fields: dict[str, Any]) -> JobSummary:
+    """Merge the parts; the summary (timed up to the writes) is written with the views."""
     out = rt.storage(str(fields["out"]))
     mine = results.read_parts(out, record.job_id, int(fields.get("shards", 0)))
-    results.merge_results(out, mine)
-    seconds = max(time.time() - float(fields.get("started_ts", time.time())), 1e-9)
     figures, test_split, reasons = job_drift(rt, fields.get("model_version"), mine)
-    return JobSummary(
+    seconds = max(time.time() - float(fields.get("started_ts", time.time())), 1e-9)
+    summary = JobSummary(
         job_id=record.job_id, state=JobState.SUCCESS, src=str(fields.get("src")), out=out.uri,
         model_version=fields.get("model_version"), total=int(fields.get("total", 0)),
         skipped=int(fields.get("skipped", 0)),
         **ShardCounts.of(mine).model_dump(exclude={"done"}),
         seconds=round(seconds, 3), images_per_second=round(len(mine) / seconds, 2),
         finished_at=now(), figures=figures, test_split=test_split, drift=reasons)
+    results.merge_results(out, mine, also={
+        f"jobs/{record.job_id}.json": summary.model_dump_json(indent=2).encode()})
+    return summary
 
 
 def job_drift(rt: Runtime, version: str | None, records: list[ScoreRecord],
