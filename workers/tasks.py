@@ -289,10 +289,6 @@ def _discard(rt: Runtime, record: JobRecord, out_uri: str | None = None) -> None
     try:
         out = rt.storage(str(out_uri))
         parts = out.list(f"_parts/{record.job_id}/")
-        if out.local_path("") is not None:  # an unlink is quicker than a thread hand-off
-            for obj in parts:
-                out.delete(obj.key)
-            return
         with ThreadPoolExecutor(min(8, len(parts)) or 1) as pool:  # each waits on the store
             list(pool.map(lambda obj: out.delete(obj.key), parts))
     except StorageError as err:
