@@ -16,8 +16,8 @@ and each made-up kind, and the AUROC test-vs-other; `combined+channels` adds the
 inputs' colour channels (fitted on the validation images' inputs). With `--bundle`, the row
 `bundle` is the bundle's own check as a server answers it (its `novelty.npz` and thresholds,
 in the default runtime's graph). `--save FILE.npz` keeps every set's head features and
-channels scores, to refit a check on without the network. Last, the cost: CPU time of the forward pass of a batch of 32
-against scoring its features.
+channels scores, to refit a check on without the network. Last, the cost: CPU time of the
+forward pass of a batch of 32 against scoring its features.
 """
 
 from __future__ import annotations
