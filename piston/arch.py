@@ -41,6 +41,11 @@ def build(name: str, num_classes: int, height: int, width: int, **params: Any) -
         module = builder(num_classes, height, width, **params)
     except TypeError as err:
         raise ConfigError(f"bad arch_params for {name}: {err}") from None
+    return with_views(module, tta)
+
+
+def with_views(module: nn.Module, tta: str | None) -> nn.Module:
+    """The module with its test-time views (`tta`: one of `TTA_FLIPS`), or as it is."""
     return FlipAverage(module, TTA_FLIPS[tta], tta == "dihedral") if tta else module
 
 
@@ -227,6 +232,55 @@ class GlobalPool(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean = x.mean((2, 3))
         return torch.cat([mean, x.amax((2, 3))], 1) if self.with_max else mean
+
+
+class Ensemble(nn.Module):
+    """The mean of several networks' logits, as one network: each member's body (all but its
+    last linear layer) gives its pooled features, and one linear head over their concatenation
+    holds each member's head divided by their number. So an ensemble's features (novelty), class
+    activation maps and ONNX graph come from the code that serves a single network."""
+
+    def __init__(self, bodies: Sequence[nn.Module], head: nn.Linear) -> None:
+        super().__init__()
+        self.bodies = nn.ModuleList(bodies)
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([body(x) for body in self.bodies], 1))
+
+
+def split_head(net: nn.Module, name: str) -> tuple[nn.Sequential, nn.Linear]:
+    """(body, head) of a network that ends in a linear layer, such as `bn_cnn`."""
+    if isinstance(net, FlipAverage):
+        net = net.net
+    if not (isinstance(net, nn.Sequential) and isinstance(net[-1], nn.Linear)):
+        raise ConfigError(f"an ensemble member must end in a linear layer; {name} does not")
+    return net[:-1], net[-1]
+
+
+@register("ensemble")
+def ensemble(num_classes: int, height: int, width: int,
+             members: Sequence[dict[str, Any]] = ()) -> nn.Module:
+    """Members given as `{"arch": name, "arch_params": {...}}` (test-time views belong to the
+    ensemble's own `tta`); fresh weights, for a bundle's state dict to fill."""
+    if len(members) < 2:
+        raise TypeError("an ensemble needs at least two members")
+    parts = [split_head(build(m["arch"], num_classes, height, width, **m.get("arch_params", {})),
+                        m["arch"]) for m in members]
+    inputs = sum(head.in_features for _, head in parts)
+    return Ensemble([body for body, _ in parts], nn.Linear(inputs, num_classes))
+
+
+def average_of(nets: Sequence[nn.Module], names: Sequence[str]) -> Ensemble:
+    """The ensemble of trained networks (`FlipAverage`-wrapped or not): their bodies as they
+    are, one head whose logits are the mean of theirs."""
+    parts = [split_head(net, name) for net, name in zip(nets, names, strict=True)]
+    heads = [head for _, head in parts]
+    head = nn.Linear(sum(h.in_features for h in heads), heads[0].out_features)
+    with torch.no_grad():
+        head.weight.copy_(torch.cat([h.weight for h in heads], 1) / len(heads))
+        head.bias.copy_(torch.stack([h.bias for h in heads]).mean(0))
+    return Ensemble([body for body, _ in parts], head)
 
 
 TORCHVISION = {"resnet18": "resnet18", "mobilenet_v3_small": "mobilenet_v3_small"}

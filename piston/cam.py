@@ -12,13 +12,14 @@ convolution's output weighted by the gradients of the predicted class, summed ov
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from piston.arch import Embedder, FlipAverage, GlobalPool
+from piston.arch import Embedder, Ensemble, FlipAverage, GlobalPool
 from piston.errors import ConfigError
 
 POOLS = (GlobalPool, nn.AdaptiveAvgPool2d)
@@ -52,51 +53,72 @@ def unview(maps: torch.Tensor, n: int, flips: list[tuple[int, ...]],
 class CamEmbedder(nn.Module):
     """`Embedder`'s (logits, features) plus every class's activation map, (N, C, h, w): the
     head's weights over the input of the last global pooling, views flipped back and averaged
-    (with average + max pooling the head reads each map twice, so both weights count)."""
+    (with average + max pooling the head reads each map twice, so both weights count). An
+    ensemble has one such pooling per member: each member's maps get its share of the head's
+    weights, and are brought to the largest member's map size before they are added."""
 
-    def __init__(self, embedder: Embedder, pool: nn.Module) -> None:
+    def __init__(self, embedder: Embedder, pools: Sequence[nn.Module],
+                 columns: list[int]) -> None:
         super().__init__()
         self.embedder = embedder
         module = embedder.module
         self.flips, self.transpose = (
             (module.flips, module.transpose) if isinstance(module, FlipAverage) else ([], False))
-        self.pool = pool
+        self.pools = pools
+        self.columns = columns  # how many of the head's inputs each pool gives
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        seen: list[torch.Tensor] = []
-        # The hook is on the shared module: a forward pass in another thread (the batcher's,
+        seen: dict[int, torch.Tensor] = {}
+        # The hooks are on the shared module: a forward pass in another thread (the batcher's,
         # another explain) must not feed this one's maps
         mine = threading.get_ident()
 
-        def take_input(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            if threading.get_ident() == mine:
-                seen.append(args[0])
+        def taker(k: int) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
+            def take_input(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+                if threading.get_ident() == mine:
+                    seen[k] = args[0]
+            return take_input
 
-        hook = self.pool.register_forward_pre_hook(take_input)
+        hooks = [pool.register_forward_pre_hook(taker(k)) for k, pool in enumerate(self.pools)]
         try:
             logits, features = self.embedder(x)
         finally:
-            hook.remove()
-        maps = unview(seen[-1], x.shape[0], self.flips, self.transpose)
-        weight = self.embedder.head.weight
+            for hook in hooks:
+                hook.remove()
+        weights = self.embedder.head.weight.split(self.columns, 1)
+        cams = [self._cam(unview(seen[k], x.shape[0], self.flips, self.transpose), weights[k])
+                for k in range(len(self.pools))]
+        size = max(cam.shape[-2:] for cam in cams)
+        resized = [cam if cam.shape[-2:] == size else nn.functional.interpolate(
+            cam, size=size, mode="bilinear", align_corners=False) for cam in cams]
+        return logits, features, resized[0] if len(resized) == 1 else torch.stack(resized).sum(0)
+
+    @staticmethod
+    def _cam(maps: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         k = maps.shape[1]
         if weight.shape[1] == 2 * k:
             weight = weight[:, :k] + weight[:, k:]
-        return logits, features, torch.einsum("ck,nkhw->nchw", weight, maps)
+        return torch.einsum("ck,nkhw->nchw", weight, maps)
 
 
 def cam_embedder(module: nn.Module) -> CamEmbedder | None:
     """The module with its class activation maps, or None when its head is not linear over
-    globally pooled maps (resnet18 and bn_cnn are; CAM is exact for them)."""
+    globally pooled maps (resnet18, bn_cnn and their ensembles are; CAM is exact for them)."""
     embedder = Embedder(module)
-    pools = [m for m in module.modules() if isinstance(m, POOLS)]
-    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
-    if not pools or not convs:
+    inner = module.net if isinstance(module, FlipAverage) else module
+    bodies = list(inner.bodies) if isinstance(inner, Ensemble) else [module]
+    pools, columns = [], []
+    for body in bodies:
+        found = [m for m in body.modules() if isinstance(m, POOLS)]
+        convs = [m for m in body.modules() if isinstance(m, nn.Conv2d)]
+        if not found or not convs:
+            return None
+        pools.append(found[-1])
+        wide = isinstance(found[-1], GlobalPool) and found[-1].with_max
+        columns.append(convs[-1].out_channels * (2 if wide else 1))
+    if sum(columns) != embedder.head.in_features:
         return None
-    channels = convs[-1].out_channels
-    if embedder.head.in_features not in (channels, 2 * channels):
-        return None
-    return CamEmbedder(embedder, pools[-1])
+    return CamEmbedder(embedder, pools, columns)
 
 
 class FeatureMaps:

@@ -132,6 +132,7 @@ RULES: dict[str, Rule] = {
     "review_target_error": _real(1e-4, 0.5), "decision_threshold": _real(0, 1),
     "mean": _triple, "std": _triple, "pretrained": _choice("imagenet", None),
     "spend_budget": _flag, "pretrained_source": _choice("cached", "never"),  # no downloads
+    "ensemble": _whole(1, lambda s: 4),
     "pretrained_weights": _weights,
 }
 

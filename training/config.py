@@ -60,6 +60,9 @@ class TrainConfig(BaseModel):
     # them (cached: the weights already sit in the torch cache; download: fetch them; never)
     search_pretrained: list[str] = Field(default_factory=list)
     pretrained_source: Literal["cached", "download", "never"] = "cached"
+    # up to this many of the search's networks are averaged (the winner and the next best),
+    # each one kept only where the average beats the networks before it on validation
+    ensemble: int = Field(1, ge=1, le=4)
     overrides: dict[str, Any] = Field(default_factory=dict)  # the user's, applied to candidates
     batch_size: int = Field(32, ge=1)
     lr: float = Field(0.001, gt=0)
@@ -82,7 +85,7 @@ class TrainConfig(BaseModel):
 
 
 SEARCH_ONLY = frozenset({"recipe", "search", "search_pretrained", "pretrained_source",
-                         "budget_s", "overrides"})
+                         "budget_s", "overrides", "ensemble"})
 
 
 def recipe_names() -> list[str]:

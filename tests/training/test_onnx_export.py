@@ -28,16 +28,27 @@ from training.train import contract_of
 # The fast tier checks one recipe's export; the eight-view, wide and ImageNet-sized ones
 # (linear_probe: a minute on 2 busy cores) take 5-18x as long.
 FAST_CASE = ("bn_cnn", None)
+# `auto` may average its candidates (training/search.py): dihedral_cnn's and wide_cnn's nets
+# in one graph, the wide one at another working size so that their maps differ in size
+ENSEMBLE = "dihedral_cnn+wide_cnn"
 # (recipe, input size): the recipes' own sizes; the ones resolved from the data at a size
 # their Shrink acts on, square (dihedral transposes) and not
 CASES = [(name, None) for name in recipe_names() if name != "auto"] + [
-    ("dihedral_cnn", (150, 150)), ("dihedral_cnn", (96, 144)), ("wide_cnn", (160, 120))]
+    ("dihedral_cnn", (150, 150)), ("dihedral_cnn", (96, 144)), ("wide_cnn", (160, 120)),
+    (ENSEMBLE, (150, 150))]
 
 
 def recipe_module(name: str, size: tuple[int, int] | None) -> tuple[nn.Module, BundleMeta]:
     """The recipe's module, with random weights and batch-norm statistics (not the identity
     that fresh ones are), in eval mode, and a bundle meta for it."""
-    config = load_config(name, overrides={"input_size": size} if size else None)
+    if name == ENSEMBLE:
+        first, second = (load_config(n).arch_params for n in name.split("+"))
+        members = [{"arch": "bn_cnn", "arch_params": {**first, "tta": None}},
+                   {"arch": "bn_cnn", "arch_params": {**second, "tta": None, "work_side": 96}}]
+        config = load_config("dihedral_cnn", overrides={"input_size": size}).model_copy(
+            update={"arch": "ensemble", "arch_params": {"members": members, "tta": "dihedral"}})
+    else:
+        config = load_config(name, overrides={"input_size": size} if size else None)
     if config.input_size is None:
         config = config.model_copy(update={"input_size": (150, 150)})
     contract = contract_of(config)
