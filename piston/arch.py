@@ -260,7 +260,8 @@ def split_head(net: nn.Module, name: str) -> tuple[nn.Sequential, nn.Linear]:
 
 @register("ensemble")
 def ensemble(num_classes: int, height: int, width: int,
-             members: Sequence[dict[str, Any]] = ()) -> nn.Module:
+             members: Sequence[dict[str, Any]] = ({"arch": "bn_cnn"}, {"arch": "bn_cnn"}),
+             ) -> nn.Module:
     """Members given as `{"arch": name, "arch_params": {...}}` (test-time views belong to the
     ensemble's own `tta`); fresh weights, for a bundle's state dict to fill."""
     if len(members) < 2:

@@ -11,6 +11,7 @@ convolution's output weighted by the gradients of the predicted class, summed ov
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -85,7 +86,8 @@ class CamEmbedder(nn.Module):
         finally:
             for hook in hooks:
                 hook.remove()
-        weights = self.embedder.head.weight.split(self.columns, 1)
+        head, starts = self.embedder.head.weight, [0, *itertools.accumulate(self.columns)]
+        weights = [head[:, a:b] for a, b in itertools.pairwise(starts)]  # no Split op in ONNX
         cams = [self._cam(unview(seen[k], x.shape[0], self.flips, self.transpose), weights[k])
                 for k in range(len(self.pools))]
         size = max(cam.shape[-2:] for cam in cams)

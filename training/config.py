@@ -60,8 +60,10 @@ class TrainConfig(BaseModel):
     # them (cached: the weights already sit in the torch cache; download: fetch them; never)
     search_pretrained: list[str] = Field(default_factory=list)
     pretrained_source: Literal["cached", "download", "never"] = "cached"
-    # up to this many of the search's networks are averaged (the winner and the next best),
-    # each one kept only where the average beats the networks before it on validation
+    # up to this many networks are averaged: the search's winner, a second network of its
+    # recipe (another seed; trained only when the budget left holds the winner's training
+    # time) and the next best candidates, each kept only where the average beats the networks
+    # before it on validation
     ensemble: int = Field(1, ge=1, le=4)
     overrides: dict[str, Any] = Field(default_factory=dict)  # the user's, applied to candidates
     batch_size: int = Field(32, ge=1)

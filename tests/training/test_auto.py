@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from piston import arch
+from piston.bundle import Predictor
 from piston.errors import ConfigError
 from piston.registry import Registry
 from piston.storage import LocalStorage
@@ -42,7 +43,9 @@ def _train(data: Path, tmp: Path, **overrides: object) -> dict:
 def test_auto_compares_candidates_and_says_why(textures: Path, tmp_path: Path) -> None:
     first = _train(textures, tmp_path / "1", epochs=3, budget_s=120)
     rows = first["search"]
-    assert [r["candidate"] for r in rows] == ["bn_cnn", "dihedral_cnn", "wide_cnn"]
+    names = [r["candidate"] for r in rows]
+    assert names[:3] == ["bn_cnn", "dihedral_cnn", "wide_cnn"]
+    assert set(names[3:]) <= {f"{first['candidate'].split('+')[0]}#2", first["candidate"]}
     chosen = [r for r in rows if r["chosen"]]
     assert len(chosen) == 1 and chosen[0]["candidate"] == first["candidate"]
     assert chosen[0]["note"]
@@ -199,9 +202,35 @@ def test_auto_adds_a_pretrained_candidate_only_when_its_weights_are_cached(
     assert _candidates(input_size=[32, 32]) == [*plain, "linear_probe"]
     assert _candidates(input_size=[32, 32], pretrained_source="never") == plain
     # in a search, it trains from the cached weights beside a from-scratch candidate
-    result = _train(textures, tmp_path, search=["seed"], epochs=1, budget_s=300)
+    result = _train(textures, tmp_path, search=["seed"], epochs=1, budget_s=300, ensemble=1)
     rows = {r["candidate"]: r for r in result["search"]}
     assert set(rows) == {"seed", "linear_probe"}
     probe = rows["linear_probe"]
     assert probe["arch"] == "mobilenet_v3_small"
     assert probe["epochs"] >= 1 or "already perfect" in probe["note"]
+
+
+@pytest.mark.slow  # trains
+def test_a_second_network_is_trained_and_averaged_when_the_budget_holds_it(
+        textures: Path, tmp_path: Path) -> None:
+    registry = Registry(LocalStorage(tmp_path / "registry"))
+    config = load_config(overrides={"epochs": 3, "budget_s": 300, "ensemble": 2})
+    outcome = train_bundle(str(textures), config, registry, GateBar(), tmp_path / "runs",
+                           MAX_PIXELS)
+    result = outcome.to_json()
+    rows = {r["candidate"]: r for r in result["search"]}
+    winner = next(r for r in result["search"] if r["note"].startswith("highest")
+                  or r["note"].startswith("same") or r["note"] == "the only candidate trained")
+    again = rows[f"{winner['candidate']}#2"]
+    assert again["epochs"] == winner["epochs"] and again["seconds"] > 0
+    chosen = [r for r in result["search"] if r["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["candidate"] == result["candidate"]
+    if "+" in result["candidate"]:  # averaged: one network in the bundle, in both runtimes
+        assert chosen[0]["note"].startswith("the mean of")
+        assert chosen[0]["val_macro_f1"] >= winner["val_macro_f1"]
+    folder = registry.fetch(outcome.version)
+    loaded = [Predictor.load(folder, kind) for kind in ("torch", "onnx")]
+    assert (loaded[0].meta.arch == "ensemble") == ("+" in result["candidate"])
+    images = np.random.default_rng(0).normal(0, 1, (4, 3, 32, 32)).astype(np.float32)
+    probs = [p.probabilities(images) for p in loaded]
+    np.testing.assert_allclose(probs[0], probs[1], atol=1e-4)
