@@ -53,6 +53,12 @@ DEFAULT_METHOD: Method = "combined"
 # colour in an image crosses
 CHANNEL_SHARE = 0.005
 CHANNEL_FLOOR = 0.5
+# A floor under the kNN check's threshold: this share of the smallest cosine distance between
+# two class means of the training features. A converged model's features collapse (a pill
+# stand-in: familiar images 0.003 from their neighbours, the classes 0.3 apart), and a tail
+# fitted to a few dozen validation scores then sits under familiar test images (22% and 6.8%
+# of two test splits flagged; docs/evaluation.md, "Across data sets")
+KNN_FLOOR = 0.1
 
 
 def ledoit_wolf(centred: np.ndarray) -> tuple[np.ndarray, float]:
@@ -98,6 +104,17 @@ def fit_part(method: PartMethod, features: np.ndarray, labels: np.ndarray,
     if method == "channels":
         return ChannelScorer(math.inf)  # nothing to fit: the threshold is all
     return fit_knn(features)
+
+
+def knn_floor(features: np.ndarray, labels: np.ndarray, classes: int) -> float:
+    """`KNN_FLOOR` x the smallest cosine distance between two class means (0: one class)."""
+    present = [c for c in range(classes) if (labels == c).any()]
+    if len(present) < 2:
+        return 0.0
+    x = np.asarray(features, dtype=np.float64)
+    means = unit_rows(np.stack([x[labels == c].mean(0) for c in present]))
+    distance = 1.0 - means @ means.T
+    return KNN_FLOOR * float(distance[np.triu_indices(len(present), 1)].min())
 
 
 def tail_threshold(scores: np.ndarray, target: float = TARGET_SHARE) -> float:
@@ -167,7 +184,9 @@ def fit_novelty(method: Method, features: np.ndarray, labels: np.ndarray, val: n
     reference, source = (val, "validation") if len(val) >= MIN_VAL else (features, "training")
     methods: list[PartMethod] = ["mahalanobis", "knn"] if method == "combined" else [method]
     share = target / len(methods)
-    checks = [thresholded(fit_part(m, features, labels, classes), reference, share)
+    floor = knn_floor(features, labels, classes) if "knn" in methods else 0.0
+    checks = [thresholded(fit_part(m, features, labels, classes), reference, share,
+                          floor if m == "knn" else 0.0)
               for m in methods]
     val_in, test_in = inputs if inputs is not None else (None, None)
     with_channels = method == "combined" and val_in is not None and len(val_in) >= MIN_VAL
@@ -179,6 +198,8 @@ def fit_novelty(method: Method, features: np.ndarray, labels: np.ndarray, val: n
         method=method, threshold=scorer.threshold, target_share=target,
         threshold_source=f"log-normal tail of {len(reference)} {source} scores"
                          + (f", {share:.1%} per check" if len(checks) > 1 else "")
+                         + (f" (kNN at least {floor:.3g}: {KNN_FLOOR} x the class means'"
+                            " smallest cosine distance)" if floor > 0 else "")
                          + (f" ({CHANNEL_SHARE:.1%} and at least {CHANNEL_FLOOR} for channels)"
                             if with_channels else ""),
         val_flagged=flagged_share(scorer, val, val_in) or 0.0,
@@ -190,6 +211,8 @@ def fit_novelty(method: Method, features: np.ndarray, labels: np.ndarray, val: n
     return scorer, info
 
 
-def thresholded(check: PartScorer, reference: np.ndarray, share: float) -> PartScorer:
-    """The check with the threshold that flags about `share` of familiar images."""
-    return with_threshold(check, tail_threshold(check.score(reference), share))
+def thresholded(check: PartScorer, reference: np.ndarray, share: float,
+                floor: float = 0.0) -> PartScorer:
+    """The check with the threshold that flags about `share` of familiar images, at least
+    `floor`."""
+    return with_threshold(check, max(tail_threshold(check.score(reference), share), floor))

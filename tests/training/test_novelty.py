@@ -14,6 +14,7 @@ from training.novelty import (
     fit_knn,
     fit_mahalanobis,
     fit_novelty,
+    knn_floor,
     ledoit_wolf,
     tail_threshold,
 )
@@ -101,7 +102,8 @@ def test_combined_sets_each_threshold_on_validation_at_half_the_target() -> None
     maha, knn = scorer.parts
     assert isinstance(maha, MahalanobisScorer) and isinstance(knn, KnnScorer)
     assert maha.threshold == tail_threshold(maha.score(val), TARGET_SHARE / 2)
-    assert knn.threshold == tail_threshold(knn.score(val), TARGET_SHARE / 2)
+    assert knn.threshold == max(tail_threshold(knn.score(val), TARGET_SHARE / 2),
+                                knn_floor(features, labels, 3))
     assert [(p.method, p.threshold) for p in info.parts] == [
         ("mahalanobis", maha.threshold), ("knn", knn.threshold)]
     assert info.val_flagged == float((scorer.score(val) > 1.0).mean())
@@ -155,3 +157,17 @@ def test_the_knn_bank_is_capped_and_stored_as_unit_rows_in_float16() -> None:
     assert knn.stored.shape == (500, 16) and knn.stored.dtype == np.float16
     assert np.linalg.norm(knn.stored.astype(np.float32), axis=1) == pytest.approx(1, abs=1e-3)
     assert knn.score(features[:1000]).max() < 0.1  # the kept rows stand for the rest
+
+
+def test_the_knn_threshold_stays_over_a_share_of_the_class_means_distance() -> None:
+    """Collapsed features (a converged two-class model): familiar images a hair from their
+    neighbours, so a tail fitted to a few validation scores would flag familiar test images."""
+    rng = np.random.default_rng(0)
+    centres = np.eye(2, 16) * 10
+    labels = np.repeat([0, 1], 100)
+    features = centres[labels] + rng.normal(0, 0.01, (200, 16))
+    val = centres[[0, 1] * 9] + rng.normal(0, 0.01, (18, 16))
+    scorer, info = fit_novelty("knn", features, labels, val, val, 2)
+    assert knn_floor(features, labels, 2) == pytest.approx(0.1, rel=1e-3)  # means 90 deg apart
+    assert scorer.threshold == pytest.approx(0.1, rel=1e-3) and "at least" in info.threshold_source
+    assert knn_floor(features, np.zeros(200, int), 1) == 0.0  # one class: no floor
