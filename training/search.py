@@ -170,6 +170,8 @@ def second_network(
                        on_epoch, deadline, max_cycles=best.fitted.loop.cycles,
                        min_cycle=MIN_CYCLE)
     if again.fitted.stopped == "too_slow":
+        log.info("no second %s: half its first cycle would not fit in the %.0f s left",
+                 best.name, deadline - time.monotonic())
         return None
     _score(again, val, classes)
     log.info("second %s: val macro-F1 %.3f, accuracy %.3f, loss %.3f", best.name,
