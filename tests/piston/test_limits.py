@@ -84,7 +84,8 @@ def test_retrain_overrides_are_an_allow_list_with_bounds(tmp_path: Path) -> None
     check_overrides(settings, {"epochs": 5, "max_cycles": 2, "min_steps": 100, "budget_s": 60,
                                "input_size": [96, 96], "arch": "bn_cnn", "lr": 0.003,
                                "arch_params": {"widths": [16, 32], "tta": "hflip"},
-                               "augment": {"hflip": 0.5}, "pretrained_weights": str(weights)})
+                               "augment": {"hflip": 0.5}, "pretrained_weights": str(weights),
+                               "ensemble": 2})
     for overrides, says in (
         ({"epochs": 201}, "override epochs=201: must be a whole number from 1 to 200"),
         ({"epochs": 2.5}, "a whole number"),
@@ -94,6 +95,9 @@ def test_retrain_overrides_are_an_allow_list_with_bounds(tmp_path: Path) -> None
         ({"arch_params": {"evil": 1}}, "'arch_params.evil' is not allowed"),
         ({"augment": {"blur_sigma": 1e9}}, "augment.blur_sigma"),
         ({"recipe": "auto"}, "'recipe' is not allowed"),
+        ({"ensemble": 5}, "override ensemble=5: must be a whole number from 1 to 4"),
+        ({"arch_params": {"members": [{"arch": "resnet18"}] * 99}},
+         "'arch_params.members' is not allowed"),
         ({"pretrained_source": "download"}, "must be one of cached, never"),
         ({"x" * 5000: 1}, "is not allowed"),
     ):

@@ -87,6 +87,9 @@ def test_an_ensemble_needs_members_that_end_in_a_linear_layer() -> None:
             {"arch": "bn_cnn", "arch_params": {}}, {"arch": "mobilenet_v3_small"}])
     with pytest.raises(ConfigError, match="at least two"):
         arch.build("ensemble", 3, 64, 64, members=[{"arch": "bn_cnn"}])
+    with pytest.raises(ConfigError, match=r"^bad training config: ensemble: ") as err:
+        load_config(overrides={"ensemble": 0})  # `piston train --set ensemble=0`
+    assert "\n" not in str(err.value)
 
 
 def reader(noise_weight: float) -> nn.Sequential:
