@@ -66,6 +66,7 @@ class Candidate:
     val_loss: float = float("nan")
     parameters: int = 0
     note: str = ""
+    twin: bool = False  # the winner's own recipe from another seed (`second_network`)
 
     def key(self) -> tuple[float, float, float]:
         return (round(self.val_macro_f1, 4), round(self.val_accuracy, 4), -self.val_loss)
@@ -165,7 +166,7 @@ def second_network(
                  best.fitted.seconds)
         return None
     config = best.config.model_copy(update={"seed": best.config.seed + 1})
-    again = Candidate(f"{best.name}#2", config)
+    again = Candidate(f"{best.name}#2", config, twin=True)
     again.fitted = fit(config, train.images, train.labels, val.images, val.labels, len(classes),
                        on_epoch, deadline, max_cycles=best.fitted.loop.cycles,
                        min_cycle=MIN_CYCLE)
@@ -182,19 +183,19 @@ def second_network(
 def averaged(best: Candidate, candidates: list[Candidate], val: DecodedSet, classes: list[str],
              most: int) -> Candidate:
     """The winner averaged with the next best candidates, up to `most` networks in all, each
-    joining only where the average beats what it had without it on validation (macro-F1, then
-    accuracy, then loss); the winner alone when none does. Averaging networks trained anyway
+    joining only where the average beats what it had without it on validation (`_helps`); the
+    winner alone when none does. Averaging networks trained anyway
     costs no training time, and their disagreements are exactly the images a single network
     is confidently wrong on: the review band narrows (docs/evaluation.md)."""
     joinable = sorted((c for c in candidates if c is not best and _joinable(best, c)),
-                      key=Candidate.key, reverse=True)
+                      key=lambda c: (c.twin, c.key()), reverse=True)  # a twin first
     members, current = [best], best
     for cand in joinable:
         if len(members) >= most:
             break
         trial = _average([*members, cand])
         _score(trial, val, classes)
-        if trial.key() > current.key():
+        if _helps(trial, current, cand.twin):
             members, current = [*members, cand], trial
     if current is best:
         return best
@@ -202,6 +203,17 @@ def averaged(best: Candidate, candidates: list[Candidate], val: DecodedSet, clas
                     f" {current.val_macro_f1:.3f}, loss {current.val_loss:.3f} (alone"
                     f" {best.val_macro_f1:.3f}, {best.val_loss:.3f})")
     return current
+
+
+def _helps(trial: Candidate, current: Candidate, twin: bool) -> bool:
+    """Whether validation prefers the average `trial` to `current`. A twin of the winner is
+    as good as the winner up to its seed, and a hundred validation images rank such networks
+    by noise (fabric: the average won on test where validation's macro-F1 preferred the
+    winner alone), so it joins on the smoothest figure, the loss; a candidate that lost the
+    search must beat the average without it on macro-F1, then accuracy, then loss."""
+    if twin:
+        return trial.val_loss < current.val_loss
+    return trial.key() > current.key()
 
 
 def _joinable(best: Candidate, cand: Candidate) -> bool:

@@ -12,7 +12,7 @@ from piston.cam import cam_embedder
 from piston.errors import ConfigError
 from training.config import TrainConfig, load_config
 from training.decode import DecodedSet
-from training.search import Candidate, _score, averaged
+from training.search import Candidate, _average, _score, averaged
 from training.train import FitResult, contract_of, predict_logits
 
 CLASSES = ["a", "b"]
@@ -150,3 +150,25 @@ def test_networks_with_other_test_time_views_are_not_averaged() -> None:
     plus, minus = scored([candidate("plus", reader(0.3)),
                           candidate("minus", reader(-0.3), tta="hflip")], val)
     assert averaged(plus, [plus, minus], val, CLASSES, most=2) is plus
+
+
+def scaled_reader(noise_weight: float, scale: float) -> nn.Sequential:
+    net = reader(noise_weight)
+    with torch.no_grad():
+        net[1].weight.mul_(scale)
+    return net
+
+
+def test_a_twin_of_the_winner_joins_on_validation_loss_where_another_recipe_must_win() -> None:
+    val = readers_set()
+    # an overconfident winner, and a network whose average with it is one image less right on
+    # validation but less confidently wrong (lower loss)
+    winner, other = scored([candidate("win", scaled_reader(0.3, 10.0)),
+                            candidate("other", scaled_reader(2.0, 1.0))], val)
+    trial = _average([winner, other])
+    _score(trial, val, CLASSES)
+    assert trial.val_accuracy < winner.val_accuracy and trial.val_loss < winner.val_loss
+    assert averaged(winner, [winner, other], val, CLASSES, most=2) is winner
+    other.twin = True  # the winner's own recipe from another seed
+    chosen = averaged(winner, [winner, other], val, CLASSES, most=2)
+    assert chosen.name == "win+other" and chosen.val_loss < winner.val_loss
