@@ -41,7 +41,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--classes", help="target-to-name mapping for a manifest: 0=a,1=b")
     train.add_argument("--budget", help="time budget of the training (or the auto search),"
-                       " e.g. 10m, 90s (default: the recipe's; auto: 10m)")
+                       " e.g. 10m, 90s (default: the recipe's; auto: 13m)")
     add_pretrained(train)
     train.add_argument("--strict", action="store_true",
                        help="refuse a data set with label conflicts instead of leaving them out")
