@@ -172,3 +172,13 @@ def test_a_twin_of_the_winner_joins_on_validation_loss_where_another_recipe_must
     other.twin = True  # the winner's own recipe from another seed
     chosen = averaged(winner, [winner, other], val, CLASSES, most=2)
     assert chosen.name == "win+other" and chosen.val_loss < winner.val_loss
+
+
+def test_a_twin_that_makes_the_average_worse_on_every_figure_stays_out() -> None:
+    val = readers_set()
+    plus, noise = scored([candidate("plus", reader(0.3)), candidate("noise", reader(4.0))], val)
+    noise.twin = True
+    trial = _average([plus, noise])
+    _score(trial, val, CLASSES)
+    assert trial.val_macro_f1 < plus.val_macro_f1 and trial.val_loss > plus.val_loss
+    assert averaged(plus, [plus, noise], val, CLASSES, most=2) is plus
