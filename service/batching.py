@@ -86,6 +86,8 @@ class Batcher:
             future: asyncio.Future[NetOutput] = loop.create_future()
             self._queue.put_nowait(_Item(predictor, array, future, explain))
             futures.append(future)
+        if len(futures) == 1:  # `/classify`: its row as it is (gather + concat cost ~15 us)
+            return await futures[0]
         return NetOutput.concat(await asyncio.gather(*futures))
 
     async def _run(self) -> None:

@@ -304,6 +304,21 @@ def test_score_job_is_queued_like_the_cli(bare_client: TestClient, tmp_path: Pat
         queue.delete(jobs.SCORE_QUEUE)
 
 
+def test_api_methods_are_bound_once(bare_client: TestClient) -> None:
+    """BentoML looks each API method up on the instance per request: the lookup gives the
+    one bound method, not a new one (whose signature BentoML's descriptor rebuilds), and a
+    request through it is still answered by our route (415 with our JSON shape)."""
+    import bentoml
+
+    svc = bentoml.get_current_service()
+    assert svc is not None
+    for name in ("classify", "classify_batch", "infer"):
+        assert getattr(svc, name) is getattr(svc, name), name
+        assert getattr(svc, name).local is getattr(svc, name), name
+    answer = bare_client.post("/classify", content=b"x", headers={"Content-Type": "text/plain"})
+    assert answer.status_code == 415 and answer.json()["kind"] == "unsupported_media_type"
+
+
 def test_docs_json_documents_every_route(bare_client: TestClient) -> None:
     client = bare_client
     page = client.get("/")
