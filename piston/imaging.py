@@ -74,12 +74,15 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
-def oriented_size(img: Image.Image, contract: Contract | None = None) -> tuple[int, int]:
+def oriented_size(img: Image.Image, contract: Contract | None = None,
+                  size: tuple[int, int] | None = None) -> tuple[int, int]:
     """An opened image's (width, height) as decoding will orient it (EXIF rotations by a
-    quarter turn swap the sides), read from the header alone."""
-    width, height = img.size
-    turned = img.getexif().get(EXIF_ORIENTATION, 1) in QUARTER_TURNS
-    if turned and (contract is None or contract.exif_transpose):
+    quarter turn swap the sides), read from the header alone. `size`: the header's, for an
+    image decoded since (a JPEG draft shrinks `img.size`)."""
+    width, height = size or img.size
+    if contract is not None and not contract.exif_transpose:
+        return width, height
+    if img.getexif().get(EXIF_ORIENTATION, 1) in QUARTER_TURNS:
         return height, width
     return width, height
 

@@ -15,11 +15,12 @@ import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 
 from piston.errors import Overloaded
-from piston.imaging import Contract, open_image, prepare
+from piston.imaging import Contract, open_image, oriented_size, prepare
 
 DECODE_NICENESS = 10
 
@@ -32,6 +33,14 @@ def lower_priority() -> None:
     with contextlib.suppress(OSError, AttributeError):
         os.setpriority(os.PRIO_PROCESS, thread,
                        os.getpriority(os.PRIO_PROCESS, thread) + DECODE_NICENESS)
+
+
+class Decoded(NamedTuple):
+    """A decoded image: the model input, and its (width, height) as oriented, from the header
+    read while decoding (the drift watch and heatmaps need not open the image again)."""
+
+    array: np.ndarray
+    size: tuple[int, int]
 
 
 class Decoder:
@@ -49,16 +58,22 @@ class Decoder:
 
     async def __call__(self, data: bytes, contract: Contract) -> np.ndarray:
         """The CHW float32 array: `ImageError` for a bad image, `Overloaded` when full."""
+        return (await self.decoded(data, contract)).array
+
+    async def decoded(self, data: bytes, contract: Contract) -> Decoded:
+        """The array and the image's oriented size; refused as `__call__` is."""
         img = open_image(data, self.max_pixels)
+        header = img.size  # before decoding: a JPEG draft shrinks img.size
         if img.width * img.height <= self.inline_pixels and len(data) <= self.inline_bytes:
-            return prepare(img, contract)
+            return Decoded(prepare(img, contract), oriented_size(img, contract, header))
         if self.pending >= self.capacity:
             raise Overloaded(f"{self.pending} large images are being decoded on this worker;"
                              " retry shortly")
         self.pending += 1
         try:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._pool, prepare, img, contract)
+            array = await loop.run_in_executor(self._pool, prepare, img, contract)
+            return Decoded(array, oriented_size(img, contract, header))
         finally:
             self.pending -= 1
 

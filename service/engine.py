@@ -19,7 +19,6 @@ import numpy as np
 from piston.bundle import Predictor
 from piston.errors import InputError, NotReady, Overloaded
 from piston.follow import ModelFollower
-from piston.imaging import image_size
 from piston.scoring import (
     Decision,
     ImageFailure,
@@ -137,16 +136,15 @@ class Engine:
         second look at a flagged image is not)."""
         predictor = self.predictor()  # the model this request finishes on, even across a swap
         began = time.perf_counter()
-        array = await self.decode(data, predictor.contract)
+        array, size = await self.decode.decoded(data, predictor.contract)
         out = await self.batcher.score(predictor, [array], explain)
         decisions = decide(predictor, out)
         if counted:
             self.metrics.record(decisions)
-            self.watchers.seen(predictor, [Seen(data, array, decisions[0])],
+            self.watchers.seen(predictor, [Seen(data, array, decisions[0], size[0] * size[1])],
                                time.perf_counter() - began)
         if explain:
-            sizes = [image_size(data, predictor.contract, self.limits.max_image_pixels)]
-            decisions = explained(predictor, out, decisions, sizes)
+            decisions = explained(predictor, out, decisions, [size])
         return decisions[0]
 
     def error(self, kind: str) -> None:
@@ -160,12 +158,16 @@ class Engine:
         predictor = self.predictor()
         began = time.perf_counter()
         prepared: list[Prepared] = []
+        sizes: list[tuple[int, int]] = []  # of the decoded images, in order
         for data in images:  # one at a time: a batch never holds more than one decode thread
             try:
-                prepared.append(await self.decode(data, predictor.contract))
+                decoded = await self.decode.decoded(data, predictor.contract)
             except (InputError, Overloaded) as err:
                 self.error(err.kind)
                 prepared.append(ImageFailure(error=str(err), kind=err.kind))
+                continue
+            prepared.append(decoded.array)
+            sizes.append(decoded.size)
         arrays = [p for p in prepared if not isinstance(p, ImageFailure)]
         blobs = [d for d, p in zip(images, prepared, strict=True)
                  if not isinstance(p, ImageFailure)]
@@ -174,12 +176,11 @@ class Engine:
             out = await self.batcher.score(predictor, arrays, explain)
             decisions = decide(predictor, out)
             if explain:  # a few ms an image: off the event loop
-                sizes = [image_size(data, predictor.contract, self.limits.max_image_pixels)
-                         for data in blobs]
                 decisions = await asyncio.to_thread(explained, predictor, out, decisions, sizes)
         self.metrics.record(decisions)
         if decisions:
             self.watchers.seen(predictor, [Seen(*row) for row in zip(blobs, arrays, decisions,
+                                                                      [w * h for w, h in sizes],
                                                                       strict=True)],
                                time.perf_counter() - began)
         rows = iter(decisions)

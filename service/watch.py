@@ -24,11 +24,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Seen:
-    """One live image production scored: its bytes, the model input and the decision."""
+    """One live image production scored: its bytes, the model input, the decision and its
+    pixel count (the header's)."""
 
     data: bytes
     array: np.ndarray
     decision: Decision
+    pixels: int
 
 
 class Watcher(Protocol):

@@ -65,5 +65,7 @@ def test_a_shifted_darkened_feed_drifts(bundles: Bundles, registry_dir: Path, pi
     assert judged is not None and judged.images == 36 and judged.errors == {"empty": 1}
     assert judged.mean_brightness is not None and lit is not None
     assert judged.mean_brightness < lit
+    pixels = [w * h for w, h in (Image.open(p).size for p in normal[:36])]  # from the headers
+    assert judged.mean_megapixels == pytest.approx(sum(pixels) / len(pixels) / 1e6)
     assert engine.model_info().drifting is True
     engine.stop()
