@@ -13,9 +13,7 @@ sets its threshold on validation (training/novelty.py: `combined` is Mahalanobis
 half the target each), then prints the share flagged of validation, test, each other set
 (named by its folder, `--other` repeats: one model against many sets is the cross-set matrix)
 and each made-up kind, and the AUROC test-vs-other; `combined+channels` adds the check on the
-inputs' colour channels (fitted on the validation images' inputs), `combined+channels+style`
-the style check on early convolutions (`piston.style`; what training fits now). With
-`--bundle`, the row
+inputs' colour channels (fitted on the validation images' inputs). With `--bundle`, the row
 `bundle` is the bundle's own check as a server answers it (its `novelty.npz` and thresholds,
 in the default runtime's graph). `--save FILE.npz` keeps every set's head features and
 channels scores, to refit a check on without the network. Last, the cost: CPU time of the
@@ -43,11 +41,10 @@ from piston.bundle import Predictor, read_meta
 from piston.imaging import Contract, preprocess
 from piston.novelty import ChannelScorer, Method, Scorer, rule
 from piston.runtime import TorchRuntime
-from piston.style import style_layers
 from tests.conftest import made_up_images
 from training.config import TrainConfig, load_config
 from training.decode import DecodedSet
-from training.novelty import Styles, fit_novelty, observe
+from training.novelty import embed, fit_novelty, head_features
 from training.pipeline import fit_split, make_split, prepare
 from training.train import contract_of, to_inputs
 
@@ -103,8 +100,7 @@ def main() -> int:
 
     start = time.perf_counter()
     module, contract, parts, classes = model_and_splits(args)
-    layers = style_layers(module)
-    train, train_style = observe(module, to_inputs(parts["train"].images, contract), layers)
+    train = head_features(module, parts["train"].images, contract)
     val_in, test_in = (to_inputs(parts[n].images, contract).numpy() for n in ("val", "test"))
     others = {Path(d).name: d for d in args.other}
     made_up = made_up_images()
@@ -113,29 +109,22 @@ def main() -> int:
                  for name, d in others.items()},
               **{kind: np.stack([preprocess(b, contract) for b in blobs])
                  for kind, blobs in made_up.items()}}
-    observed = {n: observe(module, torch.from_numpy(x), layers) for n, x in inputs.items()}
-    features = {n: f for n, (f, _) in observed.items()}
-    style = {n: s for n, (_, s) in observed.items()}
+    features = {n: embed(module, torch.from_numpy(x)) for n, x in inputs.items()}
     val, test = features["val"], features["test"]
-    styles = Styles(train_style, style["val"], style["test"], layers)
     if args.save:
         channels = ChannelScorer(1.0)
         np.savez(args.save, train=train, train_labels=parts["train"].labels,
-                 train_style=train_style, **features,
-                 **{f"{n}_style": s for n, s in style.items()},
-                 **{f"{n}_channels": channels.score(f, inputs[n]) for n, f in features.items()})
+                 **features, **{f"{n}_channels": channels.score(f, inputs[n])
+                                for n, f in features.items()})
 
     scorers: dict[str, Scorer] = {}
     rows = []
-    # combined: the features' checks alone, then with the channels check on the inputs, then
-    # with the style check too
-    for method, name in (*((m, m) for m in METHODS), ("combined", "combined+channels"),
-                         ("combined", "combined+channels+style")):
+    # combined: the features' checks alone, then with the channels check on the inputs
+    for method, name in (*((m, m) for m in METHODS), ("combined", "combined+channels")):
         scorer, info = fit_novelty(method, train, parts["train"].labels, val, test, classes,
-                                   inputs=(val_in, test_in) if "channels" in name else None,
-                                   style=styles if "style" in name else None)
+                                   inputs=(val_in, test_in) if "channels" in name else None)
         scorers[name] = scorer
-        scores = {n: scorer.score(f, inputs[n], style[n]) for n, f in features.items()}
+        scores = {n: scorer.score(f, inputs[n]) for n, f in features.items()}
         rows.append(row(name, rule(info), scores, scorer.threshold, others)
                     | {"parts": [p.model_dump() for p in info.parts]})
     if args.bundle:
@@ -143,9 +132,7 @@ def main() -> int:
     result = {"data": args.data, "other": args.other, "bundle": args.bundle,
               "recipe": None if args.bundle else args.recipe,
               "images": {"train": len(train), **{n: len(x) for n, x in inputs.items()}},
-              "methods": rows,
-              "cost": cost(module, inputs[next(iter(others))], style[next(iter(others))],
-                           scorers),
+              "methods": rows, "cost": cost(module, inputs[next(iter(others))], scorers),
               "seconds": round(time.perf_counter() - start, 1),
               "load_average": os.getloadavg()}
     if args.json:
@@ -197,7 +184,7 @@ def served(predictor: Predictor, batch: np.ndarray) -> np.ndarray:
     return predictor.novelty.score(out.features, batch)
 
 
-def cost(module: nn.Module, inputs: np.ndarray, style: np.ndarray, scorers: dict[str, Scorer],
+def cost(module: nn.Module, inputs: np.ndarray, scorers: dict[str, Scorer],
          rounds: int = 20, reps: int = 200) -> dict[str, float]:
     """CPU milliseconds (all threads: what a busy server pays) of a forward pass of 32 images
     and of scoring their features, median over interleaved rounds; CPU time rather than wall
@@ -215,7 +202,7 @@ def cost(module: nn.Module, inputs: np.ndarray, style: np.ndarray, scorers: dict
             for name, scorer in scorers.items():
                 t = time.process_time()
                 for _ in range(reps):  # one call is too short for the clock
-                    scorer.score(features, inputs[:32], style[:32])
+                    scorer.score(features, inputs[:32])
                 times[name].append((time.process_time() - t) / reps)
     out = {f"{n}_cpu_ms": round(float(np.median(v)) * 1000, 4) for n, v in times.items()}
     for name in scorers:

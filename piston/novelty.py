@@ -14,11 +14,6 @@ Since the channels check, a third reads the model's input instead of its feature
 uncorrelated the image's colour channels are (`ChannelScorer`), which a texture model that
 standardises each image cannot see in its features (i.i.d. colour noise looks like fabric to
 it, docs/evaluation.md).
-Since the style check, a fourth reads early convolutional maps of the same forward pass (the
-per-channel mean and log spread of `piston.style`: what a texture looks like, which a defect
-classifier's head features ignore), scored like the Mahalanobis check against one Gaussian of
-the training images (`StyleScorer`); the runtime passes that statistic as `style`. A bundle
-without it (trained before) scores what it carries.
 Their `novelty` is one number, the larger of the two scores each divided by its threshold:
 over 1 is novel, 2 is twice as far as the farther-reaching check allows. Older bundles carry
 one method and answer its raw score (over `NoveltyInfo.threshold` is novel).
@@ -38,8 +33,8 @@ from piston.errors import RegistryError
 NOVELTY_FILE = "novelty.npz"
 CHANNEL_STRIDE = 4  # the channels check reads every fourth pixel of every fourth row
 FLAT = 1e-3  # a channel's spread (the model's input units) under which it is flat
-PartMethod = Literal["mahalanobis", "knn", "channels", "style"]
-Method = Literal["mahalanobis", "knn", "combined"]  # channels, style: only as part of combined
+PartMethod = Literal["mahalanobis", "knn", "channels"]
+Method = Literal["mahalanobis", "knn", "combined"]  # channels: only as part of combined
 
 
 class NoveltyPart(BaseModel):
@@ -68,8 +63,6 @@ class NoveltyInfo(BaseModel):
     fitted_on: int = Field(description="training images the model was fitted on")
     parts: list[NoveltyPart] = Field(default_factory=list,
                                      description="combined: the checks, each with its threshold")
-    style_layers: list[str] = Field(default_factory=list,
-                                    description="the convolutions the style check reads")
     file: str = NOVELTY_FILE
 
 
@@ -96,8 +89,7 @@ class MahalanobisScorer:
         self.means = np.asarray(means, dtype=np.float32)
         self.threshold = float(threshold)
 
-    def score(self, features: np.ndarray, inputs: np.ndarray | None = None,
-              style: np.ndarray | None = None) -> np.ndarray:
+    def score(self, features: np.ndarray, inputs: np.ndarray | None = None) -> np.ndarray:
         z = product(np.asarray(features, dtype=np.float32), self.whiten)
         d2 = (z ** 2).sum(1, keepdims=True) - 2.0 * product(z, self.centres.T) + self.centre_norms
         return np.sqrt(np.maximum(d2.min(1), 0.0))
@@ -118,8 +110,7 @@ class KnnScorer:
         self.k = int(min(k, len(self.bank)))
         self.threshold = float(threshold)
 
-    def score(self, features: np.ndarray, inputs: np.ndarray | None = None,
-              style: np.ndarray | None = None) -> np.ndarray:
+    def score(self, features: np.ndarray, inputs: np.ndarray | None = None) -> np.ndarray:
         sim = product(unit_rows(np.asarray(features, dtype=np.float32)), self.bank.T)
         top = -np.partition(-sim, self.k - 1, axis=1)[:, :self.k]
         return 1.0 - top.mean(1)
@@ -149,8 +140,7 @@ class ChannelScorer:
     def __init__(self, threshold: float) -> None:
         self.threshold = float(threshold)
 
-    def score(self, features: np.ndarray, inputs: np.ndarray | None = None,
-              style: np.ndarray | None = None) -> np.ndarray:
+    def score(self, features: np.ndarray, inputs: np.ndarray | None = None) -> np.ndarray:
         if inputs is None:
             raise ValueError("the channels check reads the model's inputs, none were given")
         x = np.asarray(inputs, dtype=np.float32)[:, :, ::CHANNEL_STRIDE, ::CHANNEL_STRIDE]
@@ -163,30 +153,7 @@ class ChannelScorer:
         return {}
 
 
-class StyleScorer(MahalanobisScorer):
-    """The Mahalanobis distance of an image's style statistic (`piston.style`: early
-    convolutional maps' per-channel mean and log spread) to the training images' mean, under
-    their shrunk covariance: how unlike the training images' texture it is. `layers` names
-    the convolutions it reads, which the runtime hooks."""
-
-    method: PartMethod = "style"
-
-    def __init__(self, means: np.ndarray, whiten: np.ndarray, threshold: float,
-                 layers: Sequence[str]) -> None:
-        super().__init__(means, whiten, threshold)
-        self.layers = list(layers)
-
-    def score(self, features: np.ndarray, inputs: np.ndarray | None = None,
-              style: np.ndarray | None = None) -> np.ndarray:
-        if style is None:
-            raise ValueError("the style check reads the style statistic, none was given")
-        return super().score(style)
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {"style_means": self.means, "style_whiten": self.whiten}
-
-
-PartScorer = MahalanobisScorer | KnnScorer | ChannelScorer | StyleScorer
+PartScorer = MahalanobisScorer | KnnScorer | ChannelScorer
 
 
 class CombinedScorer:
@@ -204,31 +171,22 @@ class CombinedScorer:
             raise ValueError("a combined novelty check needs distinct checks")
         self.parts = list(parts)
 
-    def score(self, features: np.ndarray, inputs: np.ndarray | None = None,
-              style: np.ndarray | None = None) -> np.ndarray:
-        """Without `style` (a runtime that could not take it), the style check is left out."""
+    def score(self, features: np.ndarray, inputs: np.ndarray | None = None) -> np.ndarray:
         x = np.asarray(features, dtype=np.float32)
-        ratios = [p.score(x, inputs, style) / np.float32(max(p.threshold, 1e-12))
-                  for p in self.parts if style is not None or not isinstance(p, StyleScorer)]
+        ratios = [p.score(x, inputs) / np.float32(max(p.threshold, 1e-12)) for p in self.parts]
         return np.maximum.reduce(ratios)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {k: v for p in self.parts for k, v in p.arrays().items()}  # distinct names
 
 
-Scorer = MahalanobisScorer | KnnScorer | ChannelScorer | StyleScorer | CombinedScorer
+Scorer = MahalanobisScorer | KnnScorer | ChannelScorer | CombinedScorer
 
 
 def needs_inputs(scorer: object) -> bool:
     """Whether the check reads the model's inputs besides the features (`ChannelScorer`)."""
     parts = scorer.parts if isinstance(scorer, CombinedScorer) else [scorer]
     return any(isinstance(p, ChannelScorer) for p in parts)
-
-
-def style_part(scorer: object) -> StyleScorer | None:
-    """The style check of a combined check, if it has one."""
-    parts = scorer.parts if isinstance(scorer, CombinedScorer) else [scorer]
-    return next((p for p in parts if isinstance(p, StyleScorer)), None)
 
 
 def product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -244,8 +202,6 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 def with_threshold(scorer: PartScorer, threshold: float) -> PartScorer:
     """The same check with another threshold."""
-    if isinstance(scorer, StyleScorer):
-        return StyleScorer(scorer.means, scorer.whiten, threshold, scorer.layers)
     if isinstance(scorer, MahalanobisScorer):
         return MahalanobisScorer(scorer.means, scorer.whiten, threshold)
     if isinstance(scorer, ChannelScorer):
@@ -265,17 +221,13 @@ def load(model_dir: str | Path, info: NoveltyInfo) -> Scorer:
         with np.load(path) as arrays:
             if info.method != "combined":
                 return load_part(info.method, arrays, info.threshold)
-            return CombinedScorer([load_part(p.method, arrays, p.threshold, info.style_layers)
-                                   for p in info.parts])
+            return CombinedScorer([load_part(p.method, arrays, p.threshold) for p in info.parts])
     except (OSError, KeyError, ValueError) as err:
         raise RegistryError(f"the bundle's novelty model {path.name} cannot be read: {err}"
                             ) from None
 
 
-def load_part(method: PartMethod, arrays: np.lib.npyio.NpzFile, threshold: float,
-              style_layers: Sequence[str] = ()) -> PartScorer:
-    if method == "style":
-        return StyleScorer(arrays["style_means"], arrays["style_whiten"], threshold, style_layers)
+def load_part(method: PartMethod, arrays: np.lib.npyio.NpzFile, threshold: float) -> PartScorer:
     if method == "mahalanobis":
         return MahalanobisScorer(arrays["means"], arrays["whiten"], threshold)
     if method == "channels":

@@ -9,17 +9,11 @@ inside the graph they are a few more nodes of one `run`.
 
 The kNN check stays exact: a product against the whole bank and a `topk`, in float32 (the
 bank is stored in float16 and widened and normalised as the numpy scorer does, so both
-compare against the same numbers). The channels check reads the graph's input; the style
-check reads early convolutional maps of the same pass, hooked while the network runs
-(`piston.style.tapped`), so `Scored` and `TorchRuntime` take them from the forward pass that
-gives the logits. Imports
+compare against the same numbers). The channels check reads the graph's input. Imports
 torch: only the torch runtime and the exporter use it, never the ONNX path.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from typing import TypeVar
 
 import torch
 from torch import nn
@@ -33,12 +27,7 @@ from piston.novelty import (
     MahalanobisScorer,
     PartScorer,
     Scorer,
-    StyleScorer,
-    style_part,
 )
-from piston.style import tapped
-
-T = TypeVar("T")
 
 
 class MahalanobisHead(nn.Module):
@@ -50,8 +39,7 @@ class MahalanobisHead(nn.Module):
         self.centres_t = nn.Buffer(torch.from_numpy(scorer.centres.T.copy()))
         self.centre_norms = nn.Buffer(torch.from_numpy(scorer.centre_norms.copy()))
 
-    def forward(self, features: torch.Tensor, inputs: torch.Tensor,
-                style: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         z = features @ self.whiten
         d2 = (z * z).sum(1, keepdim=True) - 2.0 * (z @ self.centres_t) + self.centre_norms
         return torch.sqrt(torch.clamp(d2.min(1).values, min=0.0))
@@ -65,8 +53,7 @@ class KnnHead(nn.Module):
         self.bank_t = nn.Buffer(torch.from_numpy(scorer.bank.T.copy()))  # float32 unit rows
         self.k = scorer.k
 
-    def forward(self, features: torch.Tensor, inputs: torch.Tensor,
-                style: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         norms = torch.clamp(torch.linalg.vector_norm(features, dim=1, keepdim=True), min=1e-12)
         sim = (features / norms) @ self.bank_t
         return 1.0 - torch.topk(sim, self.k, dim=1).values.mean(1)
@@ -76,8 +63,7 @@ class ChannelHead(nn.Module):
     """`ChannelScorer.score`: one minus the mean correlation of the input's colour channels,
     in as few nodes as its formula allows."""
 
-    def forward(self, features: torch.Tensor, inputs: torch.Tensor,
-                style: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         x = inputs[:, :, ::CHANNEL_STRIDE, ::CHANNEL_STRIDE]
         c = x - x.mean((2, 3), keepdim=True)
         spread = torch.sqrt((c * c).mean((2, 3), keepdim=True))
@@ -85,19 +71,7 @@ class ChannelHead(nn.Module):
         return (9.0 - (total * total).mean((1, 2))) / 6.0
 
 
-class StyleHead(MahalanobisHead):
-    """`StyleScorer.score`: the whitened distance of the style statistic to the training
-    images' mean."""
-
-    def forward(self, features: torch.Tensor, inputs: torch.Tensor,
-                style: torch.Tensor | None = None) -> torch.Tensor:
-        assert style is not None  # NoveltyHead passes it whenever it has a style check
-        return super().forward(style, inputs)
-
-
 def part_head(scorer: PartScorer) -> nn.Module:
-    if isinstance(scorer, StyleScorer):
-        return StyleHead(scorer)
     if isinstance(scorer, MahalanobisScorer):
         return MahalanobisHead(scorer)
     if isinstance(scorer, ChannelScorer):
@@ -106,16 +80,12 @@ def part_head(scorer: PartScorer) -> nn.Module:
 
 
 class NoveltyHead(nn.Module):
-    """Head features (N, D), the model's inputs (N, 3, H, W) and, with a style check, the
-    style statistic (N, S) -> the bundle's novelty score (N,), as `Scorer.score` gives it:
-    for a combined check the largest of its checks' scores each divided by its threshold, for
-    a single check (older bundles) its raw score. `style_layers` names the convolutions the
-    style statistic comes from (none without a style check)."""
+    """Head features (N, D) and the model's inputs (N, 3, H, W) -> the bundle's novelty score
+    (N,), as `Scorer.score` gives it: for a combined check the largest of its checks' scores
+    each divided by its threshold, for a single check (older bundles) its raw score."""
 
     def __init__(self, scorer: Scorer) -> None:
         super().__init__()
-        style = style_part(scorer)
-        self.style_layers = style.layers if style is not None else []
         combined = isinstance(scorer, CombinedScorer)
         parts: list[PartScorer] = (list(scorer.parts) if isinstance(scorer, CombinedScorer)
                                    else [scorer])
@@ -123,9 +93,8 @@ class NoveltyHead(nn.Module):
         # divided as the numpy scorer divides (by the float32 threshold), not multiplied
         self.divisors = [max(p.threshold, 1e-12) if combined else 1.0 for p in parts]
 
-    def forward(self, features: torch.Tensor, inputs: torch.Tensor,
-                style: torch.Tensor | None = None) -> torch.Tensor:
-        scores = [part(features, inputs, style) / divisor
+    def forward(self, features: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        scores = [part(features, inputs) / divisor
                   for part, divisor in zip(self.parts, self.divisors, strict=True)]
         score = scores[0]
         for other in scores[1:]:
@@ -135,25 +104,13 @@ class NoveltyHead(nn.Module):
 
 class Scored(nn.Module):
     """A net whose outputs start with (logits, features), with the novelty score appended:
-    what is exported as `model.onnx` when the bundle has a novelty check. `module` is the
-    bundle's network inside `net`, whose convolutions the style check hooks."""
+    what is exported as `model.onnx` when the bundle has a novelty check."""
 
-    def __init__(self, net: nn.Module, head: NoveltyHead, module: nn.Module) -> None:
+    def __init__(self, net: nn.Module, head: NoveltyHead) -> None:
         super().__init__()
         self.net = net
         self.head = head
-        self.modules_ = [module]  # a plain list: not a second copy of its weights
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        outputs, style = scored_pass(self.modules_[0], self.head, lambda: tuple(self.net(x)),
-                                     x.shape[0])
-        return (*outputs, self.head(outputs[1], x, style))
-
-
-def scored_pass(module: nn.Module, head: NoveltyHead, call: Callable[[], T], n: int
-                ) -> tuple[T, torch.Tensor | None]:
-    """`call()`, a forward pass of `n` images through a net holding `module`, and the style
-    statistic the head's style check reads (None without one), from the same pass."""
-    if not head.style_layers:
-        return call(), None
-    return tapped(module, head.style_layers, call, n)
+        outputs = tuple(self.net(x))
+        return (*outputs, self.head(outputs[1], x))

@@ -15,9 +15,8 @@ from __future__ import annotations
 import functools
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
     from piston.novelty_head import NoveltyHead
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 RuntimeName = Literal["onnx", "torch"]
 # Measured here (bench/serve.py, docs/benchmarks.md): ONNX Runtime is the faster one.
@@ -103,9 +101,9 @@ class TorchRuntime(Runtime):
         self._threads()
         with torch.inference_mode():
             inputs = torch.from_numpy(batch)
-            (logits, features), style = self._pass(lambda: self.embedder(inputs), len(batch))
+            logits, features = self.embedder(inputs)
             return NetOutput(logits.numpy(), features.numpy(),
-                             novelty=self._novelty(features, inputs, style))
+                             novelty=self._novelty(features, inputs))
 
     @property
     def explain_method(self) -> Method:
@@ -115,27 +113,17 @@ class TorchRuntime(Runtime):
         import torch
 
         self._threads()
-        taken, style = self._pass(lambda: self.feature_maps(torch.from_numpy(batch)), len(batch))
+        taken = self.feature_maps(torch.from_numpy(batch))
         with torch.inference_mode():
-            novelty = self._novelty(torch.from_numpy(taken.features), torch.from_numpy(batch),
-                                    None if style is None else style.detach())
+            novelty = self._novelty(torch.from_numpy(taken.features), torch.from_numpy(batch))
         return NetOutput(taken.logits, taken.features, taken.maps, novelty)
 
-    def _pass(self, call: Callable[[], T], n: int) -> tuple[T, Any]:
-        """`call()`, a forward pass of `n` images, and the style statistic the novelty head
-        reads from it (None without a head or a style check)."""
-        if self.novelty_head is None:
-            return call(), None
-        from piston.novelty_head import scored_pass
-
-        return scored_pass(self.module, self.novelty_head, call, n)
-
-    def _novelty(self, features: Any, inputs: Any, style: Any = None) -> np.ndarray | None:
-        """The novelty head's scores of (N, D) feature tensors, their (N, 3, H, W) inputs and
-        their style statistic, when there is a head."""
+    def _novelty(self, features: Any, inputs: Any) -> np.ndarray | None:
+        """The novelty head's scores of (N, D) feature tensors and their (N, 3, H, W) inputs,
+        when there is one."""
         if self.novelty_head is None:
             return None
-        return self.novelty_head(features, inputs, style).numpy()
+        return self.novelty_head(features, inputs).numpy()
 
     @functools.cached_property
     def feature_maps(self) -> FeatureMaps:

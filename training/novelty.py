@@ -10,17 +10,12 @@ The default check is `combined`: Mahalanobis (far from every class mean under th
 images' covariance) and kNN (unlike the nearest training images in direction). Each misses what
 the other catches: on a texture model that standardises every image, noise and text sit near
 the fabric's mean but point away from every training image (docs/evaluation.md). Each gets a
-threshold at half the target, so that together they flag about the target. With the style
-statistic of early convolutions (`piston.style`), a style check joins them and the target is
-split three ways: a defect classifier's head features see a new texture without a defect as
-familiar, its early maps do not (docs/evaluation.md, "The style check").
+threshold at half the target, so that together they flag about the target.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from functools import partial
 from statistics import NormalDist
 
 import numpy as np
@@ -39,11 +34,9 @@ from piston.novelty import (
     PartMethod,
     PartScorer,
     Scorer,
-    StyleScorer,
     unit_rows,
     with_threshold,
 )
-from piston.style import style_layers, tapped
 from training.decode import DecodedSet
 from training.train import to_inputs
 
@@ -104,13 +97,6 @@ def fit_knn(features: np.ndarray, k: int = KNN_K, bank: int = KNN_BANK,
     return KnnScorer(unit_rows(x).astype(np.float16), k, math.inf)
 
 
-def fit_style(style: np.ndarray, layers: list[str]) -> StyleScorer:
-    """One Gaussian of the training images' style statistics (mean, Ledoit-Wolf covariance):
-    a texture is a property of the whole set, not of a class."""
-    one = fit_mahalanobis(style, np.zeros(len(style), dtype=int), 1)
-    return StyleScorer(one.means, one.whiten, math.inf, layers)
-
-
 def fit_part(method: PartMethod, features: np.ndarray, labels: np.ndarray,
              classes: int) -> PartScorer:
     if method == "mahalanobis":
@@ -147,11 +133,11 @@ def tail_threshold(scores: np.ndarray, target: float = TARGET_SHARE) -> float:
     return max(fitted, empirical)
 
 
-def flagged_share(scorer: Scorer, features: np.ndarray, inputs: np.ndarray | None = None,
-                  style: np.ndarray | None = None) -> float | None:
+def flagged_share(scorer: Scorer, features: np.ndarray,
+                  inputs: np.ndarray | None = None) -> float | None:
     if len(features) == 0:
         return None
-    return float((scorer.score(features, inputs, style) > scorer.threshold).mean())
+    return float((scorer.score(features, inputs) > scorer.threshold).mean())
 
 
 def head_features(module: nn.Module, images: np.ndarray, contract: Contract,
@@ -159,24 +145,6 @@ def head_features(module: nn.Module, images: np.ndarray, contract: Contract,
     """The features serving gets (`Embedder`: input of the last linear layer, TTA-averaged)
     of uint8 NCHW images."""
     return embed(module, to_inputs(images, contract), batch)
-
-
-def observe(module: nn.Module, inputs: torch.Tensor, layers: list[str], batch: int = 128
-            ) -> tuple[np.ndarray, np.ndarray]:
-    """Head features and the style statistic of `layers` (`piston.style`) of model inputs,
-    from the one forward pass serving makes."""
-    from piston.arch import Embedder
-
-    embedder = Embedder(module).eval()
-    features, styles = [], []
-    with torch.inference_mode():
-        for chunk in inputs.split(batch):
-            (_, taken), style = tapped(module, layers, partial(embedder, chunk), len(chunk))
-            features.append(taken.numpy())
-            styles.append(style.numpy())
-    if not features:
-        return np.zeros((0, 0), dtype=np.float32), np.zeros((0, 0), dtype=np.float32)
-    return np.concatenate(features), np.concatenate(styles)
 
 
 def embed(module: nn.Module, inputs: torch.Tensor, batch: int = 128) -> np.ndarray:
@@ -194,34 +162,20 @@ def fit_for_bundle(module: nn.Module, contract: Contract, parts: dict[str, Decod
                    target: float = TARGET_SHARE) -> tuple[Scorer, NoveltyInfo]:
     """The bundle's novelty check: fitted on train, threshold on val, figures on test."""
     val_in, test_in = (to_inputs(parts[n].images, contract) for n in ("val", "test"))
-    layers = style_layers(module) if method == "combined" else []
-    train, train_style = observe(module, to_inputs(parts["train"].images, contract), layers)
-    (val, val_style), (test, test_style) = (observe(module, x, layers) for x in (val_in, test_in))
-    style = Styles(train_style, val_style, test_style, layers) if layers else None
+    train = head_features(module, parts["train"].images, contract)
+    val, test = embed(module, val_in), embed(module, test_in)
     return fit_novelty(method, train, parts["train"].labels, val, test, classes, target,
-                       inputs=(val_in.numpy(), test_in.numpy()), style=style)
-
-
-@dataclass(frozen=True)
-class Styles:
-    """The style statistic (`piston.style`) of the train, val and test images, and the
-    convolutions it was read from."""
-
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
-    layers: list[str]
+                       inputs=(val_in.numpy(), test_in.numpy()))
 
 
 def fit_novelty(method: Method, features: np.ndarray, labels: np.ndarray, val: np.ndarray,
                 test: np.ndarray, classes: int, target: float = TARGET_SHARE,
                 inputs: tuple[np.ndarray, np.ndarray] | None = None,
-                style: Styles | None = None) -> tuple[Scorer, NoveltyInfo]:
+                ) -> tuple[Scorer, NoveltyInfo]:
     """Fit on the training features (and labels), threshold on validation, test shows it.
 
     `combined`: Mahalanobis and kNN, each thresholded at `target / 2`, novel when either is
     over (their flags overlap, so together they flag at most about `target`); with the
-    images' `style` statistics the style check too, the three at `target / 3`; with the
     validation and test images' model `inputs`, the channels check too, at `CHANNEL_SHARE`
     and never under `CHANNEL_FLOOR`.
     """
@@ -229,18 +183,11 @@ def fit_novelty(method: Method, features: np.ndarray, labels: np.ndarray, val: n
     # (lower than unseen ones': a threshold that flags more) stand in, and the record says so
     reference, source = (val, "validation") if len(val) >= MIN_VAL else (features, "training")
     methods: list[PartMethod] = ["mahalanobis", "knn"] if method == "combined" else [method]
-    with_style = method == "combined" and style is not None and bool(style.layers)
-    share = target / (len(methods) + with_style)
+    share = target / len(methods)
     floor = knn_floor(features, labels, classes) if "knn" in methods else 0.0
     checks = [thresholded(fit_part(m, features, labels, classes), reference, share,
                           floor if m == "knn" else 0.0)
               for m in methods]
-    val_style, test_style = (style.val, style.test) if style is not None else (None, None)
-    if with_style:
-        assert style is not None
-        fitted = fit_style(style.train, style.layers)
-        own = style.val if len(val) >= MIN_VAL else style.train
-        checks.append(with_threshold(fitted, tail_threshold(fitted.score(own, style=own), share)))
     val_in, test_in = inputs if inputs is not None else (None, None)
     with_channels = method == "combined" and val_in is not None and len(val_in) >= MIN_VAL
     if with_channels:
@@ -255,13 +202,12 @@ def fit_novelty(method: Method, features: np.ndarray, labels: np.ndarray, val: n
                             " smallest cosine distance)" if floor > 0 else "")
                          + (f" ({CHANNEL_SHARE:.1%} and at least {CHANNEL_FLOOR} for channels)"
                             if with_channels else ""),
-        val_flagged=flagged_share(scorer, val, val_in, val_style) or 0.0,
-        test_flagged=flagged_share(scorer, test, test_in, test_style), fitted_on=len(features),
+        val_flagged=flagged_share(scorer, val, val_in) or 0.0,
+        test_flagged=flagged_share(scorer, test, test_in), fitted_on=len(features),
         parts=[NoveltyPart(method=c.method, threshold=c.threshold,
-                           val_flagged=flagged_share(c, val, val_in, val_style) or 0.0,
-                           test_flagged=flagged_share(c, test, test_in, test_style))
-               for c in checks] if len(checks) > 1 else [],
-        style_layers=style.layers if with_style and style is not None else [])
+                           val_flagged=flagged_share(c, val, val_in) or 0.0,
+                           test_flagged=flagged_share(c, test, test_in))
+               for c in checks] if len(checks) > 1 else [])
     return scorer, info
 
 

@@ -69,7 +69,7 @@ def export_bundle_onnx(module: nn.Module, contract: Contract, path: Path,
     net: nn.Module = Embedder(module) if cam is None else cam
     names: tuple[str, ...] = OUTPUTS if cam is None else (*OUTPUTS, MAPS)
     if novelty is not None:
-        net, names = Scored(net, NoveltyHead(novelty), module), (*names, NOVELTY)
+        net, names = Scored(net, NoveltyHead(novelty)), (*names, NOVELTY)
     return export_onnx(net, contract, path, names)
 
 

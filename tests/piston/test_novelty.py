@@ -21,7 +21,6 @@ from piston.novelty import (
     Method,
     NoveltyInfo,
     NoveltyPart,
-    StyleScorer,
     load,
     rule,
     save,
@@ -251,26 +250,3 @@ def test_a_combined_check_with_channels_is_saved_and_loaded(tmp_path: Path) -> N
     features = np.random.default_rng(8).normal(size=(9, 8)).astype(np.float32)
     inputs = colour_inputs(4)
     assert loaded.score(features, inputs) == pytest.approx(s.score(features, inputs), rel=1e-6)
-
-
-def test_a_check_with_a_style_part_is_stored_loaded_and_scored_without_the_statistic(
-        tmp_path: Path) -> None:
-    """The style check reads the runtime's style statistic; without one (a graph exported
-    without the novelty output) the other checks still answer."""
-    rng = np.random.default_rng(5)
-    style = StyleScorer(rng.normal(size=(1, 6)), np.eye(6), 2.0, ["net.4", "net.8"])
-    s = CombinedScorer([scorer(), knn(), style])
-    save(s, tmp_path / NOVELTY_FILE)
-    stored = combined_info(s).model_copy(update={"style_layers": ["net.4", "net.8"]})
-    loaded = load(tmp_path, stored)
-    assert isinstance(loaded, CombinedScorer)
-    loaded_style = loaded.parts[2]
-    assert isinstance(loaded_style, StyleScorer) and loaded_style.layers == ["net.4", "net.8"]
-    features = rng.normal(size=(5, 8)).astype(np.float32)
-    styles = rng.normal(size=(5, 6)).astype(np.float32)
-    assert loaded.score(features, style=styles) == pytest.approx(
-        s.score(features, style=styles), rel=1e-6)
-    far = styles + 50.0
-    assert (loaded.score(features, style=far) > 1.0).all()
-    assert loaded.score(features) == pytest.approx(combined().score(features), rel=1e-6)
-    assert rule(stored).endswith("style over 2")

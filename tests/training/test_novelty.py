@@ -6,19 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from piston.novelty import (
-    ChannelScorer,
-    CombinedScorer,
-    KnnScorer,
-    MahalanobisScorer,
-    NoveltyInfo,
-    StyleScorer,
-)
+from piston.novelty import ChannelScorer, CombinedScorer, KnnScorer, MahalanobisScorer, NoveltyInfo
 from training.novelty import (
     CHANNEL_FLOOR,
     CHANNEL_SHARE,
     TARGET_SHARE,
-    Styles,
     fit_knn,
     fit_mahalanobis,
     fit_novelty,
@@ -179,32 +171,3 @@ def test_the_knn_threshold_stays_over_a_share_of_the_class_means_distance() -> N
     assert knn_floor(features, labels, 2) == pytest.approx(0.1, rel=1e-3)  # means 90 deg apart
     assert scorer.threshold == pytest.approx(0.1, rel=1e-3) and "at least" in info.threshold_source
     assert knn_floor(features, np.zeros(200, int), 1) == 0.0  # one class: no floor
-
-
-def test_with_style_statistics_combined_adds_the_style_check_at_a_third_of_the_target() -> None:
-    """A new texture whose head features look familiar (the same clusters) but whose style
-    statistic is shifted is flagged through the style check alone."""
-    features, labels, _ = clusters(400, 22)
-    val, _, _ = clusters(80, 23)
-    test, _, _ = clusters(60, 24)
-    style, _, _ = clusters(540, 25, dim=12, classes=1)
-    styles = Styles(style[:400], style[400:480], style[480:], ["net.4", "net.8"])
-    scorer, info = fit_novelty("combined", features, labels, val, test, 3, style=styles)
-    assert isinstance(scorer, CombinedScorer)
-    assert [p.method for p in info.parts] == ["mahalanobis", "knn", "style"]
-    maha, _, check = scorer.parts
-    assert isinstance(check, StyleScorer) and check.layers == info.style_layers == styles.layers
-    assert maha.threshold == tail_threshold(maha.score(val), TARGET_SHARE / 3)
-    assert check.threshold == tail_threshold(check.score(val, style=styles.val), TARGET_SHARE / 3)
-    assert info.val_flagged == float((scorer.score(val, style=styles.val) > 1.0).mean())
-    assert NoveltyInfo.model_validate_json(info.model_dump_json()) == info  # bundle.json
-    fresh, _, _ = clusters(5000, 26)
-    fresh_style, _, _ = clusters(5000, 27, dim=12, classes=1)
-    assert 0.002 <= float((scorer.score(fresh, style=fresh_style) > 1.0).mean()) <= 0.05
-    shifted = fresh_style[:50] + 3.0  # another texture, the same head features
-    assert (scorer.parts[0].score(fresh[:50]) <= maha.threshold).mean() > 0.9
-    assert (scorer.score(fresh[:50], style=shifted) > 1.0).mean() > 0.95
-    # a runtime that cannot give the statistic is scored on the other checks
-    without = scorer.score(fresh[:50])
-    assert without == pytest.approx(np.maximum(*(p.score(fresh[:50]) / p.threshold
-                                                 for p in scorer.parts[:2])), rel=1e-6)

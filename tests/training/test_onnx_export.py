@@ -13,9 +13,8 @@ from piston import arch
 from piston.bundle import BundleMeta
 from piston.novelty import CombinedScorer, Scorer
 from piston.runtime import OnnxRuntime, TorchRuntime
-from piston.style import style_layers
 from training.config import load_config, recipe_names
-from training.novelty import Styles, fit_novelty, observe
+from training.novelty import embed, fit_novelty
 from training.onnx_export import (
     MAP_PARITY_LIMIT,
     NOVELTY_PARITY_LIMIT,
@@ -66,8 +65,8 @@ def recipe_module(name: str, size: tuple[int, int] | None) -> tuple[nn.Module, B
 
 
 def fitted_check(module: nn.Module, meta: BundleMeta) -> Scorer:
-    """A combined novelty check (style and channels included) fitted on the module's features
-    and style statistics of random images, spread, and on their inputs.
+    """A combined novelty check (channels included) fitted on the module's features of random
+    images, spread, and on their inputs.
 
     A random net maps every input near one direction (kNN thresholds ~1e-4, where float32's
     resolution of a cosine near 1 is half a percent of the score); the spread gives the
@@ -75,15 +74,13 @@ def fitted_check(module: nn.Module, meta: BundleMeta) -> Scorer:
     c = meta.contract
     rng = np.random.default_rng(3)
     inputs = torch.from_numpy(rng.normal(0, 1, (30, 3, c.height, c.width)).astype(np.float32))
-    layers = style_layers(module)
-    features, style = observe(module, inputs, layers)
+    features = embed(module, inputs)
     features = features + rng.normal(0, 0.5, features.shape).astype(np.float32) * np.abs(
         features).mean()
     scorer, _ = fit_novelty("combined", features[:20], np.arange(20) % 3, features[20:],
-                            features[:0], 3, inputs=(inputs[20:].numpy(), inputs[:0].numpy()),
-                            style=Styles(style[:20], style[20:], style[:0], layers))
+                            features[:0], 3, inputs=(inputs[20:].numpy(), inputs[:0].numpy()))
     assert isinstance(scorer, CombinedScorer)
-    assert [p.method for p in scorer.parts] == ["mahalanobis", "knn", "style", "channels"]
+    assert [p.method for p in scorer.parts] == ["mahalanobis", "knn", "channels"]
     return scorer
 
 
@@ -118,9 +115,7 @@ def test_onnx_probabilities_match_torch(recipe: str, size: tuple[int, int] | Non
         # the novelty check in the graph: the torch runtime's score, and the numpy scorer's
         assert ours.novelty is not None and theirs.novelty is not None
         np.testing.assert_allclose(ours.novelty, theirs.novelty, rtol=1e-4)
-        style = observe(module, torch.from_numpy(batch), style_layers(module))[1]
-        np.testing.assert_allclose(ours.novelty, check.score(ours.features, batch, style),
-                                   rtol=1e-4)
+        np.testing.assert_allclose(ours.novelty, check.score(ours.features, batch), rtol=1e-4)
         if onnx_rt.has_maps:  # the heatmaps' maps, test-time views flipped back and all
             maps = onnx_rt.explain(batch).maps
             assert map_difference(maps, torch_rt.explain(batch).maps) <= MAP_PARITY_LIMIT
