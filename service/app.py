@@ -86,9 +86,9 @@ def bind_apis(instance: Any, apis: Mapping[str, Any]) -> None:
 
     BentoML looks an API method up on the instance for every request (`getattr`), and the
     method's descriptor builds the bound method anew each time: `inspect.signature`, a
-    wrapper and its signature, ~50 us of CPU a request. The bound method holds no
-    per-request state, so the one built here serves every request (an instance attribute
-    shadows the descriptor, which defines no `__set__`).
+    wrapper and its signature, ~20 us of CPU a request (docs/benchmarks.md). The bound
+    method holds no per-request state, so the one built here serves every request (an
+    instance attribute shadows the descriptor, which defines no `__set__`).
     """
     for name, api in apis.items():
         if vars(type(instance)).get(name) is api:

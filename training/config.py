@@ -62,8 +62,7 @@ class TrainConfig(BaseModel):
     pretrained_source: Literal["cached", "download", "never"] = "cached"
     # up to this many networks are averaged: the search's winner, a second network of its
     # recipe (another seed; trained only when the budget left holds the winner's training
-    # time) and the next best candidates, each kept only where the average beats the networks
-    # before it on validation
+    # time) and the next best candidates; validation decides who joins (training/search._helps)
     ensemble: int = Field(1, ge=1, le=4)
     overrides: dict[str, Any] = Field(default_factory=dict)  # the user's, applied to candidates
     batch_size: int = Field(32, ge=1)
